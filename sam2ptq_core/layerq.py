@@ -1,0 +1,130 @@
+"""One linear layer through the whole recipe: smooth → rotate → low-rank branch → GPTQ/RTN residual.
+
+Transformed coordinates: X' = (X / s)·R and W' = (W·diag(s))·R, so X'·W'ᵀ = X·Wᵀ exactly (R orthogonal).
+The quantized layer computes  y = Qa(X')·Q(W' − b·a)ᵀ + (X'·aᵀ)·bᵀ + bias,  the branch on the unquantized X'.
+Shapes: W [out, in], X [tokens, in], s [in], R [in, in].
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from .gptq import gptq_quantize
+from .lowrank import low_rank_decompose, top_r_svd
+from .quant import QTensor, dequantize, fake_quantize, quantize
+from .stats import LayerStats, transform_stats
+
+__all__ = ["LayerSpec", "LayerQuant", "transform_weight", "transform_input", "quantized_output",
+           "smoothing_objective", "quantize_layer", "layer_errors"]
+
+
+@dataclass(frozen=True)
+class LayerSpec:
+    """Everything that decides how one layer is quantized (a flat view of the wgts/ipts/low_rank config)."""
+    w_dtype: str
+    w_group: int = -1
+    a_dtype: str | None = None
+    a_group: int = -1
+    rank: int = 0
+    lowrank_iters: int = 1
+    randomized_svd: bool = True
+    gptq: bool = True
+    block_size: int = 128
+    damp_percentage: float = 0.01
+    num_inv_tries: int = 250
+    act_order: bool = False
+    seed: int = 0
+
+
+@dataclass
+class LayerQuant:
+    """Result for one layer: dequantized residual ``weight`` [out, in] and its codes ``q``; branch ``a``/``b``;
+    ``fallback`` message if GPTQ fell back to RTN."""
+    weight: torch.Tensor
+    q: QTensor
+    a: torch.Tensor
+    b: torch.Tensor
+    fallback: str | None = None
+
+
+def transform_weight(W: torch.Tensor, s: torch.Tensor | None, R: torch.Tensor | None) -> torch.Tensor:
+    Wd = W.double()
+    if s is not None:
+        Wd = Wd * s.double()
+    return Wd @ R.double() if R is not None else Wd
+
+
+def transform_input(X: torch.Tensor, s: torch.Tensor | None, R: torch.Tensor | None) -> torch.Tensor:
+    Xd = X.double()
+    if s is not None:
+        Xd = Xd / s.double()
+    return Xd @ R.double() if R is not None else Xd
+
+
+def quantized_output(Xt: torch.Tensor, lq: LayerQuant, spec: LayerSpec) -> torch.Tensor:
+    """y (no bias) of the quantized layer for inputs already in transformed coordinates."""
+    xq = fake_quantize(Xt.float(), spec.a_dtype, spec.a_group) if spec.a_dtype else Xt.float()
+    y = xq.double() @ lq.weight.double().T
+    if lq.a.numel():
+        y = y + (Xt.double() @ lq.a.double().T) @ lq.b.double().T
+    return y
+
+
+def _rtn_layer(Wt: torch.Tensor, spec: LayerSpec, X: torch.Tensor | None) -> LayerQuant:
+    if spec.rank > 0:
+        r = low_rank_decompose(Wt, spec.rank, spec.w_dtype, spec.w_group, spec.lowrank_iters, X,
+                               spec.randomized_svd, spec.seed)
+        return LayerQuant(r.weight.double(), r.q, r.a, r.b)
+    q = quantize(Wt, spec.w_dtype, spec.w_group)
+    empty = Wt.new_zeros(0, Wt.shape[1]).float()
+    return LayerQuant(dequantize(q, torch.float64), q, empty, Wt.new_zeros(Wt.shape[0], 0).float())
+
+
+def smoothing_objective(X: torch.Tensor, W: torch.Tensor, R: torch.Tensor | None, spec: LayerSpec):
+    """objective(s) = ||X·Wᵀ − y_q(s)||² with RTN (plus the branch) in place of GPTQ, as DeepCompressor does."""
+    ref = X.double() @ W.double().T
+
+    def objective(s: torch.Tensor) -> float:
+        Xt = transform_input(X, s, R)
+        lq = _rtn_layer(transform_weight(W, s, R), spec, Xt)
+        return float((quantized_output(Xt, lq, spec) - ref).pow(2).sum())
+    return objective
+
+
+def quantize_layer(W: torch.Tensor, stats: LayerStats, s: torch.Tensor | None, R: torch.Tensor | None,
+                   spec: LayerSpec) -> LayerQuant:
+    """Branch from the alternating fit, then GPTQ (or RTN) on the residual W' − b·a with the transformed Hessian."""
+    Wt = transform_weight(W, s, R)
+    st = transform_stats(stats, s, R)
+    X = st.sample if st.sample.shape[0] else None
+    if spec.rank > 0:
+        lr = low_rank_decompose(Wt, spec.rank, spec.w_dtype, spec.w_group, spec.lowrank_iters, X,
+                                spec.randomized_svd, spec.seed)
+        a, b = lr.a, lr.b
+    else:
+        a, b = top_r_svd(Wt, 0)
+    res = (Wt - b.double() @ a.double()).float()
+    if not spec.gptq:
+        q = quantize(res, spec.w_dtype, spec.w_group)
+        return LayerQuant(dequantize(q), q, a.float(), b.float())
+    g = gptq_quantize(res, st.hessian_sum.float(), spec.w_dtype, spec.w_group, spec.block_size,
+                      spec.damp_percentage, spec.num_inv_tries, spec.act_order)
+    return LayerQuant(g.weight, g.q, a.float(), b.float(), g.fallback)
+
+
+def layer_errors(W: torch.Tensor, bias: torch.Tensor | None, X: torch.Tensor, lq: LayerQuant,
+                 s: torch.Tensor | None, R: torch.Tensor | None, spec: LayerSpec) -> dict:
+    """Relative weight error of the effective weight and relative output error on the token sample X."""
+    w_eff = lq.weight.double() + lq.b.double() @ lq.a.double()
+    if R is not None:
+        w_eff = w_eff @ R.double().T
+    if s is not None:
+        w_eff = w_eff / s.double()
+    w_err = float((w_eff - W.double()).norm() / W.double().norm().clamp_min(1e-30))
+    ref = X.double() @ W.double().T
+    y = quantized_output(transform_input(X, s, R), lq, spec)
+    if bias is not None:
+        ref, y = ref + bias.double(), y + bias.double()
+    o_err = float((y - ref).norm() / ref.norm().clamp_min(1e-30))
+    return {"weight_rel_err": w_err, "output_rel_err": o_err}

@@ -1,0 +1,72 @@
+"""SVDQuant low-rank branch (Li et al., 2024, "SVDQuant: Absorbing Outliers by Low-Rank Components").
+
+W ≈ L + Q(W − L) with L = b·a of rank r kept in 16-bit. Alternating fit (DeepCompressor's):
+
+    Q_0 = 0;  L_t = top-r SVD(W − Q_{t−1});  Q_t = Q(W − L_t)
+
+keeping the best iterate by output error ||X (W − L − Q)ᵀ||² when a token sample X is given (weight error
+||W − L − Q||² otherwise) and stopping at the first iteration that does not improve. ``a`` [r, in] = Vh_r,
+``b`` [out, r] = U_r·S_r. Shapes: W [out, in], X [tokens, in]. SVDs in float64; ``randomized=True`` uses
+``torch.svd_lowrank`` (seeded, global RNG untouched) which is several times faster on large layers.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+from .quant import QTensor, dequantize, quantize
+
+__all__ = ["LowRankResult", "low_rank_decompose", "top_r_svd"]
+
+
+@dataclass
+class LowRankResult:
+    """``a`` [r, in], ``b`` [out, r] (float32), ``weight`` dequantized residual (shape/dtype of W), ``q`` its codes,
+    ``errors`` the score of every iteration tried."""
+    a: torch.Tensor
+    b: torch.Tensor
+    weight: torch.Tensor
+    q: QTensor
+    errors: list[float] = field(default_factory=list)
+
+
+def top_r_svd(R: torch.Tensor, rank: int, randomized: bool = False, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Best rank-r factors (a [r, in], b [out, r]) of R [out, in] in float64 (Eckart–Young)."""
+    R = R.double()
+    if rank <= 0:
+        return R.new_zeros(0, R.shape[1]), R.new_zeros(R.shape[0], 0)
+    if randomized and rank < min(R.shape) // 2:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            U, S, V = torch.svd_lowrank(R, q=min(rank + 10, min(R.shape)), niter=4)
+        return V[:, :rank].T.contiguous(), U[:, :rank] * S[:rank]
+    U, S, Vh = torch.linalg.svd(R, full_matrices=False)
+    return Vh[:rank].contiguous(), U[:, :rank] * S[:rank]
+
+
+def _score(D: torch.Tensor, X: torch.Tensor | None) -> float:
+    if X is None:
+        return float(D.double().pow(2).sum())
+    return float((X.double() @ D.double().T).pow(2).sum())
+
+
+def low_rank_decompose(W: torch.Tensor, rank: int, dtype: str, group_size: int = -1, num_iters: int = 1,
+                       X: torch.Tensor | None = None, randomized: bool = False, seed: int = 0) -> LowRankResult:
+    """Fit the branch and quantize the residual with RTN (GPTQ may re-quantize W − b·a afterwards)."""
+    Wd = W.detach().double()
+    Q = torch.zeros_like(Wd)
+    best = None
+    errors: list[float] = []
+    for _ in range(max(num_iters, 1)):
+        a, b = top_r_svd(Wd - Q, rank, randomized, seed)
+        L = b @ a
+        q = quantize(Wd - L, dtype, group_size)
+        Q = dequantize(q, torch.float64)
+        err = _score(Wd - L - Q, X)
+        errors.append(err)
+        if best is not None and err >= best[0]:
+            break
+        best = (err, a, b, q)
+    _, a, b, q = best
+    return LowRankResult(a.float(), b.float(), dequantize(q, W.dtype), q, errors)

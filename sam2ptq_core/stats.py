@@ -1,0 +1,109 @@
+"""Streaming per-layer calibration statistics.
+
+For every quantized linear we keep, without holding activations:
+
+- ``absmax`` [in] float32: per-input-channel max |X|;
+- ``hessian_sum`` [in, in] float64: Σ XᵀX over all tokens, with ``n_tokens``;
+- ``sample`` [≤k, in] float16: a seeded uniform reservoir (Algorithm R) of at most k tokens.
+
+Accumulation precision (measured, tests/test_stats.py): each batch's XᵀX is formed in float32 chunks of at most
+``chunk`` tokens and added into a float64 sum. Against an all-float64 reference the relative Frobenius error was
+≈3e-7 for 50k tokens, while a pure float32 running sum drifts with the token count. Forming the product in
+float64 would cost ≈2× the time on CPU for no measurable gain at the output of GPTQ.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+__all__ = ["LayerStats", "StatsAccumulator", "transform_stats"]
+
+
+@dataclass
+class LayerStats:
+    """Finished statistics of one layer (see module docstring for shapes)."""
+    absmax: torch.Tensor
+    hessian_sum: torch.Tensor
+    n_tokens: int
+    sample: torch.Tensor
+
+    def hessian(self) -> torch.Tensor:
+        """Mean Hessian H = Σ XᵀX / n (float64)."""
+        return self.hessian_sum / max(self.n_tokens, 1)
+
+    def to_dict(self) -> dict:
+        return {"absmax": self.absmax, "hessian_sum": self.hessian_sum,
+                "n_tokens": torch.tensor(self.n_tokens), "sample": self.sample}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "LayerStats":
+        return cls(d["absmax"], d["hessian_sum"], int(d["n_tokens"]), d["sample"])
+
+
+class StatsAccumulator:
+    """Accumulates :class:`LayerStats` batch by batch. ``add(x)`` takes X [tokens, in] (any float dtype)."""
+
+    def __init__(self, in_features: int, reservoir_size: int = 4096, seed: int = 0, chunk: int = 16384,
+                 device: torch.device | str = "cpu"):
+        self.k = reservoir_size
+        self.chunk = chunk
+        self.absmax = torch.zeros(in_features, dtype=torch.float32, device=device)
+        self.hessian_sum = torch.zeros(in_features, in_features, dtype=torch.float64, device=device)
+        self.n_tokens = 0
+        self.sample = torch.zeros(reservoir_size, in_features, dtype=torch.float16, device=device)
+        self.gen = torch.Generator(device="cpu").manual_seed(seed)
+
+    def add(self, x: torch.Tensor) -> None:
+        x = x.detach().reshape(-1, x.shape[-1]).to(self.hessian_sum.device)
+        if x.shape[0] == 0:
+            return
+        xf = x.float()
+        self.absmax = torch.maximum(self.absmax, xf.abs().amax(dim=0))
+        for i in range(0, xf.shape[0], self.chunk):
+            c = xf[i:i + self.chunk]
+            self.hessian_sum += (c.T @ c).double()
+        self._reservoir(xf)
+        self.n_tokens += x.shape[0]
+
+    def _reservoir(self, x: torch.Tensor) -> None:
+        """Algorithm R, vectorised: token t (0-based, global) replaces slot j ~ U[0, t] when j < k."""
+        n, t0 = x.shape[0], self.n_tokens
+        pos = torch.arange(t0, t0 + n)
+        fill = pos < self.k
+        if fill.any():
+            self.sample[pos[fill]] = x[fill].to(self.sample.dtype)
+        j = torch.floor(torch.rand(n, generator=self.gen, dtype=torch.float64) * (pos + 1).double()).long()
+        take = (~fill) & (j < self.k)
+        if take.any():
+            src = torch.nonzero(take).squeeze(1)
+            last = torch.full((self.k,), -1, dtype=torch.long)
+            last.scatter_reduce_(0, j[take], src, reduce="amax")  # the latest token wins a slot, as in the loop
+            slots = torch.nonzero(last >= 0).squeeze(1)
+            self.sample[slots.to(self.sample.device)] = x[last[slots].to(x.device)].to(self.sample.dtype)
+
+    def result(self) -> LayerStats:
+        m = min(self.n_tokens, self.k)
+        return LayerStats(self.absmax.cpu(), self.hessian_sum.cpu(), self.n_tokens, self.sample[:m].cpu().clone())
+
+
+def transform_stats(stats: LayerStats, smooth: torch.Tensor | None, rotation: torch.Tensor | None) -> LayerStats:
+    """Statistics of the transformed input X' = (X / s) · R, computed analytically (no forward pass).
+
+    H' = Rᵀ S⁻¹ H S⁻¹ R and sample' = (sample / s) · R exactly; ``absmax`` is recomputed from the sample when a
+    rotation mixes channels (a true max would need the full data) and divided by ``s`` otherwise.
+    """
+    h = stats.hessian_sum
+    x = stats.sample.float()
+    absmax = stats.absmax
+    if smooth is not None:
+        inv = (1.0 / smooth.double())
+        h = h * inv[:, None] * inv[None, :]
+        x = x / smooth.float()
+        absmax = absmax / smooth.float()
+    if rotation is not None:
+        r = rotation.double()
+        h = r.T @ h @ r
+        x = (x.double() @ r).float()
+        absmax = x.abs().amax(dim=0) if x.shape[0] else torch.zeros_like(absmax)
+    return LayerStats(absmax.float(), h, stats.n_tokens, x.float())
