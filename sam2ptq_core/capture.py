@@ -1,0 +1,78 @@
+"""Streaming capture of linear-input statistics with forward hooks; no activation is kept.
+
+Windowed attention pads each block's input with zero rows up to a multiple of the window size (≈16 % of the rows at
+stage 3 of tiny/small/base-plus at 1024²). Those rows are not real tokens, so they are masked out: ``attn.qkv`` sees the
+windows of the block input, ``attn.proj`` the windows of the (query-pooled) output. The mask is computed from the
+block's spatial size with transformers' own ``window_partition``.
+"""
+from __future__ import annotations
+
+from typing import Callable, Iterable
+
+import torch
+from torch import nn
+from transformers.models.sam2.modeling_sam2 import window_partition
+
+from .sam2 import quantizable_linears, trunk
+from .stats import LayerStats, StatsAccumulator
+
+__all__ = ["capture_stats", "valid_rows"]
+
+
+def valid_rows(batch: int, height: int, width: int, window: int, device=None) -> torch.Tensor:
+    """Bool [rows] marking the real tokens after window partition of a [batch, height, width, C] map."""
+    ones = torch.ones(batch, height, width, 1, device=device)
+    if window <= 0:
+        return ones.reshape(-1) > 0
+    win, _ = window_partition(ones, window)
+    return win.reshape(-1) > 0
+
+
+def _row_mask(block: nn.Module, leaf: str, b: int, h: int, w: int, device) -> torch.Tensor | None:
+    ws = block.window_size
+    if ws <= 0 or leaf not in ("attn.qkv", "attn.proj"):
+        return None
+    if leaf == "attn.qkv":
+        return valid_rows(b, h, w, ws, device)
+    if block.query_stride:  # attn.proj sees the pooled windows
+        sh, sw = block.query_stride
+        return valid_rows(b, h // sh, w // sw, ws // sh, device)
+    return valid_rows(b, h, w, ws, device)
+
+
+@torch.inference_mode()
+def capture_stats(model: nn.Module, batches: Iterable[torch.Tensor], sample_tokens: int, seed: int,
+                  skip: list[str] | tuple = (), on_batch: Callable[[int], None] | None = None
+                  ) -> dict[str, LayerStats]:
+    """Run the vision encoder over ``batches`` (normalised pixels [B, 3, S, S] on the model's device/dtype) and
+    return per-layer statistics. ``on_batch(i)`` is called after each batch (progress)."""
+    layers = quantizable_linears(model, skip)
+    blocks = trunk(model).blocks
+    spatial: dict[int, tuple[int, int, int]] = {}
+    accs = {name: StatsAccumulator(mod.in_features, sample_tokens, seed + i,
+                                   device=next(mod.parameters()).device)
+            for i, (name, mod) in enumerate(layers.items())}
+    handles = []
+    for bi, block in enumerate(blocks):
+        handles.append(block.register_forward_pre_hook(
+            lambda m, args, bi=bi: spatial.__setitem__(bi, tuple(args[0].shape[:3]))))
+    for name, mod in layers.items():
+        bi = int(name.split(".")[1])
+        leaf = name.split(".", 2)[2]
+
+        def hook(m, args, name=name, bi=bi, leaf=leaf):
+            x = args[0]
+            x2 = x.reshape(-1, x.shape[-1])
+            mask = _row_mask(blocks[bi], leaf, *spatial[bi], x.device)
+            accs[name].add(x2[mask] if mask is not None else x2)
+        handles.append(mod.register_forward_pre_hook(hook))
+    enc = getattr(model, "vision_encoder", model)
+    try:
+        for i, px in enumerate(batches):
+            enc(pixel_values=px)
+            if on_batch:
+                on_batch(i)
+    finally:
+        for h in handles:
+            h.remove()
+    return {name: acc.result() for name, acc in accs.items()}

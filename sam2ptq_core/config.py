@@ -1,0 +1,265 @@
+"""The run configuration: one frozen pydantic tree, YAML + dotted overrides, canonical hashes, per-stage slices.
+
+Resolution order: defaults → YAML file → dotted overrides (``quant.calib.num_samples=64``; values parsed with
+``yaml.safe_load``) → validation. Unknown keys are errors that name the key and list close matches.
+"""
+from __future__ import annotations
+
+import difflib
+import hashlib
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+__all__ = ["RunConfig", "ConfigError", "load_config", "config_hash", "canonical_json", "stage_slices",
+           "VARIANTS", "group_size_of"]
+
+VARIANTS = ("tiny", "small", "base-plus", "large")
+
+
+class ConfigError(ValueError):
+    """A configuration problem, with a one-line message that names the key and the fix."""
+
+
+class _Node(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ModelCfg(_Node):
+    name: Literal["tiny", "small", "base-plus", "large"] = "tiny"
+    device: Literal["cuda", "cpu"] = "cuda"
+    dtype: Literal["float16", "bfloat16", "float32"] = "float16"
+    path: str = ""            # local transformers-format directory; overrides the hub id
+    revision: str = "main"    # hub revision (branch, tag or commit)
+    random_init: bool = False  # real architecture, seeded random weights (offline work only)
+    arch: dict[str, Any] = Field(default_factory=dict)  # random_init only: Sam2HieraDetConfig overrides (tests)
+
+    @model_validator(mode="after")
+    def _arch_needs_random(self):
+        if self.arch and not self.random_init:
+            raise ValueError("model.arch overrides need model.random_init: true (they change the architecture)")
+        return self
+
+
+class CacheCfg(_Node):
+    root: str = "./cache/sam2"
+
+
+class CalibCfg(_Node):
+    path: str = ""
+    num_samples: int = Field(128, ge=1)
+    batch_size: int = Field(1, ge=1)
+    image_size: int = 1024
+    sample_tokens: int = Field(4096, ge=0)  # token reservoir per layer (smoothing search, low-rank, errors)
+
+    @field_validator("image_size")
+    @classmethod
+    def _mult32(cls, v):
+        if v < 64 or v % 32:
+            raise ValueError(f"image_size must be a multiple of 32 and ≥ 64, got {v}")
+        return v
+
+
+class GPTQCfg(_Node):
+    damp_percentage: float = Field(0.01, gt=0)
+    block_size: int = Field(128, ge=1)
+    num_inv_tries: int = Field(250, ge=1)
+    act_order: bool = False
+
+
+class LowRankCfg(_Node):
+    rank: int = Field(32, ge=0)
+    exclusive: bool = False
+    num_iters: int = Field(1, ge=1)
+    randomized: bool = True
+
+
+def _group_shapes(v):
+    if len(v) != 1 or len(v[0]) != 2 or v[0][0] != 1 or not (v[0][1] == -1 or v[0][1] > 0):
+        raise ValueError(f"group_shapes must be [[1, G]] with G > 0 or -1 (one level), got {v}")
+    return v
+
+
+class WgtsCfg(_Node):
+    dtype: Literal["sint4", "uint4", "sint8", "uint8"] = "uint4"
+    group_shapes: list[list[int]] = Field(default_factory=lambda: [[1, 128]])
+    kernel_gptq: GPTQCfg | None = Field(default_factory=GPTQCfg)
+    low_rank: LowRankCfg | None = None
+    _gs = field_validator("group_shapes")(classmethod(lambda cls, v: _group_shapes(v)))
+
+
+class IptsCfg(_Node):
+    dtype: Literal["sint4", "uint4", "sint8", "uint8"] | None = "uint8"
+    group_shapes: list[list[int]] = Field(default_factory=lambda: [[1, -1]])
+    static: bool = False
+    _gs = field_validator("group_shapes")(classmethod(lambda cls, v: _group_shapes(v)))
+
+    @field_validator("static")
+    @classmethod
+    def _dynamic_only(cls, v):
+        if v:
+            raise ValueError("static activation quantization is not supported; use static: false (dynamic per token)")
+        return v
+
+
+class SmoothProjCfg(_Node):
+    granularity: Literal["Layer"] = "Layer"
+    strategy: Literal["GridSearch", "Manual"] = "GridSearch"
+    num_grids: int = Field(20, ge=2)
+    alpha: float = 0.5
+    beta: float = -2.0
+
+
+class SmoothCfg(_Node):
+    proj: SmoothProjCfg | None = Field(default_factory=SmoothProjCfg)
+
+
+class RotationCfg(_Node):
+    transforms: list[Literal["hadamard"]] = Field(default_factory=lambda: ["hadamard"])
+    random: bool = False
+
+
+class EvalCfg(_Node):
+    path: str = ""          # held-out image folder; empty = a seeded split disjoint from the calibration images
+    num_samples: int = Field(8, ge=1)
+    points_per_side: int = Field(4, ge=1)
+    num_overlays: int = Field(3, ge=0)
+    annotations: str = ""   # optional COCO instances JSON for ground-truth mIoU
+    regression_threshold: float = Field(0.5, ge=0)  # allowed drop of mIoU vs FP (points) against the last run
+
+
+class QuantCfg(_Node):
+    calib: CalibCfg = Field(default_factory=CalibCfg)
+    wgts: WgtsCfg = Field(default_factory=WgtsCfg)
+    ipts: IptsCfg = Field(default_factory=IptsCfg)
+    smooth: SmoothCfg | None = None
+    rotation: RotationCfg | None = None
+    eval: EvalCfg = Field(default_factory=EvalCfg)
+    skip: list[str] = Field(default_factory=list)  # fnmatch patterns of trunk linears kept in 16-bit
+
+
+class OutputCfg(_Node):
+    root: str = "./outputs/sam2"
+    job: str = ""  # default: hiera_<name>_<wbits>a<abits>
+
+
+class RunConfig(_Node):
+    model: ModelCfg = Field(default_factory=ModelCfg)
+    cache: CacheCfg = Field(default_factory=CacheCfg)
+    quant: QuantCfg = Field(default_factory=QuantCfg)
+    output: OutputCfg = Field(default_factory=OutputCfg)
+    save_model: bool = False
+    convert_nunchaku: bool = False
+    seed: int = 42
+
+    def job_name(self) -> str:
+        if self.output.job:
+            return self.output.job
+        a = self.quant.ipts.dtype[-1] if self.quant.ipts.dtype else "16"
+        return f"hiera_{self.model.name.replace('-', '_')}_w{self.quant.wgts.dtype[-1]}a{a}"
+
+
+def group_size_of(group_shapes: list[list[int]]) -> int:
+    return group_shapes[0][1]
+
+
+def _known_keys(model: type[BaseModel], prefix: str = "") -> dict[str, type | None]:
+    out = {}
+    for name, f in model.model_fields.items():
+        key = f"{prefix}{name}"
+        sub = _submodel(f.annotation)
+        out[key] = sub
+        if sub is not None:
+            out.update(_known_keys(sub, key + "."))
+    return out
+
+
+def _submodel(ann) -> type[BaseModel] | None:
+    for a in getattr(ann, "__args__", (ann,)):
+        if isinstance(a, type) and issubclass(a, BaseModel):
+            return a
+    return None
+
+
+def _check_keys(d: dict, prefix: str = "") -> None:
+    known = _known_keys(RunConfig)
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if key not in known:
+            close = difflib.get_close_matches(key, list(known), n=3, cutoff=0.6)
+            hint = f"; did you mean {', '.join(close)}?" if close else ""
+            raise ConfigError(f"unknown config key '{key}'{hint}")
+        if isinstance(v, dict) and known[key] is not None:
+            _check_keys(v, key + ".")
+
+
+def _set_dotted(d: dict, dotted: str, value: Any) -> None:
+    parts = dotted.split(".")
+    cur = d
+    for p in parts[:-1]:
+        if not isinstance(cur.get(p), dict):
+            cur[p] = {}
+        cur = cur[p]
+    cur[parts[-1]] = value
+
+
+def load_config(source: str | Path | dict | None = None, overrides: list[str] | None = None) -> RunConfig:
+    """Build a RunConfig from a YAML path or dict plus ``key=value`` overrides. Raises ConfigError (one line)."""
+    if isinstance(source, (str, Path)) and str(source):
+        p = Path(source)
+        if not p.is_file():
+            raise ConfigError(f"config file {p} does not exist; pass an existing YAML file to --config")
+        try:
+            data = yaml.safe_load(p.read_text()) or {}
+        except yaml.YAMLError as e:
+            raise ConfigError(f"config file {p} is not valid YAML: {str(e).splitlines()[0]}") from None
+        if not isinstance(data, dict):
+            raise ConfigError(f"config file {p} must hold a mapping at the top level")
+    else:
+        data = json.loads(json.dumps(source or {}))
+    for ov in overrides or []:
+        if "=" not in ov:
+            raise ConfigError(f"override {ov!r} must look like key=value, e.g. quant.calib.num_samples=64")
+        k, v = ov.split("=", 1)
+        _set_dotted(data, k.strip().lstrip("-").replace("-", "_"), yaml.safe_load(v) if v != "" else "")
+    _check_keys(data)
+    try:
+        return RunConfig.model_validate(data)
+    except ValidationError as e:
+        err = e.errors()[0]
+        loc = ".".join(str(x) for x in err["loc"] if not str(x).startswith("function-"))
+        raise ConfigError(f"invalid value for '{loc}': {err['msg']}") from None
+
+
+def canonical_json(obj: Any) -> str:
+    if isinstance(obj, BaseModel):
+        obj = obj.model_dump(mode="json")
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
+
+
+def config_hash(obj: Any) -> str:
+    return hashlib.sha256(canonical_json(obj).encode()).hexdigest()
+
+
+def stage_slices(cfg: RunConfig) -> dict[str, dict]:
+    """The part of the config each cached stage depends on (upstream keys are added by the store)."""
+    m, q = cfg.model, cfg.quant
+    w = q.wgts.model_dump(mode="json")
+    return {
+        "fetch_model": {"model": m.model_dump(mode="json", exclude={"device", "dtype"}), "seed": cfg.seed},
+        "build_calibration_set": {"calib": q.calib.model_dump(mode="json", include={"path", "num_samples",
+                                                                                  "image_size"}),
+                                  "seed": cfg.seed},
+        "capture_activations": {"device": m.device, "dtype": m.dtype, "batch_size": q.calib.batch_size,
+                                "sample_tokens": q.calib.sample_tokens, "skip": q.skip, "seed": cfg.seed},
+        "smooth": {"smooth": None if q.smooth is None else q.smooth.model_dump(mode="json"), "wgts": w,
+                   "ipts": q.ipts.model_dump(mode="json"),
+                   "rotation": None if q.rotation is None else q.rotation.model_dump(mode="json"), "seed": cfg.seed},
+        "rotate": {"rotation": None if q.rotation is None else q.rotation.model_dump(mode="json"), "seed": cfg.seed},
+        "gptq_lowrank": {"wgts": w, "seed": cfg.seed},
+        "evaluate": {"ipts": q.ipts.model_dump(mode="json"), "eval": q.eval.model_dump(mode="json"),
+                     "device": m.device, "dtype": m.dtype, "image_size": q.calib.image_size, "seed": cfg.seed},
+    }

@@ -1,0 +1,120 @@
+"""Calibration and evaluation images: folder listing, seeded sampling, decoding and SAM2 preprocessing.
+
+Preprocessing follows transformers' ``Sam2ImageProcessor``: convert to RGB, resize to ``size``×``size`` without
+keeping the aspect ratio (bilinear, antialiased when shrinking — PIL's BILINEAR filter), /255, normalise with the
+ImageNet mean/std. Prompts in original pixel coordinates are scaled by size/W and size/H.
+"""
+from __future__ import annotations
+
+import hashlib
+import logging
+import random
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from PIL import Image, ImageOps
+
+__all__ = ["IMAGE_SUFFIXES", "DataError", "ImageRecord", "list_images", "select_images", "load_rgb",
+           "resize_uint8", "normalize", "scale_points", "MEAN", "STD", "file_sha256"]
+
+log = logging.getLogger(__name__)
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff"}
+MEAN = (0.485, 0.456, 0.406)
+STD = (0.229, 0.224, 0.225)
+MAX_PIXELS = 178_956_970  # PIL's own default bomb limit; larger images are refused, not decoded
+
+
+class DataError(ValueError):
+    """A problem with the image folder, with a one-line message."""
+
+
+@dataclass(frozen=True)
+class ImageRecord:
+    path: str
+    size: int
+    sha256: str
+
+
+def file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def list_images(folder: str | Path) -> list[Path]:
+    """Image files below ``folder`` (recursive, by suffix), sorted for determinism."""
+    p = Path(folder)
+    if not str(folder) or not p.is_dir():
+        raise DataError(f"image folder '{folder}' does not exist; set --quant.calib.path to a folder of images")
+    files = sorted(f for f in p.rglob("*") if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES)
+    if not files:
+        raise DataError(f"image folder '{folder}' holds no images ({', '.join(sorted(IMAGE_SUFFIXES))})")
+    return files
+
+
+def load_rgb(path: Path) -> Image.Image:
+    """Decode to 8-bit RGB with EXIF orientation applied; raises on corrupt files and decompression bombs."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        with Image.open(path) as im:
+            if im.width * im.height > MAX_PIXELS:
+                raise Image.DecompressionBombError(f"{im.width}x{im.height} pixels exceeds {MAX_PIXELS}")
+            im.load()
+            im = ImageOps.exif_transpose(im)
+            if im.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+                arr = torch.from_numpy(__import__("numpy").asarray(im, dtype="float32"))
+                hi = float(arr.max()) or 1.0
+                im = Image.fromarray((arr / hi * 255).round().clamp(0, 255).to(torch.uint8).numpy(), "L")
+            if im.mode in ("RGBA", "LA", "PA") or (im.mode == "P" and "transparency" in im.info):
+                im = im.convert("RGBA")
+                bg = Image.new("RGBA", im.size, (255, 255, 255, 255))
+                im = Image.alpha_composite(bg, im)
+            return im.convert("RGB")
+
+
+def select_images(folder: str | Path, num: int, seed: int, exclude: set[str] = frozenset(),
+                  what: str = "calibration") -> tuple[list[Path], int]:
+    """Seeded choice of ``num`` decodable images (excluding paths in ``exclude``). Returns (paths, n_skipped)."""
+    files = [f for f in list_images(folder) if str(f) not in exclude]
+    random.Random(seed).shuffle(files)
+    chosen, skipped = [], 0
+    for f in files:
+        if len(chosen) == num:
+            break
+        try:
+            load_rgb(f)
+            chosen.append(f)
+        except (OSError, ValueError, Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+            skipped += 1
+            log.warning("skipping unreadable image %s: %s", f, str(e).splitlines()[0])
+    if skipped:
+        log.warning("%d unreadable file(s) skipped in %s", skipped, folder)
+    if len(chosen) < num:
+        raise DataError(f"{what} folder '{folder}' has {len(chosen)} usable images but {num} were asked for; "
+                        f"lower num_samples or add images")
+    return chosen, skipped
+
+
+def resize_uint8(im: Image.Image, size: int) -> torch.Tensor:
+    """[3, size, size] uint8: plain resize (no aspect ratio), bilinear with antialiasing."""
+    r = im.resize((size, size), Image.Resampling.BILINEAR)
+    import numpy as np
+    return torch.from_numpy(np.asarray(r, dtype=np.uint8).copy()).permute(2, 0, 1).contiguous()
+
+
+def normalize(x: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """uint8 [..., 3, H, W] → normalised float: (x/255 − mean) / std."""
+    mean = torch.tensor(MEAN, dtype=torch.float32).view(3, 1, 1)
+    std = torch.tensor(STD, dtype=torch.float32).view(3, 1, 1)
+    return ((x.float() / 255.0 - mean) / std).to(dtype)
+
+
+def scale_points(points: torch.Tensor, width: int, height: int, size: int) -> torch.Tensor:
+    """(x, y) in original pixels [..., 2] → coordinates of the resized size×size input."""
+    f = torch.tensor([size / width, size / height], dtype=points.dtype)
+    return points * f

@@ -1,0 +1,100 @@
+"""Evaluation of a quantized SAM2 against its float model: encoder fidelity and mask agreement.
+
+Prompts per image: a ``p``×``p`` grid of single foreground points (cell centres), then one box per point prompt,
+taken from the float model's mask for that point (boxes of empty masks are skipped). Masks: the 256²-style low-res
+logits upsampled bilinearly to the original image size, > 0. Mask IoU of quantized vs float; optional ground truth.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .metrics import cosine, mask_iou, sqnr_db
+
+__all__ = ["ImageEval", "point_grid", "masks_to_boxes", "encode", "predict_masks", "evaluate_image"]
+
+LEVELS = ("fpn0", "fpn1", "embedding")  # stride 4, 8, 16; the last is what the mask decoder attends to
+
+
+@dataclass
+class ImageEval:
+    """Per-image results: encoder metrics per level, IoU per prompt, and masks for overlays."""
+    sqnr: dict[str, float]
+    cos: dict[str, float]
+    point_iou: torch.Tensor
+    box_iou: torch.Tensor
+    fp_masks: torch.Tensor = field(repr=False)
+    q_masks: torch.Tensor = field(repr=False)
+    points: torch.Tensor = field(repr=False)
+
+
+def point_grid(width: int, height: int, per_side: int) -> torch.Tensor:
+    """[per_side², 2] (x, y) cell centres in original pixels."""
+    xs = (torch.arange(per_side, dtype=torch.float32) + 0.5) * width / per_side
+    ys = (torch.arange(per_side, dtype=torch.float32) + 0.5) * height / per_side
+    gy, gx = torch.meshgrid(ys, xs, indexing="ij")
+    return torch.stack([gx.flatten(), gy.flatten()], dim=-1)
+
+
+def masks_to_boxes(masks: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Boxes (x1, y1, x2, y2) [N, 4] of boolean masks [N, H, W] and a bool [N] of non-empty masks."""
+    n, h, w = masks.shape
+    keep = masks.flatten(1).any(1)
+    ys = torch.arange(h).view(1, h, 1).expand(n, h, w)
+    xs = torch.arange(w).view(1, 1, w).expand(n, h, w)
+    big = torch.iinfo(torch.long).max
+    x1 = torch.where(masks, xs, big).flatten(1).amin(1)
+    y1 = torch.where(masks, ys, big).flatten(1).amin(1)
+    x2 = torch.where(masks, xs, -1).flatten(1).amax(1) + 1
+    y2 = torch.where(masks, ys, -1).flatten(1).amax(1) + 1
+    return torch.stack([x1, y1, x2, y2], 1).float(), keep
+
+
+@torch.inference_mode()
+def encode(model: nn.Module, pixels: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor]:
+    """FPN levels (high → low resolution) and the final image embeddings used by the mask decoder."""
+    emb = model.get_image_embeddings(pixels)
+    return [e.float() for e in emb], emb[-1].float()
+
+
+@torch.inference_mode()
+def predict_masks(model: nn.Module, embeddings: list[torch.Tensor], size: int, orig_hw: tuple[int, int],
+                  points: torch.Tensor | None = None, boxes: torch.Tensor | None = None) -> torch.Tensor:
+    """Boolean masks [N, H, W] at the original size for N point prompts (or N boxes), in original pixels."""
+    h, w = orig_hw
+    f = torch.tensor([size / w, size / h])
+    dev, dt = embeddings[0].device, next(model.parameters()).dtype
+    emb = [e.to(dt) for e in embeddings]
+    if points is not None:
+        pts = (points * f).to(dev, dt).view(1, -1, 1, 2)
+        labels = torch.ones(1, pts.shape[1], 1, dtype=torch.long, device=dev)
+        out = model(image_embeddings=emb, input_points=pts, input_labels=labels, multimask_output=False)
+    else:
+        bx = (boxes * f.repeat(2)).to(dev, dt).view(1, -1, 4)
+        out = model(image_embeddings=emb, input_boxes=bx, multimask_output=False)
+    logits = out.pred_masks[0, :, 0].float()
+    return F.interpolate(logits[:, None], size=(h, w), mode="bilinear", align_corners=False)[:, 0].cpu() > 0
+
+
+def evaluate_image(fp: nn.Module, q: nn.Module, pixels: torch.Tensor, orig_hw: tuple[int, int], size: int,
+                   per_side: int) -> ImageEval:
+    """Compare float and quantized SAM2 on one preprocessed image [1, 3, S, S]."""
+    fp_lv, _ = encode(fp, pixels)
+    q_lv, _ = encode(q, pixels.to(next(q.parameters()).dtype))
+    sq = {n: sqnr_db(a, b) for n, a, b in zip(LEVELS, fp_lv, q_lv)}
+    co = {n: cosine(a, b) for n, a, b in zip(LEVELS, fp_lv, q_lv)}
+    h, w = orig_hw
+    pts = point_grid(w, h, per_side)
+    fp_m = predict_masks(fp, fp_lv, size, orig_hw, points=pts)
+    q_m = predict_masks(q, q_lv, size, orig_hw, points=pts)
+    p_iou = mask_iou(fp_m, q_m)
+    boxes, keep = masks_to_boxes(fp_m)
+    b_iou = torch.zeros(0, dtype=torch.float64)
+    if keep.any():
+        fb = predict_masks(fp, fp_lv, size, orig_hw, boxes=boxes[keep])
+        qb = predict_masks(q, q_lv, size, orig_hw, boxes=boxes[keep])
+        b_iou = mask_iou(fb, qb)
+    return ImageEval(sq, co, p_iou, b_iou, fp_m, q_m, pts)

@@ -1,0 +1,82 @@
+"""The quantized linear module and the swap that builds a quantized SAM2 from per-layer artifacts.
+
+QuantLinear computes, for input x [..., in]:
+
+    x' = (x / smooth) · R                       (R = Hadamard, applied by the fast transform)
+    y  = Qa(x') · weightᵀ + (x' · aᵀ) · bᵀ + bias
+
+``weight`` is the dequantized (fake-quant) residual, exactly (code − zero) · scale; the low-rank branch runs on the
+unquantized x'; Qa is dynamic per-token group quantization (``ipts``). The module keeps a float ``.weight`` so that
+code reading ``module.weight.dtype`` keeps working.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from .quant import fake_quantize
+from .rotate import apply_hadamard
+from .sam2 import quantizable_linears, trunk
+
+__all__ = ["QuantLinear", "LayerArtifacts", "quantize_model"]
+
+
+@dataclass
+class LayerArtifacts:
+    """Everything one quantized linear needs (tensors on CPU, float32)."""
+    weight: torch.Tensor
+    bias: torch.Tensor | None
+    smooth: torch.Tensor | None
+    a: torch.Tensor | None
+    b: torch.Tensor | None
+    rotate: bool = False
+    rotate_random: bool = False
+    rotate_seed: int = 0
+
+
+class QuantLinear(nn.Module):
+    def __init__(self, art: LayerArtifacts, a_dtype: str | None, a_group: int):
+        super().__init__()
+        self.out_features, self.in_features = art.weight.shape
+        self.weight = nn.Parameter(art.weight.clone(), requires_grad=False)
+        self.bias = None if art.bias is None else nn.Parameter(art.bias.clone(), requires_grad=False)
+        self.register_buffer("smooth", None if art.smooth is None else art.smooth.clone())
+        has_branch = art.a is not None and art.a.numel() > 0
+        self.register_buffer("lora_a", art.a.clone() if has_branch else None)
+        self.register_buffer("lora_b", art.b.clone() if has_branch else None)
+        self.rotate, self.rotate_random, self.rotate_seed = art.rotate, art.rotate_random, art.rotate_seed
+        self.a_dtype, self.a_group = a_dtype, a_group
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.smooth is not None:
+            x = x / self.smooth.to(x.dtype)
+        if self.rotate:
+            x = apply_hadamard(x, random=self.rotate_random, seed=self.rotate_seed)
+        xq = fake_quantize(x, self.a_dtype, self.a_group) if self.a_dtype else x
+        y = nn.functional.linear(xq, self.weight.to(x.dtype), None if self.bias is None else self.bias.to(x.dtype))
+        if self.lora_a is not None:
+            y = y + nn.functional.linear(nn.functional.linear(x, self.lora_a.to(x.dtype)), self.lora_b.to(x.dtype))
+        return y
+
+    def extra_repr(self) -> str:
+        return (f"in={self.in_features}, out={self.out_features}, act={self.a_dtype}/{self.a_group}, "
+                f"smooth={self.smooth is not None}, rotate={self.rotate}, "
+                f"rank={0 if self.lora_a is None else self.lora_a.shape[0]}")
+
+
+def quantize_model(model: nn.Module, layers: dict[str, LayerArtifacts], a_dtype: str | None, a_group: int) -> nn.Module:
+    """Swap the named trunk linears of ``model`` (in place) for QuantLinear modules; returns the model."""
+    known = quantizable_linears(model)
+    missing = set(layers) - set(known)
+    if missing:
+        raise KeyError(f"artifacts name layers the model does not have: {sorted(missing)[:3]}")
+    root = trunk(model)
+    for name, art in layers.items():
+        parent_name, leaf = name.rsplit(".", 1)
+        parent = root.get_submodule(parent_name)
+        old = getattr(parent, leaf)
+        ql = QuantLinear(art, a_dtype, a_group).to(device=old.weight.device)
+        setattr(parent, leaf, ql)
+    return model

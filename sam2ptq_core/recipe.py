@@ -1,0 +1,104 @@
+"""Per-layer recipe over a whole model: rotations, smoothing search and GPTQ + low-rank for every trunk linear.
+
+Pure functions over (weights, statistics, config slices); the tasks load inputs and store the outputs.
+"""
+from __future__ import annotations
+
+import hashlib
+from typing import Callable
+
+import torch
+from torch import nn
+
+from .config import QuantCfg, group_size_of
+from .layerq import LayerQuant, LayerSpec, layer_errors, quantize_layer, smoothing_objective
+from .qmodel import LayerArtifacts
+from .rotate import hadamard
+from .smooth import SmoothResult, search_smoothing, smooth_candidates
+from .stats import LayerStats
+
+__all__ = ["layer_spec", "rotation_spec", "rotation_matrices", "search_all_smoothing", "quantize_all",
+           "to_artifacts", "all_layer_errors"]
+
+Progress = Callable[[int, int, str], None]
+
+
+def layer_spec(q: QuantCfg, seed: int) -> LayerSpec:
+    w, g, lr = q.wgts, q.wgts.kernel_gptq, q.wgts.low_rank
+    return LayerSpec(
+        w_dtype=w.dtype, w_group=group_size_of(w.group_shapes),
+        a_dtype=q.ipts.dtype, a_group=group_size_of(q.ipts.group_shapes),
+        rank=lr.rank if lr else 0, lowrank_iters=lr.num_iters if lr else 1, randomized_svd=lr.randomized if lr else True,
+        gptq=g is not None, block_size=g.block_size if g else 128, damp_percentage=g.damp_percentage if g else 0.01,
+        num_inv_tries=g.num_inv_tries if g else 250, act_order=g.act_order if g else False, seed=seed)
+
+
+def rotation_spec(widths: list[int], enabled: bool, random: bool, seed: int) -> dict:
+    """What the rotate stage stores: the widths and how to rebuild each matrix, plus its sha256 for verification."""
+    if not enabled:
+        return {"enabled": False, "widths": []}
+    shas = {str(n): hashlib.sha256(hadamard(n, random=random, seed=seed).numpy().tobytes()).hexdigest()
+            for n in sorted(set(widths))}
+    return {"enabled": True, "random": random, "seed": seed, "widths": sorted(set(widths)), "sha256": shas}
+
+
+def rotation_matrices(spec: dict) -> dict[int, torch.Tensor]:
+    """Rebuild the float64 matrices of a rotation spec, checking them against the stored hashes."""
+    out = {}
+    for n in spec.get("widths", []):
+        R = hadamard(n, random=spec["random"], seed=spec["seed"])
+        if hashlib.sha256(R.numpy().tobytes()).hexdigest() != spec["sha256"][str(n)]:
+            raise RuntimeError(f"rebuilt Hadamard matrix of order {n} differs from the stored one")
+        out[n] = R
+    return out
+
+
+def search_all_smoothing(layers: dict[str, nn.Module], stats: dict[str, LayerStats], rots: dict[int, torch.Tensor],
+                         spec: LayerSpec, candidates: list[tuple[float, float]],
+                         progress: Progress | None = None) -> dict[str, SmoothResult]:
+    out = {}
+    for i, (name, mod) in enumerate(layers.items()):
+        st = stats[name]
+        W = mod.weight.detach().float().cpu()
+        X = st.sample.float()
+        obj = smoothing_objective(X, W, rots.get(W.shape[1]), spec)
+        out[name] = search_smoothing(st.absmax, W.abs().amax(0), candidates, obj)
+        if progress:
+            progress(i + 1, len(layers), name)
+    return out
+
+
+def quantize_all(layers: dict[str, nn.Module], stats: dict[str, LayerStats], smooth: dict[str, torch.Tensor],
+                 rots: dict[int, torch.Tensor], spec: LayerSpec, progress: Progress | None = None
+                 ) -> dict[str, LayerQuant]:
+    out = {}
+    for i, (name, mod) in enumerate(layers.items()):
+        W = mod.weight.detach().float().cpu()
+        out[name] = quantize_layer(W, stats[name], smooth.get(name), rots.get(W.shape[1]), spec)
+        if progress:
+            progress(i + 1, len(layers), name)
+    return out
+
+
+def to_artifacts(layers: dict[str, nn.Module], lqs: dict[str, LayerQuant], smooth: dict[str, torch.Tensor],
+                 rotation: dict) -> dict[str, LayerArtifacts]:
+    arts = {}
+    for name, mod in layers.items():
+        lq = lqs[name]
+        bias = None if mod.bias is None else mod.bias.detach().float().cpu()
+        arts[name] = LayerArtifacts(lq.weight.float(), bias, smooth.get(name), lq.a, lq.b,
+                                    rotate=rotation.get("enabled", False), rotate_random=rotation.get("random", False),
+                                    rotate_seed=rotation.get("seed", 0))
+    return arts
+
+
+def all_layer_errors(layers: dict[str, nn.Module], stats: dict[str, LayerStats], lqs: dict[str, LayerQuant],
+                     smooth: dict[str, torch.Tensor], rots: dict[int, torch.Tensor], spec: LayerSpec) -> list[dict]:
+    rows = []
+    for name, mod in layers.items():
+        W = mod.weight.detach().float().cpu()
+        b = None if mod.bias is None else mod.bias.detach().float().cpu()
+        X = stats[name].sample.float()
+        e = layer_errors(W, b, X, lqs[name], smooth.get(name), rots.get(W.shape[1]), spec)
+        rows.append({"name": name, **e})
+    return rows

@@ -1,0 +1,161 @@
+"""The SAM2 adapter: variants, loading (hub / local directory / seeded random init) and the layer map.
+
+Uses transformers' ``Sam2Model`` (≥ 5). The image encoder is ``model.vision_encoder`` (a ``Sam2VisionModel``):
+``backbone`` is the Hiera trunk (quantized), ``neck`` the FPN (kept in 16-bit). Layer names are relative to the
+trunk: ``blocks.<i>.attn.qkv``, ``blocks.<i>.attn.proj``, ``blocks.<i>.mlp.proj_in``, ``blocks.<i>.mlp.proj_out`` and
+``blocks.<i>.proj`` (first block of a stage, width change).
+"""
+from __future__ import annotations
+
+import fnmatch
+import hashlib
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+__all__ = ["VARIANTS", "hub_id", "ModelUnavailable", "LoadedModel", "build_config", "build_random",
+           "resolve_checkpoint", "load_model", "quantizable_linears", "trunk", "weights_sha256", "DTYPES"]
+
+# Published Hiera configurations of facebook/sam2.1-hiera-* (DESIGN.md §5).
+VARIANTS: dict[str, dict] = {
+    "tiny": dict(hidden_size=96, embed_dim_per_stage=[96, 192, 384, 768], num_attention_heads_per_stage=[1, 2, 4, 8],
+                 blocks_per_stage=[1, 2, 7, 2], global_attention_blocks=[5, 7, 9], window_size_per_stage=[8, 4, 14, 7],
+                 window_positional_embedding_background_size=[7, 7]),
+    "small": dict(hidden_size=96, embed_dim_per_stage=[96, 192, 384, 768], num_attention_heads_per_stage=[1, 2, 4, 8],
+                  blocks_per_stage=[1, 2, 11, 2], global_attention_blocks=[7, 10, 13],
+                  window_size_per_stage=[8, 4, 14, 7], window_positional_embedding_background_size=[7, 7]),
+    "base-plus": dict(hidden_size=112, embed_dim_per_stage=[112, 224, 448, 896],
+                      num_attention_heads_per_stage=[2, 4, 8, 16], blocks_per_stage=[2, 3, 16, 3],
+                      global_attention_blocks=[12, 16, 20], window_size_per_stage=[8, 4, 14, 7],
+                      window_positional_embedding_background_size=[14, 14]),
+    "large": dict(hidden_size=144, embed_dim_per_stage=[144, 288, 576, 1152],
+                  num_attention_heads_per_stage=[2, 4, 8, 16], blocks_per_stage=[2, 6, 36, 4],
+                  global_attention_blocks=[23, 33, 43], window_size_per_stage=[8, 4, 16, 8],
+                  window_positional_embedding_background_size=[7, 7]),
+}
+
+DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
+
+
+class ModelUnavailable(RuntimeError):
+    """The checkpoint cannot be found or read; the message says which and the ways out."""
+
+
+@dataclass
+class LoadedModel:
+    model: nn.Module
+    source: str           # "random_init", a local directory, or "<hub id>@<revision>"
+    random_weights: bool
+
+
+def hub_id(name: str) -> str:
+    return f"facebook/sam2.1-hiera-{name}"
+
+
+def _sized(cfg_dict: dict, image_size: int) -> dict:
+    """Set the feature sizes that transformers' SAM2 derives from a 1024² input to ``image_size``."""
+    s = image_size
+    cfg_dict.setdefault("vision_config", {})["backbone_feature_sizes"] = [[s // 4, s // 4], [s // 8, s // 8],
+                                                                         [s // 16, s // 16]]
+    cfg_dict.setdefault("prompt_encoder_config", {})["image_size"] = s
+    return cfg_dict
+
+
+def build_config(name: str, image_size: int = 1024, arch: dict | None = None):
+    """Sam2Config of a published variant (optionally with Hiera overrides for reduced test models)."""
+    from transformers import Sam2Config
+    backbone = {**VARIANTS[name], **(arch or {})}
+    vision = {"backbone_config": {"model_type": "sam2_hiera_det_model", **backbone},
+              "backbone_channel_list": list(backbone["embed_dim_per_stage"])[::-1]}
+    return Sam2Config(**_sized({"vision_config": vision}, image_size))
+
+
+def build_random(name: str, seed: int, image_size: int = 1024, arch: dict | None = None) -> nn.Module:
+    """The exact architecture of ``name`` with seeded random weights (global RNG state is restored)."""
+    from transformers import Sam2Model
+    cfg = build_config(name, image_size, arch)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = Sam2Model(cfg)
+        # transformers initialises pos_embed to zeros; give the random model a non-trivial one like a trained one
+        for p in (model.vision_encoder.backbone.pos_embed, model.vision_encoder.backbone.pos_embed_window):
+            nn.init.trunc_normal_(p, std=0.02)
+    return model.eval()
+
+
+def resolve_checkpoint(name: str, path: str, revision: str) -> Path:
+    """A local directory holding ``config.json`` + safetensors: ``path``, else the HF cache, else a download."""
+    if path:
+        p = Path(path)
+        if not (p / "config.json").is_file():
+            raise ModelUnavailable(f"model.path {p} is not a transformers SAM2 checkpoint (no config.json there); "
+                                   f"point --model.path at a directory saved with save_pretrained")
+        return p
+    from huggingface_hub import snapshot_download
+    repo = hub_id(name)
+    patterns = ["*.json", "*.safetensors"]
+    try:
+        return Path(snapshot_download(repo, revision=revision, allow_patterns=patterns, local_files_only=True))
+    except Exception:
+        pass
+    why = "HF_HUB_OFFLINE is set"
+    if os.environ.get("HF_HUB_OFFLINE", "0") in ("", "0", "false", "False"):
+        try:
+            return Path(snapshot_download(repo, revision=revision, allow_patterns=patterns))
+        except Exception as e:  # network errors come in many types; all mean the same thing here
+            why = f"{type(e).__name__}: {str(e).splitlines()[0][:160]}"
+    raise ModelUnavailable(
+        f"cannot load {repo}@{revision}: not in the HF cache and the hub is unreachable ({why}). Ways out: "
+        f"--model.path DIR (a local transformers checkpoint), pre-populate the HF cache "
+        f"(huggingface-cli download {repo} --revision {revision}), or model.random_init: true for offline testing")
+
+
+def load_model(name: str, *, path: str = "", revision: str = "main", random_init: bool = False, seed: int = 0,
+               image_size: int = 1024, arch: dict | None = None) -> LoadedModel:
+    """Load Sam2Model in float32 on CPU. Never falls back to random weights: that must be asked for."""
+    if random_init:
+        return LoadedModel(build_random(name, seed, image_size, arch), "random_init", True)
+    from transformers import Sam2Config, Sam2Model
+    ckpt = resolve_checkpoint(name, path, revision)
+    raw = json.loads((ckpt / "config.json").read_text())
+    # hub repos hold model_type "sam2_video"; the image model needs only these three sub-configs
+    sub = {k: raw[k] for k in ("vision_config", "prompt_encoder_config", "mask_decoder_config") if k in raw}
+    if "vision_config" not in sub:
+        raise ModelUnavailable(f"{ckpt}/config.json has no vision_config: not a SAM2 checkpoint")
+    cfg = Sam2Config(**_sized(sub, image_size))
+    try:
+        model = Sam2Model.from_pretrained(str(ckpt), config=cfg, torch_dtype=torch.float32)
+    except (OSError, ValueError) as e:
+        raise ModelUnavailable(f"cannot read the SAM2 weights in {ckpt}: {str(e).splitlines()[0]}") from None
+    source = str(ckpt) if path else f"{hub_id(name)}@{revision}"
+    return LoadedModel(model.eval(), source, False)
+
+
+def trunk(model: nn.Module) -> nn.Module:
+    """The Hiera trunk of a Sam2Model (or of a Sam2VisionModel)."""
+    enc = getattr(model, "vision_encoder", model)
+    return enc.backbone
+
+
+def quantizable_linears(model: nn.Module, skip: list[str] | tuple = ()) -> dict[str, nn.Module]:
+    """Stable name → module of every quantized linear in the trunk, in forward order, minus ``skip`` patterns."""
+    out = {}
+    for name, mod in trunk(model).named_modules():
+        if name.startswith("blocks.") and hasattr(mod, "in_features") and hasattr(mod, "out_features"):
+            if not any(fnmatch.fnmatch(name, pat) for pat in skip):
+                out[name] = mod
+    return out
+
+
+def weights_sha256(model: nn.Module) -> str:
+    """sha256 over the state dict (names, shapes, bytes), to tie artifacts to the exact weights."""
+    h = hashlib.sha256()
+    for k, v in sorted(model.state_dict().items()):
+        h.update(k.encode())
+        h.update(str(tuple(v.shape)).encode())
+        h.update(v.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
