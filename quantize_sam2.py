@@ -1,0 +1,111 @@
+#!/usr/bin/env python
+"""quantize_sam2.py — post-training quantization of SAM2's image encoder (see README.md).
+
+    python quantize_sam2.py --config configs/hiera_tiny_w4a8.yaml [--quant.calib.path DIR] [--any.config.key VALUE]
+    python quantize_sam2.py predict --run outputs/sam2/<job> --image IMG --point X,Y [--out overlay.png]
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+
+SPEC_FLAGS = [  # (flag, config key, help, default) — the spec's table
+    ("--model.name", "model.name", "model variant: tiny, small, base-plus, large", "tiny"),
+    ("--model.device", "model.device", "device: cuda or cpu", "cuda"),
+    ("--quant.calib.path", "quant.calib.path", "folder of calibration images (recursive)", '""'),
+    ("--quant.calib.num_samples", "quant.calib.num_samples", "number of calibration images", "128"),
+    ("--output.root", "output.root", "output directory", "./outputs/sam2"),
+    ("--seed", "seed", "random seed", "42"),
+]
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="quantize_sam2.py", formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Quantize SAM2's Hiera image encoder (W4A4 / W4A8 / W8A8, smoothing, Hadamard rotation, GPTQ, "
+                    "SVDQuant low-rank branch) as a Prefect flow of stage-cached tasks.",
+        epilog="Any config key can be overridden with a dotted flag, e.g. --quant.wgts.kernel_gptq.block_size 64 or "
+               "--quant.smooth null. A rerun with the same config reuses every finished stage.\n"
+               "Subcommand: quantize_sam2.py predict --run OUTPUT_DIR --image IMG --point X,Y [--out PNG]")
+    p.add_argument("--config", default=None, help="YAML configuration file (default: none, built-in defaults)")
+    for flag, _, h, d in SPEC_FLAGS:
+        p.add_argument(flag, dest=flag[2:], default=None, help=f"{h} (default: {d})")
+    p.add_argument("--save-model", action="store_true", default=None,
+                   help="also save the whole quantized Sam2Model as sam2_quantized.safetensors (default: false)")
+    p.add_argument("--convert-nunchaku", action="store_true", default=None,
+                   help="write nunchaku W4A4 safetensors (sint4 group 64 configs only) (default: false)")
+    p.add_argument("--ablation", action="store_true",
+                   help="evaluate RTN, GPTQ, +smooth, +rotation, +low-rank on the same images; write one table")
+    p.add_argument("-v", "--verbose", action="store_true", help="verbose logging (default: false)")
+    return p
+
+
+def parse(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
+    """Known flags + any '--dotted.key value' / '--dotted.key=value' pairs as overrides."""
+    args, rest = _parser().parse_known_args(argv)
+    overrides = [f"{key}={getattr(args, flag[2:])}" for flag, key, _, _ in SPEC_FLAGS
+                 if getattr(args, flag[2:]) is not None]
+    if args.save_model:
+        overrides.append("save_model=true")
+    if args.convert_nunchaku:
+        overrides.append("convert_nunchaku=true")
+    i = 0
+    while i < len(rest):
+        tok = rest[i]
+        if not tok.startswith("--") or tok == "--":
+            raise SystemExit(f"error: unexpected argument {tok!r}; overrides look like --quant.calib.num_samples 64")
+        if "=" in tok:
+            overrides.append(tok[2:])
+            i += 1
+        elif i + 1 < len(rest) and not rest[i + 1].startswith("--"):
+            overrides.append(f"{tok[2:]}={rest[i + 1]}")
+            i += 2
+        else:
+            raise SystemExit(f"error: option {tok} needs a value, e.g. {tok} VALUE")
+    return args, overrides
+
+
+def _quiet_prefect(verbose: bool) -> None:
+    os.environ.setdefault("DO_NOT_TRACK", "1")
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    os.environ.setdefault("PREFECT_LOGGING_LEVEL", "INFO" if verbose else "WARNING")
+    os.environ.setdefault("PREFECT_SERVER_LOGGING_LEVEL", "WARNING")
+    os.environ["SAM2PTQ_PROGRESS_BAR"] = "1"
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] == "predict":
+        from sam2ptq_core.export.predict_cli import main as predict_main
+        return predict_main(argv[1:])
+    args, overrides = parse(argv)
+    _quiet_prefect(args.verbose)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(message)s")
+    from sam2ptq_core.config import ConfigError, load_config
+    try:
+        cfg = load_config(args.config, overrides)  # validate before Prefect starts: bad input fails in a second
+    except ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    from flows.ablation import run_ablation
+    from flows.ptq import sam2_ptq
+    from tasks._common import StageError
+    try:
+        if args.ablation:
+            out = run_ablation(cfg.model_dump(mode="json"))
+        else:
+            out = sam2_ptq(cfg.model_dump(mode="json"), [])
+    except StageError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("interrupted: finished stages are kept in the cache; rerun the same command to resume", file=sys.stderr)
+        return 130
+    print(out)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

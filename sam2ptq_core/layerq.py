@@ -2,7 +2,7 @@
 
 Transformed coordinates: X' = (X / s)·R and W' = (W·diag(s))·R, so X'·W'ᵀ = X·Wᵀ exactly (R orthogonal).
 The quantized layer computes  y = Qa(X')·Q(W' − b·a)ᵀ + (X'·aᵀ)·bᵀ + bias,  the branch on the unquantized X'.
-Shapes: W [out, in], X [tokens, in], s [in], R [in, in].
+Shapes: W [out, in], X [tokens, in], s [in]; R is a Rotation (fast Hadamard transform).
 """
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ import torch
 from .gptq import gptq_quantize
 from .lowrank import low_rank_decompose, top_r_svd
 from .quant import QTensor, dequantize, fake_quantize, quantize
+from .rotate import Rotation
 from .stats import LayerStats, transform_stats
 
 __all__ = ["LayerSpec", "LayerQuant", "transform_weight", "transform_input", "quantized_output",
@@ -48,26 +49,27 @@ class LayerQuant:
     fallback: str | None = None
 
 
-def transform_weight(W: torch.Tensor, s: torch.Tensor | None, R: torch.Tensor | None) -> torch.Tensor:
-    Wd = W.double()
+def transform_weight(W: torch.Tensor, s: torch.Tensor | None, R: Rotation | None, dtype=torch.float64) -> torch.Tensor:
+    Wd = W.to(dtype)
     if s is not None:
-        Wd = Wd * s.double()
-    return Wd @ R.double() if R is not None else Wd
+        Wd = Wd * s.to(dtype)
+    return R.apply(Wd) if R is not None else Wd
 
 
-def transform_input(X: torch.Tensor, s: torch.Tensor | None, R: torch.Tensor | None) -> torch.Tensor:
-    Xd = X.double()
+def transform_input(X: torch.Tensor, s: torch.Tensor | None, R: Rotation | None, dtype=torch.float64) -> torch.Tensor:
+    Xd = X.to(dtype)
     if s is not None:
-        Xd = Xd / s.double()
-    return Xd @ R.double() if R is not None else Xd
+        Xd = Xd / s.to(dtype)
+    return R.apply(Xd) if R is not None else Xd
 
 
 def quantized_output(Xt: torch.Tensor, lq: LayerQuant, spec: LayerSpec) -> torch.Tensor:
-    """y (no bias) of the quantized layer for inputs already in transformed coordinates."""
-    xq = fake_quantize(Xt.float(), spec.a_dtype, spec.a_group) if spec.a_dtype else Xt.float()
-    y = xq.double() @ lq.weight.double().T
+    """y (no bias) of the quantized layer for inputs already in transformed coordinates, in Xt's dtype."""
+    dt = Xt.dtype
+    xq = fake_quantize(Xt.float(), spec.a_dtype, spec.a_group).to(dt) if spec.a_dtype else Xt
+    y = xq @ lq.weight.to(dt).T
     if lq.a.numel():
-        y = y + (Xt.double() @ lq.a.double().T) @ lq.b.double().T
+        y = y + (Xt @ lq.a.to(dt).T) @ lq.b.to(dt).T
     return y
 
 
@@ -75,24 +77,26 @@ def _rtn_layer(Wt: torch.Tensor, spec: LayerSpec, X: torch.Tensor | None) -> Lay
     if spec.rank > 0:
         r = low_rank_decompose(Wt, spec.rank, spec.w_dtype, spec.w_group, spec.lowrank_iters, X,
                                spec.randomized_svd, spec.seed)
-        return LayerQuant(r.weight.double(), r.q, r.a, r.b)
+        return LayerQuant(r.weight.to(Wt.dtype), r.q, r.a, r.b)
     q = quantize(Wt, spec.w_dtype, spec.w_group)
     empty = Wt.new_zeros(0, Wt.shape[1]).float()
-    return LayerQuant(dequantize(q, torch.float64), q, empty, Wt.new_zeros(Wt.shape[0], 0).float())
+    return LayerQuant(dequantize(q, Wt.dtype), q, empty, Wt.new_zeros(Wt.shape[0], 0).float())
 
 
-def smoothing_objective(X: torch.Tensor, W: torch.Tensor, R: torch.Tensor | None, spec: LayerSpec):
-    """objective(s) = ||X·Wᵀ − y_q(s)||² with RTN (plus the branch) in place of GPTQ, as DeepCompressor does."""
-    ref = X.double() @ W.double().T
+def smoothing_objective(X: torch.Tensor, W: torch.Tensor, R: Rotation | None, spec: LayerSpec):
+    """objective(s) = ||X·Wᵀ − y_q(s)||² with RTN (plus the branch) in place of GPTQ, as DeepCompressor does.
+    Evaluated in float32 (it ranks candidates; the float64 checks live in the tests)."""
+    X, W = X.float(), W.float()
+    ref = X @ W.T
 
     def objective(s: torch.Tensor) -> float:
-        Xt = transform_input(X, s, R)
-        lq = _rtn_layer(transform_weight(W, s, R), spec, Xt)
-        return float((quantized_output(Xt, lq, spec) - ref).pow(2).sum())
+        Xt = transform_input(X, s, R, torch.float32)
+        lq = _rtn_layer(transform_weight(W, s, R, torch.float32), spec, Xt)
+        return float((quantized_output(Xt, lq, spec) - ref).double().pow(2).sum())
     return objective
 
 
-def quantize_layer(W: torch.Tensor, stats: LayerStats, s: torch.Tensor | None, R: torch.Tensor | None,
+def quantize_layer(W: torch.Tensor, stats: LayerStats, s: torch.Tensor | None, R: Rotation | None,
                    spec: LayerSpec) -> LayerQuant:
     """Branch from the alternating fit, then GPTQ (or RTN) on the residual W' − b·a with the transformed Hessian."""
     Wt = transform_weight(W, s, R)
@@ -114,16 +118,16 @@ def quantize_layer(W: torch.Tensor, stats: LayerStats, s: torch.Tensor | None, R
 
 
 def layer_errors(W: torch.Tensor, bias: torch.Tensor | None, X: torch.Tensor, lq: LayerQuant,
-                 s: torch.Tensor | None, R: torch.Tensor | None, spec: LayerSpec) -> dict:
+                 s: torch.Tensor | None, R: Rotation | None, spec: LayerSpec) -> dict:
     """Relative weight error of the effective weight and relative output error on the token sample X."""
     w_eff = lq.weight.double() + lq.b.double() @ lq.a.double()
     if R is not None:
-        w_eff = w_eff @ R.double().T
+        w_eff = R.apply_t(w_eff)
     if s is not None:
         w_eff = w_eff / s.double()
     w_err = float((w_eff - W.double()).norm() / W.double().norm().clamp_min(1e-30))
     ref = X.double() @ W.double().T
-    y = quantized_output(transform_input(X, s, R), lq, spec)
+    y = quantized_output(transform_input(X, s, R), lq, spec).double()
     if bias is not None:
         ref, y = ref + bias.double(), y + bias.double()
     o_err = float((y - ref).norm() / ref.norm().clamp_min(1e-30))

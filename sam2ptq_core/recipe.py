@@ -13,12 +13,12 @@ from torch import nn
 from .config import QuantCfg, group_size_of
 from .layerq import LayerQuant, LayerSpec, layer_errors, quantize_layer, smoothing_objective
 from .qmodel import LayerArtifacts
-from .rotate import hadamard
+from .rotate import Rotation, hadamard
 from .smooth import SmoothResult, search_smoothing, smooth_candidates
 from .stats import LayerStats
 
 __all__ = ["layer_spec", "rotation_spec", "rotation_matrices", "search_all_smoothing", "quantize_all",
-           "to_artifacts", "all_layer_errors"]
+           "to_artifacts", "all_layer_errors", "artifacts_from_saved"]
 
 Progress = Callable[[int, int, str], None]
 
@@ -42,18 +42,18 @@ def rotation_spec(widths: list[int], enabled: bool, random: bool, seed: int) -> 
     return {"enabled": True, "random": random, "seed": seed, "widths": sorted(set(widths)), "sha256": shas}
 
 
-def rotation_matrices(spec: dict) -> dict[int, torch.Tensor]:
-    """Rebuild the float64 matrices of a rotation spec, checking them against the stored hashes."""
+def rotation_matrices(spec: dict) -> dict[int, Rotation]:
+    """Rebuild the rotations of a spec, checking each matrix against the stored hash."""
     out = {}
     for n in spec.get("widths", []):
-        R = hadamard(n, random=spec["random"], seed=spec["seed"])
-        if hashlib.sha256(R.numpy().tobytes()).hexdigest() != spec["sha256"][str(n)]:
+        R = Rotation(n, spec["random"], spec["seed"])
+        if hashlib.sha256(R.matrix().numpy().tobytes()).hexdigest() != spec["sha256"][str(n)]:
             raise RuntimeError(f"rebuilt Hadamard matrix of order {n} differs from the stored one")
         out[n] = R
     return out
 
 
-def search_all_smoothing(layers: dict[str, nn.Module], stats: dict[str, LayerStats], rots: dict[int, torch.Tensor],
+def search_all_smoothing(layers: dict[str, nn.Module], stats: dict[str, LayerStats], rots: dict[int, Rotation],
                          spec: LayerSpec, candidates: list[tuple[float, float]],
                          progress: Progress | None = None) -> dict[str, SmoothResult]:
     out = {}
@@ -69,7 +69,7 @@ def search_all_smoothing(layers: dict[str, nn.Module], stats: dict[str, LayerSta
 
 
 def quantize_all(layers: dict[str, nn.Module], stats: dict[str, LayerStats], smooth: dict[str, torch.Tensor],
-                 rots: dict[int, torch.Tensor], spec: LayerSpec, progress: Progress | None = None
+                 rots: dict[int, Rotation], spec: LayerSpec, progress: Progress | None = None
                  ) -> dict[str, LayerQuant]:
     out = {}
     for i, (name, mod) in enumerate(layers.items()):
@@ -93,7 +93,7 @@ def to_artifacts(layers: dict[str, nn.Module], lqs: dict[str, LayerQuant], smoot
 
 
 def all_layer_errors(layers: dict[str, nn.Module], stats: dict[str, LayerStats], lqs: dict[str, LayerQuant],
-                     smooth: dict[str, torch.Tensor], rots: dict[int, torch.Tensor], spec: LayerSpec) -> list[dict]:
+                     smooth: dict[str, torch.Tensor], rots: dict[int, Rotation], spec: LayerSpec) -> list[dict]:
     rows = []
     for name, mod in layers.items():
         W = mod.weight.detach().float().cpu()
@@ -102,3 +102,16 @@ def all_layer_errors(layers: dict[str, nn.Module], stats: dict[str, LayerStats],
         e = layer_errors(W, b, X, lqs[name], smooth.get(name), rots.get(W.shape[1]), spec)
         rows.append({"name": name, **e})
     return rows
+
+
+def artifacts_from_saved(layers: dict[str, nn.Module], qlayers: dict[str, dict], smooth: dict[str, torch.Tensor],
+                         rotation: dict) -> dict[str, LayerArtifacts]:
+    """LayerArtifacts from the stored per-layer dicts (weight, a, b) plus each float module's bias."""
+    arts = {}
+    for name, d in qlayers.items():
+        mod = layers[name]
+        bias = None if mod.bias is None else mod.bias.detach().float().cpu()
+        arts[name] = LayerArtifacts(d["weight"].float(), bias, smooth.get(name), d["a"], d["b"],
+                                    rotate=rotation.get("enabled", False), rotate_random=rotation.get("random", False),
+                                    rotate_seed=rotation.get("seed", 0))
+    return arts

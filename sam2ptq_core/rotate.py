@@ -15,7 +15,7 @@ from functools import lru_cache
 
 import torch
 
-__all__ = ["hadamard", "apply_hadamard", "hadamard_factors", "random_signs"]
+__all__ = ["hadamard", "apply_hadamard", "hadamard_factors", "random_signs", "Rotation"]
 
 
 def _legendre(q: int) -> list[int]:
@@ -106,20 +106,41 @@ def _fwht(x: torch.Tensor) -> torch.Tensor:
     return x.reshape(shape)
 
 
-def apply_hadamard(x: torch.Tensor, *, random: bool = False, seed: int = 0) -> torch.Tensor:
-    """x·R for R = hadamard(n, random, seed), n = x.shape[-1], in O(n·(k + log n)) per row instead of O(n²).
+def apply_hadamard(x: torch.Tensor, *, random: bool = False, seed: int = 0, transpose: bool = False) -> torch.Tensor:
+    """x·R (or x·Rᵀ) for R = hadamard(n, random, seed), n = x.shape[-1], in O(n·(k + log n)) per row, not O(n²).
 
-    x viewed as [..., k, 2^m] (k = product of the Paley bases): y = Bᵀ·X·H_{2^m} (Kronecker identity).
+    x viewed as [..., k, 2^m] (k = product of the Paley bases): y = Bᵀ·X·H_{2^m} (Kronecker identity). Paley I
+    matrices are not symmetric, so x·Rᵀ uses Bᵀ (and applies the ±1 signs after instead of before).
     """
     n = x.shape[-1]
     bases, p2 = hadamard_factors(n)
-    if random:
-        x = x * random_signs(n, seed).to(device=x.device, dtype=x.dtype)
+    signs = random_signs(n, seed).to(device=x.device, dtype=x.dtype) if random else None
+    if signs is not None and not transpose:
+        x = x * signs
     k = n // p2
     y = _fwht(x.reshape(*x.shape[:-1], k, p2))
     if bases:
         B = torch.ones(1, 1, dtype=torch.float64)
         for b in bases:
             B = torch.kron(B, _base(b))
+        B = B.T if transpose else B
         y = torch.einsum("...kp,kj->...jp", y, B.to(device=x.device, dtype=x.dtype))
-    return (y / math.sqrt(n)).reshape(x.shape)
+    y = (y / math.sqrt(n)).reshape(x.shape)
+    return y * signs if signs is not None and transpose else y
+
+
+class Rotation:
+    """R = hadamard(n, random, seed) applied by the fast transform: ``apply(x)`` = x·R, ``apply_t(x)`` = x·Rᵀ."""
+
+    def __init__(self, n: int, random: bool = False, seed: int = 0):
+        hadamard_factors(n)  # fail early, naming n
+        self.n, self.random, self.seed = n, random, seed
+
+    def apply(self, x: torch.Tensor) -> torch.Tensor:
+        return apply_hadamard(x, random=self.random, seed=self.seed)
+
+    def apply_t(self, x: torch.Tensor) -> torch.Tensor:
+        return apply_hadamard(x, random=self.random, seed=self.seed, transpose=True)
+
+    def matrix(self) -> torch.Tensor:
+        return hadamard(self.n, random=self.random, seed=self.seed)

@@ -87,7 +87,7 @@ class StatsAccumulator:
         return LayerStats(self.absmax.cpu(), self.hessian_sum.cpu(), self.n_tokens, self.sample[:m].cpu().clone())
 
 
-def transform_stats(stats: LayerStats, smooth: torch.Tensor | None, rotation: torch.Tensor | None) -> LayerStats:
+def transform_stats(stats: LayerStats, smooth: torch.Tensor | None, rotation=None) -> LayerStats:
     """Statistics of the transformed input X' = (X / s) · R, computed analytically (no forward pass).
 
     H' = Rᵀ S⁻¹ H S⁻¹ R and sample' = (sample / s) · R exactly; ``absmax`` is recomputed from the sample when a
@@ -101,9 +101,8 @@ def transform_stats(stats: LayerStats, smooth: torch.Tensor | None, rotation: to
         h = h * inv[:, None] * inv[None, :]
         x = x / smooth.float()
         absmax = absmax / smooth.float()
-    if rotation is not None:
-        r = rotation.double()
-        h = r.T @ h @ r
-        x = (x.double() @ r).float()
+    if rotation is not None:  # a Rotation (x ↦ x·R); Rᵀ·H·R = ((H·R)ᵀ)·R since H is symmetric
+        h = rotation.apply(rotation.apply(h).T.contiguous())
+        x = rotation.apply(x.double()).float()
         absmax = x.abs().amax(dim=0) if x.shape[0] else torch.zeros_like(absmax)
     return LayerStats(absmax.float(), h, stats.n_tokens, x.float())

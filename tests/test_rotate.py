@@ -23,6 +23,17 @@ def test_fast_application_matches_matrix(n, random):
     assert float((got - ref).abs().max()) < 1e-12  # measured ≤ 2e-15
 
 
+@pytest.mark.parametrize("n", [96, 112, 144, 160, 1152])
+@pytest.mark.parametrize("random", [False, True])
+def test_rotation_object_transpose(n, random):
+    from sam2ptq_core.rotate import Rotation
+    x = torch.randn(3, n, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    r = Rotation(n, random, 5)
+    assert float((r.apply(x) - x @ r.matrix()).abs().max()) < 1e-12
+    assert float((r.apply_t(x) - x @ r.matrix().T).abs().max()) < 1e-12
+    assert float((r.apply_t(r.apply(x)) - x).abs().max()) < 1e-12  # measured ≤ 1e-15
+
+
 def test_rotation_preserves_linear_output():
     g = torch.Generator().manual_seed(0)
     x, W = torch.randn(9, 576, generator=g, dtype=torch.float64), torch.randn(40, 576, generator=g, dtype=torch.float64)

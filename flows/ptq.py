@@ -1,0 +1,37 @@
+"""The PTQ flow: wiring only. Each task resolves its inputs from the stage store and returns a small reference."""
+from __future__ import annotations
+
+from prefect import flow
+
+from sam2ptq_core.config import load_config
+from tasks._common import run_logger
+from tasks.calibration import build_calibration_set
+from tasks.capture import capture_activations
+from tasks.evaluate import evaluate
+from tasks.export import export
+from tasks.fetch_model import fetch_model
+from tasks.gptq_lowrank import gptq_lowrank
+from tasks.rotate import rotate
+from tasks.smooth import smooth
+
+
+@flow(name="sam2-ptq", log_prints=False, validate_parameters=True)
+def sam2_ptq(config: dict | str = "", overrides: list[str] | None = None) -> str:
+    """Quantize SAM2's image encoder. ``config``: a YAML path or a config dict; ``overrides``: ["key=value", …].
+    Returns the output directory. Rerunning with the same config reuses every finished stage."""
+    cfg = load_config(config or None, overrides or []).model_dump(mode="json")
+    log = run_logger()
+    refs = {}
+    refs["fetch_model"] = fetch_model(cfg)
+    refs["build_calibration_set"] = build_calibration_set(cfg)
+    refs["capture_activations"] = capture_activations(cfg, refs["fetch_model"], refs["build_calibration_set"])
+    refs["rotate"] = rotate(cfg, refs["fetch_model"], refs["capture_activations"])
+    refs["smooth"] = smooth(cfg, refs["fetch_model"], refs["capture_activations"], refs["rotate"])
+    refs["gptq_lowrank"] = gptq_lowrank(cfg, refs["fetch_model"], refs["capture_activations"], refs["rotate"],
+                                        refs["smooth"])
+    refs["evaluate"] = evaluate(cfg, refs["fetch_model"], refs["build_calibration_set"], refs["rotate"],
+                                refs["smooth"], refs["gptq_lowrank"])
+    out = export(cfg, refs)
+    reused = [k for k, r in refs.items() if r["reused"]]
+    log.info("stages reused: %d/%d (%s)", len(reused), len(refs), ", ".join(reused) or "none")
+    return out

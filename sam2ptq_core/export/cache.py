@@ -1,0 +1,69 @@
+"""DeepCompressor-style checkpoint files (shared/notes/nunchaku-format.md, "Checkpoint files") and their reader.
+
+- ``model.pt``: the vision-encoder state dict (Sam2Model keys, ``vision_encoder.…``) after quantization; every
+  quantized linear's ``weight`` is its fake-quantized residual, exactly (code − zero) · scale in float32.
+- ``scale.pt``: {"<module>.weight.scale.0": [out, 1, n_groups, 1], "<module>.weight.zero": same (uint only)}, float32.
+- ``smooth.pt``: {module: float32 [in]} (only smoothed layers).
+- ``branch.pt``: {module: {"a.weight": [r, in], "b.weight": [out, r]}} (only with a low-rank branch).
+Module names are full Sam2Model paths, e.g. ``vision_encoder.backbone.blocks.3.attn.qkv``. Saved with torch.save
+and read back with ``torch.load(..., weights_only=True)``.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+__all__ = ["PREFIX", "write_cache_files", "read_cache_files", "codes_from_weight"]
+
+PREFIX = "vision_encoder.backbone."
+
+
+def write_cache_files(d: Path, encoder_state: dict[str, torch.Tensor], qlayers: dict[str, dict],
+                      smooth: dict[str, torch.Tensor]) -> list[str]:
+    """Write the four files into ``d``; returns the names written."""
+    d.mkdir(parents=True, exist_ok=True)
+    state = {f"vision_encoder.{k}": v.detach().cpu().clone() for k, v in encoder_state.items()}
+    scales, branches = {}, {}
+    for name, q in qlayers.items():
+        full = PREFIX + name
+        state[f"{full}.weight"] = q["weight"].float().clone()
+        out, ng = q["scale"].shape
+        scales[f"{full}.weight.scale.0"] = q["scale"].float().reshape(out, 1, ng, 1).clone()
+        if q["zero"].numel():
+            scales[f"{full}.weight.zero"] = q["zero"].float().reshape(out, 1, ng, 1).clone()
+        if q["a"].numel():
+            branches[full] = {"a.weight": q["a"].float().clone(), "b.weight": q["b"].float().clone()}
+    written = ["model.pt", "scale.pt"]
+    torch.save(state, d / "model.pt")
+    torch.save(scales, d / "scale.pt")
+    if smooth:
+        torch.save({PREFIX + k: v.float().clone() for k, v in smooth.items()}, d / "smooth.pt")
+        written.append("smooth.pt")
+    if branches:
+        torch.save(branches, d / "branch.pt")
+        written.append("branch.pt")
+    return written
+
+
+def read_cache_files(d: Path) -> dict:
+    """Load the files (weights_only) into {"state", "scale", "smooth", "branch"}; absent files give {}."""
+    def load(name):
+        p = d / name
+        return torch.load(p, weights_only=True) if p.is_file() else {}
+    return {"state": load("model.pt"), "scale": load("scale.pt"), "smooth": load("smooth.pt"),
+            "branch": load("branch.pt")}
+
+
+def codes_from_weight(weight: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor | None) -> torch.Tensor:
+    """Integer codes round(W / scale) + zero per group (scale [out, 1, n_groups, 1]); raises if W is off-grid."""
+    out, k = weight.shape
+    ng = scale.shape[2]
+    g = -(-k // ng)
+    s = scale.reshape(out, ng).repeat_interleave(g, 1)[:, :k]
+    c = torch.round(weight.float() / s)
+    if not torch.equal(c * s, weight.float()):
+        raise ValueError("stored weight is not exactly scale × integer; the file is not a quantized export")
+    if zero is not None:
+        c = c + zero.reshape(out, ng).repeat_interleave(g, 1)[:, :k]
+    return c.to(torch.int16)

@@ -1,0 +1,94 @@
+"""The evaluation report: metrics.json, report.md, a per-layer error bar chart and FP-vs-quantized mask overlays."""
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+__all__ = ["RANDOM_BANNER", "write_report", "plot_layer_errors", "plot_overlay"]
+
+RANDOM_BANNER = "RANDOM WEIGHTS — not a real SAM2 checkpoint"
+
+
+def _fmt(v) -> str:
+    if isinstance(v, float):
+        return "inf" if math.isinf(v) else f"{v:.4g}"
+    return str(v)
+
+
+def plot_layer_errors(rows: list[dict], path: Path, title: str) -> None:
+    names = [r["name"] for r in rows]
+    out = [r["output_rel_err"] for r in rows]
+    wgt = [r["weight_rel_err"] for r in rows]
+    h = max(3.0, 0.22 * len(names) + 1.2)
+    fig, ax = plt.subplots(figsize=(9, h))
+    y = np.arange(len(names))
+    ax.barh(y - 0.2, out, 0.4, label="output rel. error (token sample)", color="#d62728")
+    ax.barh(y + 0.2, wgt, 0.4, label="weight rel. error", color="#1f77b4")
+    ax.set_yticks(y, names, fontsize=7)
+    ax.invert_yaxis()
+    ax.set_xlabel("relative error (lower is better)")
+    ax.set_title(title, fontsize=9)
+    ax.legend(fontsize=7, loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def plot_overlay(image: np.ndarray, fp_mask: np.ndarray, q_mask: np.ndarray, point: np.ndarray, iou: float,
+                 path: Path, title: str) -> None:
+    """Side by side: FP mask, quantized mask and their disagreement, over the image, with the prompt point."""
+    fig, axes = plt.subplots(1, 3, figsize=(11, 4))
+    panels = [("float", fp_mask, (0.1, 0.6, 1.0)), ("quantized", q_mask, (1.0, 0.5, 0.0)),
+              (f"disagreement (IoU {iou:.3f})", fp_mask ^ q_mask, (1.0, 0.0, 0.3))]
+    for ax, (name, m, col) in zip(axes, panels):
+        ov = image.astype(np.float32) / 255.0
+        ov[m] = 0.45 * ov[m] + 0.55 * np.array(col)
+        ax.imshow(ov)
+        ax.plot(point[0], point[1], marker="*", color="lime", markersize=14, markeredgecolor="black")
+        ax.set_title(name, fontsize=9)
+        ax.axis("off")
+    fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def write_report(out_dir: Path, metrics: dict, overlays: list[dict]) -> None:
+    """metrics.json, report.md and PNGs into ``out_dir``. The report's first line flags random weights."""
+    (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=1, allow_nan=True))
+    banner = RANDOM_BANNER if metrics["random_weights"] else f"SAM2 {metrics['model']} — {metrics['source']}"
+    title = f"{metrics['model']} {metrics['quant']}" + (" (random weights)" if metrics["random_weights"] else "")
+    plot_layer_errors(metrics["layers"], out_dir / "layer_errors.png", f"Per-layer error — {title}")
+    lines = [banner, "", f"# SAM2 PTQ report: {title}", "",
+             f"config hash `{metrics['config_hash'][:16]}`, {metrics['eval_images']} held-out images, "
+             f"{metrics['masks']['num_prompts']} prompts", "",
+             "## Encoder fidelity (quantized vs float)", "", "| level | SQNR dB | cosine |", "|---|---|---|"]
+    for lv, v in metrics["encoder"]["sqnr_db"].items():
+        lines.append(f"| {lv} | {_fmt(v)} | {_fmt(metrics['encoder']['cosine'][lv])} |")
+    mk = metrics["masks"]
+    lines += ["", "## Mask agreement", "", "| prompts | mIoU vs float | IoU < 0.9 |", "|---|---|---|",
+              f"| all ({mk['num_prompts']}) | {_fmt(mk['miou_vs_fp'])} | {_fmt(mk['frac_iou_below_0_9'])} |",
+              f"| points ({mk['points']['num']}) | {_fmt(mk['points']['miou'])} | {_fmt(mk['points']['frac_below_0_9'])} |",
+              f"| boxes ({mk['boxes']['num']}) | {_fmt(mk['boxes']['miou'])} | {_fmt(mk['boxes']['frac_below_0_9'])} |"]
+    if "gt" in metrics:
+        lines += ["", "## Ground truth", "", f"mIoU float {_fmt(metrics['gt']['miou_fp'])}, "
+                  f"quantized {_fmt(metrics['gt']['miou_quant'])} over {metrics['gt']['num']} annotations"]
+    worst = sorted(metrics["layers"], key=lambda r: -r["output_rel_err"])[:5]
+    lines += ["", "## Layers that hurt most", "", "| layer | output rel. err | weight rel. err |", "|---|---|---|"]
+    lines += [f"| {r['name']} | {_fmt(r['output_rel_err'])} | {_fmt(r['weight_rel_err'])} |" for r in worst]
+    if metrics.get("gptq_fallbacks"):
+        lines += ["", f"**GPTQ fell back to RTN on {len(metrics['gptq_fallbacks'])} layer(s)**: "
+                  + ", ".join(metrics["gptq_fallbacks"])]
+    lines += ["", "![per-layer error](layer_errors.png)", "", "## Mask overlays (float | quantized | disagreement)", ""]
+    for i, ov in enumerate(overlays):
+        name = f"overlay_{i}.png"
+        plot_overlay(ov["image"], ov["fp"], ov["q"], ov["point"], ov["iou"], out_dir / name, ov["title"])
+        lines.append(f"![{ov['title']}]({name})")
+    (out_dir / "report.md").write_text("\n".join(lines) + "\n")

@@ -1,0 +1,153 @@
+"""The stage store: content-keyed, atomic, verified stage directories (DESIGN.md §3).
+
+Layout: ``<root>/<stage>/<key>/`` holding the stage's files and ``manifest.json``. A stage is built in a temp dir
+beside it; ``manifest.json`` (stage, key, config slice, upstream keys, code version, files with size + sha256,
+timings) is written last and the temp dir is renamed into place in one step, so a dir without a valid manifest
+never appears. Reuse verifies every file's size and sha256; a corrupt stage is deleted (with a warning) and rebuilt.
+
+Concurrency: one ``filelock`` per key. It is an OS file lock (flock), released by the kernel when its holder dies,
+so a ``kill -9`` never leaves a stuck lock; a second run waits and then reuses the first run's result.
+
+diskcache holds only what may be evicted without losing work: the per-image preprocessing cache and the run ledger
+(an index of runs and their metrics that can always be rebuilt from the stage dirs and output trees).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import diskcache
+from filelock import FileLock
+
+from .config import canonical_json
+
+__all__ = ["StageStore", "Manifest", "stage_key", "file_sha256", "atomic_dir", "CODE_VERSION"]
+
+log = logging.getLogger(__name__)
+CODE_VERSION = "0.1.0"
+
+
+def stage_key(stage: str, version: int, config_slice: Any, upstream: dict[str, str]) -> str:
+    """sha256 over (stage, algorithm version, canonical config slice, upstream keys)."""
+    payload = canonical_json({"stage": stage, "version": version, "config": config_slice, "upstream": upstream})
+    return hashlib.sha256(payload.encode()).hexdigest()
+
+
+def file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 22), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+@dataclass(frozen=True)
+class Manifest:
+    stage: str
+    key: str
+    dir: Path
+    data: dict
+
+    @property
+    def meta(self) -> dict:
+        return self.data.get("meta", {})
+
+    def path(self, name: str) -> Path:
+        return self.dir / name
+
+
+def _write_manifest(tmp: Path, body: dict) -> None:
+    files = {}
+    for p in sorted(tmp.rglob("*")):
+        if p.is_file() and p.name != "manifest.json":
+            files[str(p.relative_to(tmp))] = {"size": p.stat().st_size, "sha256": file_sha256(p)}
+    body = {**body, "files": files}
+    (tmp / "manifest.json.part").write_text(json.dumps(body, indent=1, sort_keys=True))
+    os.replace(tmp / "manifest.json.part", tmp / "manifest.json")
+
+
+def atomic_dir(target: Path, build: Callable[[Path], None]) -> None:
+    """Build a directory in a temp sibling and swap it into ``target``; the old one survives a failed build."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.parent / f".{target.name}.tmp-{uuid.uuid4().hex[:8]}"
+    tmp.mkdir()
+    try:
+        build(tmp)
+        old = target.parent / f".{target.name}.old-{uuid.uuid4().hex[:8]}"
+        if target.exists():
+            os.replace(target, old)
+        os.replace(tmp, target)
+        shutil.rmtree(old, ignore_errors=True)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+class StageStore:
+    def __init__(self, root: str | Path):
+        self.root = Path(root)
+        self.root.mkdir(parents=True, exist_ok=True)
+
+    def stage_dir(self, stage: str, key: str) -> Path:
+        return self.root / stage / key[:24]
+
+    def get(self, stage: str, key: str) -> Manifest | None:
+        """The verified manifest of a finished stage, or None. A corrupt stage dir is removed."""
+        d = self.stage_dir(stage, key)
+        mf = d / "manifest.json"
+        if not mf.is_file():
+            return None
+        problem = None
+        try:
+            data = json.loads(mf.read_text())
+            if data.get("key") != key:
+                problem = "manifest key mismatch"
+            for name, info in data.get("files", {}).items():
+                p = d / name
+                if problem:
+                    break
+                if not p.is_file():
+                    problem = f"missing file {name}"
+                elif p.stat().st_size != info["size"] or file_sha256(p) != info["sha256"]:
+                    problem = f"checksum mismatch in {name}"
+        except (OSError, ValueError) as e:
+            problem = f"unreadable manifest ({e})"
+        if problem:
+            log.warning("stage %s %s is corrupt (%s): deleting and recomputing", stage, key[:12], problem)
+            shutil.rmtree(d, ignore_errors=True)
+            return None
+        return Manifest(stage, key, d, data)
+
+    def run(self, stage: str, key: str, config_slice: Any, upstream: dict[str, str],
+            build: Callable[[Path], dict | None]) -> tuple[Manifest, bool]:
+        """Return (manifest, reused). ``build(tmp_dir)`` writes the files and returns extra manifest ``meta``."""
+        d = self.stage_dir(stage, key)
+        d.parent.mkdir(parents=True, exist_ok=True)
+        with FileLock(str(d) + ".lock"):
+            found = self.get(stage, key)
+            if found is not None:
+                return found, True
+            t0 = time.time()
+
+            def _build(tmp: Path) -> None:
+                meta = build(tmp) or {}
+                _write_manifest(tmp, {"stage": stage, "key": key, "config": config_slice, "upstream": upstream,
+                                      "code_version": CODE_VERSION, "meta": meta,
+                                      "timing": {"started": t0, "seconds": round(time.time() - t0, 3)}})
+            atomic_dir(d, _build)
+            return self.get(stage, key), False
+
+    def preprocess_cache(self) -> diskcache.Cache:
+        """Evictable cache of resized uint8 images keyed by (file sha256, size)."""
+        return diskcache.Cache(str(self.root / "diskcache" / "preprocess"), size_limit=4 << 30)
+
+    def ledger(self) -> diskcache.Index:
+        """Run ledger: run id → {config family, stage keys, metrics, time}. Rebuildable, never the source of truth."""
+        return diskcache.Index(str(self.root / "diskcache" / "ledger"))

@@ -1,0 +1,101 @@
+"""Stage 7: float vs quantized SAM2 on held-out images — encoder SQNR, mask IoU, per-layer errors, report."""
+from __future__ import annotations
+
+import copy
+import json
+import time
+
+import numpy as np
+import torch
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+
+from sam2ptq_core.config import config_hash, group_size_of, stage_slices
+from sam2ptq_core.data import load_rgb, normalize
+from sam2ptq_core.evaluate import evaluate_image
+from sam2ptq_core.export.report import write_report
+from sam2ptq_core.qmodel import quantize_model
+from sam2ptq_core.recipe import artifacts_from_saved
+from sam2ptq_core.sam2 import quantizable_linears
+from sam2ptq_core.store import stage_key
+
+from ._common import (VERSIONS, Progress, cfg_of, finish, load_fp_model, manifest_of, stage_errors, store_of,
+                      to_run_dtype)
+from .calibration import eval_images, folder_digest, preprocess
+
+STAGE = "evaluate"
+
+
+def build_quantized(c, store, fp_model, rot_ref, smooth_ref, gptq_ref):
+    """A deep copy of the float model with its trunk linears swapped for QuantLinear from the stored artifacts."""
+    qlayers = torch.load(manifest_of(store, gptq_ref).path("qlayers.pt"), weights_only=True)
+    scales = torch.load(manifest_of(store, smooth_ref).path("smooth.pt"), weights_only=True)
+    rot = json.loads(manifest_of(store, rot_ref).path("rotation.json").read_text())
+    layers = quantizable_linears(fp_model, c.quant.skip)
+    arts = artifacts_from_saved(layers, qlayers, scales, rot)
+    ip = c.quant.ipts
+    return quantize_model(copy.deepcopy(fp_model), arts, ip.dtype, group_size_of(ip.group_shapes))
+
+
+def _summary(ious: list[torch.Tensor]) -> dict:
+    v = torch.cat(ious) if ious else torch.zeros(0, dtype=torch.float64)
+    n = int(v.numel())
+    return {"num": n, "miou": float(v.mean()) if n else float("nan"),
+            "frac_below_0_9": float((v < 0.9).double().mean()) if n else float("nan")}
+
+
+def _mean(d: list[dict]) -> dict:
+    return {k: float(np.mean([x[k] for x in d])) for k in d[0]} if d else {}
+
+
+@task(name=STAGE, cache_policy=NO_CACHE)
+def evaluate(cfg: dict, model_ref: dict, calib_ref: dict, rot_ref: dict, smooth_ref: dict, gptq_ref: dict) -> dict:
+    c = cfg_of(cfg)
+    t0 = time.time()
+    with stage_errors(STAGE):
+        store = store_of(c)
+        sl = stage_slices(c)[STAGE]
+        up = {"fetch_model": model_ref["key"], "build_calibration_set": calib_ref["key"], "gptq_lowrank": gptq_ref["key"]}
+        key = stage_key(STAGE, VERSIONS[STAGE], sl, up)
+
+        def build(tmp):
+            fp = load_fp_model(c, manifest_of(store, model_ref))
+            qm = build_quantized(c, store, fp.model, rot_ref, smooth_ref, gptq_ref)
+            fpm, qm = to_run_dtype(fp.model, c), to_run_dtype(qm, c)
+            dev, dt = next(fpm.parameters()).device, next(fpm.parameters()).dtype
+            sources = json.loads(manifest_of(store, calib_ref).path("sources.json").read_text())
+            paths = eval_images(c, store, {s["path"] for s in sources})
+            digest = folder_digest(store, c.quant.eval.path or c.quant.calib.path)
+            size = c.quant.calib.image_size
+            prog = Progress(STAGE, len(paths), "image")
+            per_img, pts, bxs, overlays = [], [], [], []
+            for i, p in enumerate(paths):
+                x, hw = preprocess(store, p, digest[str(p)], size)
+                ev = evaluate_image(fpm, qm, normalize(x[None]).to(dev, dt), hw, size, c.quant.eval.points_per_side)
+                per_img.append(ev)
+                pts.append(ev.point_iou)
+                bxs.append(ev.box_iou)
+                if i < c.quant.eval.num_overlays:
+                    j = int(torch.argmin(ev.point_iou))
+                    overlays.append({"image": np.asarray(load_rgb(p)), "fp": ev.fp_masks[j].numpy(),
+                                     "q": ev.q_masks[j].numpy(), "point": ev.points[j].numpy(),
+                                     "iou": float(ev.point_iou[j]), "title": f"{p.name}: worst point prompt"})
+                prog(i + 1, what=p.name)
+            prog.close()
+            layer_info = json.loads(manifest_of(store, gptq_ref).path("layers.json").read_text())
+            allp = _summary(pts + bxs)
+            q = c.quant
+            metrics = {
+                "random_weights": fp.random_weights, "model": c.model.name, "source": fp.source,
+                "config_hash": config_hash(c), "quant": f"W{q.wgts.dtype[-1]}A{q.ipts.dtype[-1] if q.ipts.dtype else '16'} "
+                                                           f"({q.wgts.dtype} weights, {q.ipts.dtype or 'float'} activations)",
+                "eval_images": len(paths), "eval_files": [str(p) for p in paths],
+                "encoder": {"sqnr_db": _mean([e.sqnr for e in per_img]), "cosine": _mean([e.cos for e in per_img])},
+                "masks": {"miou_vs_fp": allp["miou"], "frac_iou_below_0_9": allp["frac_below_0_9"],
+                          "num_prompts": allp["num"], "points": _summary(pts), "boxes": _summary(bxs)},
+                "layers": layer_info["layers"], "gptq_fallbacks": sorted(layer_info["fallbacks"]),
+            }
+            write_report(tmp, metrics, overlays)
+            return {"miou_vs_fp": metrics["masks"]["miou_vs_fp"], "random_weights": fp.random_weights}
+        m, reused = store.run(STAGE, key, sl, up, build)
+    return finish(STAGE, m, reused, t0)
