@@ -23,7 +23,7 @@ SPEC_FLAGS = [  # (flag, config key, help, default) — the spec's table
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="quantize_sam2.py", formatter_class=argparse.RawDescriptionHelpFormatter,
+        prog="quantize_sam2.py", formatter_class=argparse.RawDescriptionHelpFormatter, allow_abbrev=False,
         description="Quantize SAM2's Hiera image encoder (W4A4 / W4A8 / W8A8, smoothing, Hadamard rotation, GPTQ, "
                     "SVDQuant low-rank branch) as a Prefect flow of stage-cached tasks.",
         epilog="Any config key can be overridden with a dotted flag, e.g. --quant.wgts.kernel_gptq.block_size 64 or "
@@ -84,14 +84,18 @@ def main(argv: list[str] | None = None) -> int:
     _quiet_prefect(args.verbose)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(message)s")
     from sam2ptq_core.config import ConfigError, load_config
-    try:
-        cfg = load_config(args.config, overrides)  # validate before Prefect starts: bad input fails in a second
-    except ConfigError as e:
+    from sam2ptq_core.data import DataError
+    from sam2ptq_core.export.nunchaku import NunchakuUnsupported
+    from sam2ptq_core.sam2 import ModelUnavailable
+    from tasks._common import StageError, preflight
+    try:  # validate before Prefect starts: bad input fails in a second, with one line
+        cfg = load_config(args.config, overrides)
+        preflight(cfg)
+    except (ConfigError, DataError, ModelUnavailable, NunchakuUnsupported, StageError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     from flows.ablation import run_ablation
     from flows.ptq import sam2_ptq
-    from tasks._common import StageError
     try:
         if args.ablation:
             out = run_ablation(cfg.model_dump(mode="json"))

@@ -4,7 +4,7 @@ from __future__ import annotations
 from prefect import flow
 
 from sam2ptq_core.config import load_config
-from tasks._common import run_logger
+from tasks._common import preflight, run_logger
 from tasks.calibration import build_calibration_set
 from tasks.capture import capture_activations
 from tasks.evaluate import evaluate
@@ -19,7 +19,9 @@ from tasks.smooth import smooth
 def sam2_ptq(config: dict | str = "", overrides: list[str] | None = None) -> str:
     """Quantize SAM2's image encoder. ``config``: a YAML path or a config dict; ``overrides``: ["key=value", …].
     Returns the output directory. Rerunning with the same config reuses every finished stage."""
-    cfg = load_config(config or None, overrides or []).model_dump(mode="json")
+    c = load_config(config or None, overrides or [])
+    preflight(c)
+    cfg = c.model_dump(mode="json")
     log = run_logger()
     refs = {}
     refs["fetch_model"] = fetch_model(cfg)

@@ -88,6 +88,7 @@ class WgtsCfg(_Node):
     group_shapes: list[list[int]] = Field(default_factory=lambda: [[1, 128]])
     kernel_gptq: GPTQCfg | None = Field(default_factory=GPTQCfg)
     low_rank: LowRankCfg | None = None
+    scale_dtype: Literal["float16", "bfloat16"] | None = None  # round scales/smooth/branch to it (16-bit exports)
     _gs = field_validator("group_shapes")(classmethod(lambda cls, v: _group_shapes(v)))
 
 
@@ -241,6 +242,10 @@ def canonical_json(obj: Any) -> str:
 
 
 def config_hash(obj: Any) -> str:
+    """sha256 of the canonical JSON. For a RunConfig only what changes the numbers counts: model, quant, seed
+    (not where the cache and outputs live, nor which extra files are written)."""
+    if isinstance(obj, RunConfig):
+        obj = obj.model_dump(mode="json", include={"model", "quant", "seed"})
     return hashlib.sha256(canonical_json(obj).encode()).hexdigest()
 
 
@@ -255,7 +260,9 @@ def stage_slices(cfg: RunConfig) -> dict[str, dict]:
                                   "seed": cfg.seed},
         "capture_activations": {"device": m.device, "dtype": m.dtype, "batch_size": q.calib.batch_size,
                                 "sample_tokens": q.calib.sample_tokens, "skip": q.skip, "seed": cfg.seed},
-        "smooth": {"smooth": None if q.smooth is None else q.smooth.model_dump(mode="json"), "wgts": w,
+        # the smoothing objective uses RTN + the branch, so GPTQ settings do not change it
+        "smooth": {"smooth": None if q.smooth is None else q.smooth.model_dump(mode="json"),
+                   "wgts": {k: v for k, v in w.items() if k != "kernel_gptq"},
                    "ipts": q.ipts.model_dump(mode="json"),
                    "rotation": None if q.rotation is None else q.rotation.model_dump(mode="json"), "seed": cfg.seed},
         "rotate": {"rotation": None if q.rotation is None else q.rotation.model_dump(mode="json"), "seed": cfg.seed},

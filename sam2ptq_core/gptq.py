@@ -96,13 +96,15 @@ def _sweep(W: torch.Tensor, U: torch.Tensor, scale: torch.Tensor, zero: torch.Te
 
 
 def gptq_quantize(W: torch.Tensor, H: torch.Tensor, dtype: str, group_size: int = -1, block_size: int = 128,
-                  damp_percentage: float = 0.01, num_inv_tries: int = 250, act_order: bool = False) -> GPTQResult:
+                  damp_percentage: float = 0.01, num_inv_tries: int = 250, act_order: bool = False,
+                  scale_dtype: torch.dtype | None = None) -> GPTQResult:
     """Quantize W [out, in] with Hessian H [in, in] (any positive multiple of E[xᵀx]).
 
     Dead input channels (H_ii = 0) get H_ii = 1 and a zero weight column. Group scales are fixed from the (dead-
     zeroed) weight before the sweep. Damping = damp_percentage · mean(diag H); each failed Cholesky adds another
     0.1 · that amount, up to ``num_inv_tries`` tries, then RTN is used and ``fallback`` says so (also logged).
     With ``act_order`` columns are swept by decreasing H_ii; every column keeps the group of its original index.
+    ``scale_dtype`` rounds the group scales to a 16-bit dtype (see quant.compute_qparams).
     """
     qd = qdtype(dtype)
     work = torch.float64 if W.dtype == torch.float64 else torch.float32
@@ -111,7 +113,7 @@ def gptq_quantize(W: torch.Tensor, H: torch.Tensor, dtype: str, group_size: int 
     dead = torch.nonzero(torch.diagonal(Hf) == 0).squeeze(1)
     Hf[dead, dead] = 1.0
     Wf[:, dead] = 0.0
-    qp = compute_qparams(Wf, dtype, group_size)
+    qp = compute_qparams(Wf, dtype, group_size, scale_dtype)
     n_in = Wf.shape[1]
     scale = expand_groups(qp.scale.to(work), qp.group_size, n_in)
     zero = None if qp.zero is None else expand_groups(qp.zero.to(work), qp.group_size, n_in)

@@ -17,7 +17,7 @@ from .rotate import Rotation
 from .stats import LayerStats, transform_stats
 
 __all__ = ["LayerSpec", "LayerQuant", "transform_weight", "transform_input", "quantized_output",
-           "smoothing_objective", "quantize_layer", "layer_errors"]
+           "smoothing_objective", "quantize_layer", "layer_errors", "round_branch"]
 
 
 @dataclass(frozen=True)
@@ -36,6 +36,11 @@ class LayerSpec:
     num_inv_tries: int = 250
     act_order: bool = False
     seed: int = 0
+    scale_dtype: str | None = None  # "float16"/"bfloat16": scales, smooth and branch exactly representable in it
+
+    @property
+    def torch_scale_dtype(self) -> torch.dtype | None:
+        return None if self.scale_dtype is None else getattr(torch, self.scale_dtype)
 
 
 @dataclass
@@ -76,9 +81,9 @@ def quantized_output(Xt: torch.Tensor, lq: LayerQuant, spec: LayerSpec) -> torch
 def _rtn_layer(Wt: torch.Tensor, spec: LayerSpec, X: torch.Tensor | None) -> LayerQuant:
     if spec.rank > 0:
         r = low_rank_decompose(Wt, spec.rank, spec.w_dtype, spec.w_group, spec.lowrank_iters, X,
-                               spec.randomized_svd, spec.seed)
+                               spec.randomized_svd, spec.seed, spec.torch_scale_dtype)
         return LayerQuant(r.weight.to(Wt.dtype), r.q, r.a, r.b)
-    q = quantize(Wt, spec.w_dtype, spec.w_group)
+    q = quantize(Wt, spec.w_dtype, spec.w_group, scale_dtype=spec.torch_scale_dtype)
     empty = Wt.new_zeros(0, Wt.shape[1]).float()
     return LayerQuant(dequantize(q, Wt.dtype), q, empty, Wt.new_zeros(Wt.shape[0], 0).float())
 
@@ -102,19 +107,34 @@ def quantize_layer(W: torch.Tensor, stats: LayerStats, s: torch.Tensor | None, R
     Wt = transform_weight(W, s, R)
     st = transform_stats(stats, s, R)
     X = st.sample if st.sample.shape[0] else None
+    sd = spec.torch_scale_dtype
     if spec.rank > 0:
         lr = low_rank_decompose(Wt, spec.rank, spec.w_dtype, spec.w_group, spec.lowrank_iters, X,
-                                spec.randomized_svd, spec.seed)
+                                spec.randomized_svd, spec.seed, sd)
         a, b = lr.a, lr.b
+        if sd is not None:
+            a, b = round_branch(a, b, s, sd)
     else:
         a, b = top_r_svd(Wt, 0)
     res = (Wt - b.double() @ a.double()).float()
     if not spec.gptq:
-        q = quantize(res, spec.w_dtype, spec.w_group)
+        q = quantize(res, spec.w_dtype, spec.w_group, scale_dtype=sd)
         return LayerQuant(dequantize(q), q, a.float(), b.float())
     g = gptq_quantize(res, st.hessian_sum.float(), spec.w_dtype, spec.w_group, spec.block_size,
-                      spec.damp_percentage, spec.num_inv_tries, spec.act_order)
+                      spec.damp_percentage, spec.num_inv_tries, spec.act_order, sd)
     return LayerQuant(g.weight, g.q, a.float(), b.float(), g.fallback)
+
+
+def round_branch(a: torch.Tensor, b: torch.Tensor, s: torch.Tensor | None, dt: torch.dtype):
+    """Branch factors exactly representable in a 16-bit export: b in ``dt``; a such that a / s (nunchaku's
+    ``lora_down``, fed the unsmoothed input) is in ``dt`` and a = (a / s)·s holds exactly in float32
+    (a product of two 16-bit significands fits float32's 24 bits)."""
+    b16 = b.to(dt).float()
+    if s is None:
+        return a.to(dt).float(), b16
+    s32 = s.float()
+    down = (a.float() / s32).to(dt).float()
+    return down * s32, b16
 
 
 def layer_errors(W: torch.Tensor, bias: torch.Tensor | None, X: torch.Tensor, lq: LayerQuant,

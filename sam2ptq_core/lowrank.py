@@ -52,7 +52,8 @@ def _score(D: torch.Tensor, X: torch.Tensor | None) -> float:
 
 
 def low_rank_decompose(W: torch.Tensor, rank: int, dtype: str, group_size: int = -1, num_iters: int = 1,
-                       X: torch.Tensor | None = None, randomized: bool = False, seed: int = 0) -> LowRankResult:
+                       X: torch.Tensor | None = None, randomized: bool = False, seed: int = 0,
+                       scale_dtype: torch.dtype | None = None) -> LowRankResult:
     """Fit the branch and quantize the residual with RTN (GPTQ may re-quantize W − b·a afterwards)."""
     Wd = W.detach().double()
     Q = torch.zeros_like(Wd)
@@ -61,7 +62,7 @@ def low_rank_decompose(W: torch.Tensor, rank: int, dtype: str, group_size: int =
     for _ in range(max(num_iters, 1)):
         a, b = top_r_svd(Wd - Q, rank, randomized, seed)
         L = b @ a
-        q = quantize(Wd - L, dtype, group_size)
+        q = quantize(Wd - L, dtype, group_size, scale_dtype=scale_dtype)
         Q = dequantize(q, torch.float64)
         err = _score(Wd - L - Q, X)
         errors.append(err)

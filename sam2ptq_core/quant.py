@@ -84,19 +84,24 @@ def _grouped(x: torch.Tensor, g: int) -> torch.Tensor:
     return x.reshape(rows, -1, g)
 
 
-def compute_qparams(x: torch.Tensor, dtype: str, group_size: int = -1) -> QParams:
-    """Scales (and zeros) of ``x`` [..., K] per row and group, in float32. Returns shapes [rows, n_groups]."""
+def compute_qparams(x: torch.Tensor, dtype: str, group_size: int = -1,
+                    scale_dtype: torch.dtype | None = None) -> QParams:
+    """Scales (and zeros) of ``x`` [..., K] per row and group, in float32. Returns shapes [rows, n_groups].
+
+    ``scale_dtype`` (float16/bfloat16) rounds the scales to that dtype (kept as float32 values), so that a 16-bit
+    export such as nunchaku's stores exactly the scales the codes were computed with."""
     qd = qdtype(dtype)
     x2 = x.detach().reshape(-1, x.shape[-1]).float()
     g = _group(group_size, x2.shape[1])
     xg = _grouped(x2, g)
+    rnd = (lambda t: t.to(scale_dtype).float()) if scale_dtype is not None else (lambda t: t)
     if qd.signed:
-        scale = xg.abs().amax(dim=-1) / qd.qmax
+        scale = rnd(xg.abs().amax(dim=-1) / qd.qmax)
         scale = torch.where(scale > 0, scale, torch.ones_like(scale))
         return QParams(scale, None, g)
     lo = xg.amin(dim=-1).clamp(max=0)
     hi = xg.amax(dim=-1).clamp(min=0)
-    scale = (hi - lo) / qd.qmax
+    scale = rnd((hi - lo) / qd.qmax)
     scale = torch.where(scale > 0, scale, torch.ones_like(scale))
     zero = torch.round(-lo / scale).clamp(qd.qmin, qd.qmax)
     return QParams(scale, zero, g)
@@ -115,10 +120,11 @@ def quantize_with(x: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor | Non
     return q.clamp(qd.qmin, qd.qmax)
 
 
-def quantize(x: torch.Tensor, dtype: str, group_size: int = -1, qparams: QParams | None = None) -> QTensor:
+def quantize(x: torch.Tensor, dtype: str, group_size: int = -1, qparams: QParams | None = None,
+             scale_dtype: torch.dtype | None = None) -> QTensor:
     """Integer codes of ``x`` [..., K]; ``qparams`` fixes the parameters (else computed from ``x``)."""
     qd = qdtype(dtype)
-    qp = qparams if qparams is not None else compute_qparams(x, dtype, group_size)
+    qp = qparams if qparams is not None else compute_qparams(x, dtype, group_size, scale_dtype)
     x2 = x.detach().reshape(-1, x.shape[-1]).float()
     k = x2.shape[1]
     scale = expand_groups(qp.scale, qp.group_size, k)

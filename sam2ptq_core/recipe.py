@@ -18,7 +18,7 @@ from .smooth import SmoothResult, search_smoothing, smooth_candidates
 from .stats import LayerStats
 
 __all__ = ["layer_spec", "rotation_spec", "rotation_matrices", "search_all_smoothing", "quantize_all",
-           "to_artifacts", "all_layer_errors", "artifacts_from_saved"]
+           "to_artifacts", "all_layer_errors", "artifacts_from_saved", "export_bias"]
 
 Progress = Callable[[int, int, str], None]
 
@@ -30,7 +30,8 @@ def layer_spec(q: QuantCfg, seed: int) -> LayerSpec:
         a_dtype=q.ipts.dtype, a_group=group_size_of(q.ipts.group_shapes),
         rank=lr.rank if lr else 0, lowrank_iters=lr.num_iters if lr else 1, randomized_svd=lr.randomized if lr else True,
         gptq=g is not None, block_size=g.block_size if g else 128, damp_percentage=g.damp_percentage if g else 0.01,
-        num_inv_tries=g.num_inv_tries if g else 250, act_order=g.act_order if g else False, seed=seed)
+        num_inv_tries=g.num_inv_tries if g else 250, act_order=g.act_order if g else False, seed=seed,
+        scale_dtype=w.scale_dtype)
 
 
 def rotation_spec(widths: list[int], enabled: bool, random: bool, seed: int) -> dict:
@@ -62,7 +63,10 @@ def search_all_smoothing(layers: dict[str, nn.Module], stats: dict[str, LayerSta
         W = mod.weight.detach().float().cpu()
         X = st.sample.float()
         obj = smoothing_objective(X, W, rots.get(W.shape[1]), spec)
-        out[name] = search_smoothing(st.absmax, W.abs().amax(0), candidates, obj)
+        res = search_smoothing(st.absmax, W.abs().amax(0), candidates, obj)
+        if spec.scale_dtype is not None:  # a 16-bit export stores the scales: keep exactly what it will hold
+            res.scale = res.scale.to(spec.torch_scale_dtype).float()
+        out[name] = res
         if progress:
             progress(i + 1, len(layers), name)
     return out
@@ -104,13 +108,21 @@ def all_layer_errors(layers: dict[str, nn.Module], stats: dict[str, LayerStats],
     return rows
 
 
-def artifacts_from_saved(layers: dict[str, nn.Module], qlayers: dict[str, dict], smooth: dict[str, torch.Tensor],
+def export_bias(mod: nn.Module, spec: LayerSpec) -> torch.Tensor:
+    """The bias the quantized layer uses: the float bias, rounded to the 16-bit export dtype when one is set
+    (an empty tensor when the layer has none)."""
+    if mod.bias is None:
+        return torch.empty(0)
+    b = mod.bias.detach().float().cpu()
+    return b.to(spec.torch_scale_dtype).float() if spec.scale_dtype is not None else b
+
+
+def artifacts_from_saved(qlayers: dict[str, dict], smooth: dict[str, torch.Tensor],
                          rotation: dict) -> dict[str, LayerArtifacts]:
-    """LayerArtifacts from the stored per-layer dicts (weight, a, b) plus each float module's bias."""
+    """LayerArtifacts from the stored per-layer dicts (weight, bias, a, b)."""
     arts = {}
     for name, d in qlayers.items():
-        mod = layers[name]
-        bias = None if mod.bias is None else mod.bias.detach().float().cpu()
+        bias = d["bias"] if d["bias"].numel() else None
         arts[name] = LayerArtifacts(d["weight"].float(), bias, smooth.get(name), d["a"], d["b"],
                                     rotate=rotation.get("enabled", False), rotate_random=rotation.get("random", False),
                                     rotate_seed=rotation.get("seed", 0))

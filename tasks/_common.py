@@ -144,3 +144,22 @@ def to_run_dtype(model: torch.nn.Module, cfg: RunConfig) -> torch.nn.Module:
                              "use --model.dtype bfloat16 or float32 to silence this")
         dt = torch.float32
     return model.to(device=device_of(cfg), dtype=dt)
+
+
+def preflight(cfg: RunConfig) -> None:
+    """Cheap checks of the inputs before any work starts, each failing with one line that names the fix."""
+    from pathlib import Path
+
+    from sam2ptq_core.data import list_images
+    list_images(cfg.quant.calib.path)
+    if cfg.quant.eval.path:
+        list_images(cfg.quant.eval.path)
+    if cfg.quant.eval.annotations and not Path(cfg.quant.eval.annotations).is_file():
+        raise StageError(f"quant.eval.annotations file {cfg.quant.eval.annotations} does not exist")
+    if cfg.model.path and not (Path(cfg.model.path) / "config.json").is_file():
+        raise StageError(f"model.path {cfg.model.path} is not a transformers SAM2 checkpoint (no config.json); "
+                         f"point --model.path at a directory saved with save_pretrained")
+    device_of(cfg)
+    if cfg.convert_nunchaku:
+        from sam2ptq_core.export.nunchaku import check_supported
+        check_supported(cfg)

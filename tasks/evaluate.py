@@ -16,7 +16,6 @@ from sam2ptq_core.evaluate import evaluate_image
 from sam2ptq_core.export.report import write_report
 from sam2ptq_core.qmodel import quantize_model
 from sam2ptq_core.recipe import artifacts_from_saved
-from sam2ptq_core.sam2 import quantizable_linears
 from sam2ptq_core.store import stage_key
 
 from ._common import (VERSIONS, Progress, cfg_of, finish, load_fp_model, manifest_of, stage_errors, store_of,
@@ -31,8 +30,7 @@ def build_quantized(c, store, fp_model, rot_ref, smooth_ref, gptq_ref):
     qlayers = torch.load(manifest_of(store, gptq_ref).path("qlayers.pt"), weights_only=True)
     scales = torch.load(manifest_of(store, smooth_ref).path("smooth.pt"), weights_only=True)
     rot = json.loads(manifest_of(store, rot_ref).path("rotation.json").read_text())
-    layers = quantizable_linears(fp_model, c.quant.skip)
-    arts = artifacts_from_saved(layers, qlayers, scales, rot)
+    arts = artifacts_from_saved(qlayers, scales, rot)
     ip = c.quant.ipts
     return quantize_model(copy.deepcopy(fp_model), arts, ip.dtype, group_size_of(ip.group_shapes))
 

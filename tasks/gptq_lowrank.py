@@ -9,7 +9,7 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from sam2ptq_core.config import stage_slices
-from sam2ptq_core.recipe import all_layer_errors, layer_spec, quantize_all, rotation_matrices
+from sam2ptq_core.recipe import all_layer_errors, export_bias, layer_spec, quantize_all, rotation_matrices
 from sam2ptq_core.sam2 import quantizable_linears
 from sam2ptq_core.stats import LayerStats
 from sam2ptq_core.store import stage_key
@@ -45,7 +45,8 @@ def gptq_lowrank(cfg: dict, model_ref: dict, acts_ref: dict, rot_ref: dict, smoo
                 run_logger().warning("%s: %s", k, msg)
             out = {k: {"weight": lq.weight.float(), "codes": lq.q.codes.to(torch.int16), "scale": lq.q.qparams.scale,
                        "zero": lq.q.qparams.zero if lq.q.qparams.zero is not None else torch.empty(0),
-                       "group_size": torch.tensor(lq.q.qparams.group_size), "a": lq.a, "b": lq.b}
+                       "group_size": torch.tensor(lq.q.qparams.group_size), "a": lq.a, "b": lq.b,
+                       "bias": export_bias(layers[k], spec)}
                    for k, lq in lqs.items()}
             torch.save(out, tmp / "qlayers.pt")
             rows = all_layer_errors(layers, stats, lqs, scales, rots, spec)

@@ -28,6 +28,8 @@ def write_cache_files(d: Path, encoder_state: dict[str, torch.Tensor], qlayers: 
     for name, q in qlayers.items():
         full = PREFIX + name
         state[f"{full}.weight"] = q["weight"].float().clone()
+        if q["bias"].numel():
+            state[f"{full}.bias"] = q["bias"].float().clone()
         out, ng = q["scale"].shape
         scales[f"{full}.weight.scale.0"] = q["scale"].float().reshape(out, 1, ng, 1).clone()
         if q["zero"].numel():
@@ -55,11 +57,15 @@ def read_cache_files(d: Path) -> dict:
             "branch": load("branch.pt")}
 
 
-def codes_from_weight(weight: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor | None) -> torch.Tensor:
-    """Integer codes round(W / scale) + zero per group (scale [out, 1, n_groups, 1]); raises if W is off-grid."""
+def codes_from_weight(weight: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor | None,
+                      group_size: int) -> torch.Tensor:
+    """Integer codes round(W / scale) + zero per group (scale [out, 1, n_groups, 1], groups of ``group_size`` with
+    a ragged last one, -1 = whole row); raises if W is off-grid."""
     out, k = weight.shape
     ng = scale.shape[2]
-    g = -(-k // ng)
+    g = k if group_size <= 0 or group_size >= k else group_size
+    if -(-k // g) != ng:
+        raise ValueError(f"scale has {ng} groups but width {k} with group size {group_size} needs {-(-k // g)}")
     s = scale.reshape(out, ng).repeat_interleave(g, 1)[:, :k]
     c = torch.round(weight.float() / s)
     if not torch.equal(c * s, weight.float()):

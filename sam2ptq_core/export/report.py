@@ -11,7 +11,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-__all__ = ["RANDOM_BANNER", "write_report", "plot_layer_errors", "plot_overlay"]
+__all__ = ["RANDOM_BANNER", "write_report", "plot_layer_errors", "plot_overlay", "plot_mask"]
 
 RANDOM_BANNER = "RANDOM WEIGHTS — not a real SAM2 checkpoint"
 
@@ -55,6 +55,20 @@ def plot_overlay(image: np.ndarray, fp_mask: np.ndarray, q_mask: np.ndarray, poi
         ax.set_title(name, fontsize=9)
         ax.axis("off")
     fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def plot_mask(image: np.ndarray, mask: np.ndarray, points: np.ndarray, path: Path, title: str) -> None:
+    """One mask over the image with its prompt points."""
+    fig, ax = plt.subplots(figsize=(6, 6 * image.shape[0] / max(image.shape[1], 1) + 0.5))
+    ov = image.astype(np.float32) / 255.0
+    ov[mask] = 0.45 * ov[mask] + 0.55 * np.array((1.0, 0.5, 0.0))
+    ax.imshow(ov)
+    ax.plot(points[:, 0], points[:, 1], "*", color="lime", markersize=14, markeredgecolor="black")
+    ax.set_title(title, fontsize=9)
+    ax.axis("off")
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)

@@ -1,0 +1,83 @@
+"""Rebuild the quantized SAM2 from an output tree alone: the DeepCompressor-style cache files or nunchaku's files.
+
+Both paths produce the same QuantLinear parameters as the pipeline (weights exactly code·scale, the same smooth,
+branch and rotation), so the rebuilt model's encoder output equals the in-pipeline model's bit for bit.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from ..config import group_size_of, load_config
+from ..qmodel import LayerArtifacts, quantize_model
+from ..sam2 import build_config, load_model
+from .cache import PREFIX, codes_from_weight, read_cache_files
+
+__all__ = ["load_quantized"]
+
+
+def _rotation_kwargs(cfg) -> dict:
+    r = cfg.quant.rotation
+    return {"rotate": r is not None, "rotate_random": bool(r and r.random), "rotate_seed": cfg.seed}
+
+
+def _from_cache(out: Path, cfg) -> nn.Module:
+    files = read_cache_files(out / "cache")
+    if not files["state"] or not files["scale"]:
+        raise FileNotFoundError(f"{out}/cache has no model.pt/scale.pt: not a sam2ptq output tree")
+    lm = load_model(cfg.model.name, path=cfg.model.path, revision=cfg.model.revision,
+                    random_init=cfg.model.random_init, seed=cfg.seed, image_size=cfg.quant.calib.image_size,
+                    arch=cfg.model.arch)
+    model = lm.model
+    missing = model.load_state_dict(files["state"], strict=False)
+    bad = [k for k in missing.missing_keys if k.startswith("vision_encoder.")]
+    if bad or missing.unexpected_keys:
+        raise ValueError(f"model.pt does not match the architecture: {(bad + missing.unexpected_keys)[:3]}")
+    arts = {}
+    for key in files["scale"]:
+        if not key.endswith(".weight.scale.0"):
+            continue
+        full = key[: -len(".weight.scale.0")]
+        w = files["state"][f"{full}.weight"]
+        codes_from_weight(w, files["scale"][key], files["scale"].get(f"{full}.weight.zero"),
+                          group_size_of(cfg.quant.wgts.group_shapes))  # on-grid check
+        br = files["branch"].get(full, {})
+        arts[full[len(PREFIX):]] = LayerArtifacts(w.float(), files["state"].get(f"{full}.bias"),
+                                                  files["smooth"].get(full), br.get("a.weight"), br.get("b.weight"),
+                                                  **_rotation_kwargs(cfg))
+    ip = cfg.quant.ipts
+    return quantize_model(model, arts, ip.dtype, group_size_of(ip.group_shapes))
+
+
+def _from_nunchaku(out: Path, cfg) -> nn.Module:
+    from transformers import Sam2Model
+
+    from .nunchaku import read_nunchaku
+    layers, rest, _ = read_nunchaku(out / "nunchaku")
+    with torch.device("meta"):
+        model = Sam2Model(build_config(cfg.model.name, cfg.quant.calib.image_size, cfg.model.arch))
+    arts = {}
+    for name, r in layers.items():
+        n, k = r["codes"].shape
+        w = r["codes"].float() * r["scale"].repeat_interleave(64, 1)[:, :k]  # nunchaku: groups of 64
+        arts[name] = LayerArtifacts(w, r["bias"], r["smooth"], r.get("a"), r.get("b"))
+        rest[f"{PREFIX}{name}.weight"] = w
+        rest[f"{PREFIX}{name}.bias"] = r["bias"]
+    model.load_state_dict(rest, strict=True, assign=True)
+    ip = cfg.quant.ipts
+    return quantize_model(model.eval(), arts, ip.dtype, group_size_of(ip.group_shapes))
+
+
+def load_quantized(out_dir: str | Path, fmt: str = "cache") -> nn.Module:
+    """The quantized Sam2Model of an output tree (``fmt`` "cache" or "nunchaku"), in float32 on CPU."""
+    out = Path(out_dir)
+    if not (out / "config.yaml").is_file():
+        raise FileNotFoundError(f"{out} has no config.yaml: pass an output directory written by quantize_sam2.py")
+    cfg = load_config(out / "config.yaml")
+    if fmt == "nunchaku":
+        return _from_nunchaku(out, cfg)
+    if fmt != "cache":
+        raise ValueError(f"unknown format {fmt!r}; use cache or nunchaku")
+    return _from_cache(out, cfg)

@@ -1,0 +1,152 @@
+"""The pipeline as users run it: the Prefect flow, resume from the stage store, the output tree and its readers."""
+import hashlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from sam2ptq_core.config import load_config
+from tests.helpers import REDUCED_CFG, ROOT
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="session")
+def prefect_server():
+    from prefect.testing.utilities import prefect_test_harness
+    with prefect_test_harness(server_startup_timeout=120):
+        yield
+
+
+def _run(tmp: Path, *overrides: str) -> Path:
+    from flows.ptq import sam2_ptq
+    ovs = [f"cache.root={tmp / 'cache'}", f"output.root={tmp / 'out'}", *overrides]
+    return Path(sam2_ptq(str(REDUCED_CFG), ovs))
+
+
+def _stages(out: Path) -> dict:
+    return json.loads((out / "stages.json").read_text())
+
+
+def test_flow_output_tree_and_full_reuse(prefect_server, tmp_path):
+    out = _run(tmp_path)
+    assert out == tmp_path / "out" / "reduced_w4a4"
+    for f in ["cache/model.pt", "cache/scale.pt", "cache/smooth.pt", "cache/branch.pt", "config.yaml",
+              "metrics.json", "report.md", "layer_errors.png", "overlay_0.png", "stages.json"]:
+        assert (out / f).is_file(), f
+    assert (out / "report.md").read_text().splitlines()[0] == "RANDOM WEIGHTS — not a real SAM2 checkpoint"
+    m = json.loads((out / "metrics.json").read_text())
+    assert m["random_weights"] is True and len(m["layers"]) == 23
+    assert set(m["encoder"]["sqnr_db"]) == {"fpn0", "fpn1", "embedding"}
+    assert m["masks"]["num_prompts"] > 0 and 0 <= m["masks"]["miou_vs_fp"] <= 1
+    assert not any(s["reused"] for s in _stages(out).values())
+    first = {f: hashlib.sha256((out / "cache" / f).read_bytes()).hexdigest() for f in ["model.pt", "scale.pt"]}
+
+    _run(tmp_path)  # same config: every stage reused, identical files
+    assert all(s["reused"] for s in _stages(out).values())
+    assert first == {f: hashlib.sha256((out / "cache" / f).read_bytes()).hexdigest() for f in first}
+
+    _run(tmp_path, "quant.eval.points_per_side=3")  # eval-only change: only evaluate is rebuilt
+    st = _stages(out)
+    assert not st["evaluate"]["reused"] and all(v["reused"] for k, v in st.items() if k != "evaluate")
+
+    _run(tmp_path, "quant.wgts.kernel_gptq.block_size=16")  # GPTQ change: capture and smoothing reused
+    st = _stages(out)
+    assert st["capture_activations"]["reused"] and st["smooth"]["reused"] and not st["gptq_lowrank"]["reused"]
+
+
+def test_readers_rebuild_the_pipeline_model_exactly(prefect_server, tmp_path):
+    from sam2ptq_core.export.reader import load_quantized
+    from sam2ptq_core.store import StageStore
+    from tasks._common import load_fp_model
+    from tasks.evaluate import build_quantized
+    out = _run(tmp_path, "quant.rotation=null", "quant.wgts.scale_dtype=bfloat16", "convert_nunchaku=true")
+    cfg = load_config(out / "config.yaml")
+    st, store = _stages(out), StageStore(cfg.cache.root)
+    ref = lambda s: {"stage": s, "key": st[s]["key"]}  # noqa: E731
+    fp = load_fp_model(cfg, store.get("fetch_model", st["fetch_model"]["key"]))
+    pipeline = build_quantized(cfg, store, fp.model, ref("rotate"), ref("smooth"), ref("gptq_lowrank"))
+    x = torch.randn(1, 3, 128, 128, generator=torch.Generator().manual_seed(0))
+    with torch.inference_mode():
+        want = pipeline.get_image_embeddings(x)
+        for fmt in ("cache", "nunchaku"):
+            got = load_quantized(out, fmt).get_image_embeddings(x)
+            assert all(torch.equal(a, b) for a, b in zip(want, got)), fmt  # max abs diff 0
+    # unpacking reproduces codes, scales, smooth and branch exactly
+    from sam2ptq_core.export.nunchaku import read_nunchaku
+    layers, _, meta = read_nunchaku(out / "nunchaku")
+    q = torch.load(store.get("gptq_lowrank", st["gptq_lowrank"]["key"]).path("qlayers.pt"), weights_only=True)
+    sm = torch.load(store.get("smooth", st["smooth"]["key"]).path("smooth.pt"), weights_only=True)
+    for name, r in layers.items():
+        assert torch.equal(r["codes"], q[name]["codes"]) and torch.equal(r["scale"], q[name]["scale"])
+        assert torch.equal(r["smooth"], sm[name]) and torch.equal(r["a"], q[name]["a"]) and torch.equal(r["b"], q[name]["b"])
+    assert json.loads(meta["quantization_config"])["method"] == "svdquant"
+
+
+def test_task_failure_names_the_stage(tmp_path):
+    from tasks._common import StageError
+    from tasks.calibration import build_calibration_set
+    cfg = load_config(REDUCED_CFG, [f"cache.root={tmp_path}", "quant.calib.num_samples=50"]).model_dump(mode="json")
+    with pytest.raises(StageError, match=r"stage build_calibration_set failed: .* has 10 usable images but 50"):
+        build_calibration_set.fn(cfg)
+
+
+def _cli(*args, env=None, **kw):
+    return subprocess.run([sys.executable, str(ROOT / "quantize_sam2.py"), *args], capture_output=True, text=True,
+                          cwd=ROOT, env=env, **kw)
+
+
+@pytest.mark.parametrize("args,needle", [
+    (["--quant.calib.num_sample", "3"], "unknown config key 'quant.calib.num_sample'; did you mean"),
+    (["--config", "configs/hiera_tiny_w4a8.yaml"], "image folder '/path/to/coco/val2017' does not exist"),
+    (["--config", "configs/demo.yaml", "--convert-nunchaku"], "--convert-nunchaku supports only W4A4"),
+    (["--config", "configs/demo.yaml", "--model.device", "cuda"], "no CUDA device is available"),
+])
+def test_cli_bad_input_is_one_line_and_nonzero(args, needle, tmp_path):
+    if "cuda" in args and torch.cuda.is_available():
+        pytest.skip("CUDA present")
+    r = _cli(*args, "--output.root", str(tmp_path))
+    assert r.returncode == 2 and needle in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1, r.stderr
+    assert not any(tmp_path.iterdir())  # nothing half-written
+
+
+def _tree_digest(out: Path) -> dict:
+    files = ["cache/model.pt", "cache/scale.pt", "cache/smooth.pt", "cache/branch.pt", "metrics.json"]
+    return {f: hashlib.sha256((out / f).read_bytes()).hexdigest() for f in files}
+
+
+def test_kill_during_capture_then_resume_is_bitwise_equal(tmp_path):
+    env = {**os.environ, "PREFECT_HOME": str(tmp_path / "prefect"), "PYTHONUNBUFFERED": "1"}
+    env.pop("PREFECT_API_URL", None)
+    common = ["--config", str(REDUCED_CFG), "--quant.calib.image_size", "256", "--quant.calib.num_samples", "6"]
+    killed = tmp_path / "k"
+    p = subprocess.Popen([sys.executable, str(ROOT / "quantize_sam2.py"), *common, "--cache.root", str(killed / "c"),
+                          "--output.root", str(killed / "o")], cwd=ROOT, env=env,
+                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    stage_dir = killed / "c" / "capture_activations"
+    t0 = time.time()
+    while time.time() - t0 < 180 and p.poll() is None:
+        if stage_dir.is_dir() and any(d.name.startswith(".") and ".tmp-" in d.name for d in stage_dir.iterdir()):
+            break
+        time.sleep(0.005)
+    assert p.poll() is None, "the run ended before capture started"
+    os.kill(p.pid, signal.SIGKILL)
+    p.wait()
+    assert not (killed / "o").exists()
+    assert not any(d.is_dir() and not d.name.startswith(".") for d in stage_dir.iterdir())  # no half stage visible
+    r = _cli(*common, "--cache.root", str(killed / "c"), "--output.root", str(killed / "o"), env=env, timeout=600)
+    assert r.returncode == 0, r.stderr[-2000:]
+    st = _stages(killed / "o" / "reduced_w4a4")
+    assert st["fetch_model"]["reused"] and st["build_calibration_set"]["reused"]
+    assert not st["capture_activations"]["reused"]
+    fresh = tmp_path / "f"
+    r = _cli(*common, "--cache.root", str(fresh / "c"), "--output.root", str(fresh / "o"), env=env, timeout=600)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert _tree_digest(killed / "o" / "reduced_w4a4") == _tree_digest(fresh / "o" / "reduced_w4a4")
