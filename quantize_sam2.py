@@ -33,7 +33,8 @@ def _parser() -> argparse.ArgumentParser:
     for flag, _, h, d in SPEC_FLAGS:
         p.add_argument(flag, dest=flag[2:], default=None, help=f"{h} (default: {d})")
     p.add_argument("--save-model", action="store_true", default=None,
-                   help="also save the whole quantized Sam2Model as sam2_quantized.safetensors (default: false)")
+                   help="make cache/model.pt hold the whole Sam2Model (prompt encoder and mask decoder too), so the "
+                        "output tree loads without the original checkpoint (default: false)")
     p.add_argument("--convert-nunchaku", action="store_true", default=None,
                    help="write nunchaku W4A4 safetensors (sint4 group 64 configs only) (default: false)")
     p.add_argument("--ablation", action="store_true",

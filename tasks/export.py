@@ -32,7 +32,7 @@ def export(cfg: dict, refs: dict[str, dict]) -> str:
 
         def build(tmp: Path) -> None:
             from sam2ptq_core.export.cache import write_cache_files
-            write_cache_files(tmp / "cache", fp.model.vision_encoder.state_dict(), qlayers, smooth)
+            write_cache_files(tmp / "cache", fp.model.state_dict(), qlayers, smooth, whole_model=c.save_model)
             if c.convert_nunchaku:
                 from sam2ptq_core.export.nunchaku import write_nunchaku
                 write_nunchaku(tmp / "nunchaku", c, fp.model, qlayers, smooth)

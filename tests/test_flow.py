@@ -78,6 +78,12 @@ def test_readers_rebuild_the_pipeline_model_exactly(prefect_server, tmp_path):
         for fmt in ("cache", "nunchaku"):
             got = load_quantized(out, fmt).get_image_embeddings(x)
             assert all(torch.equal(a, b) for a, b in zip(want, got)), fmt  # max abs diff 0
+    out2 = _run(tmp_path, "quant.rotation=null", "quant.wgts.scale_dtype=bfloat16", "save_model=true",
+                "output.job=whole")
+    assert any(k.startswith("mask_decoder.") for k in torch.load(out2 / "cache/model.pt", weights_only=True))
+    with torch.inference_mode():
+        got = load_quantized(out2, "cache").get_image_embeddings(x)  # self-contained: no checkpoint needed
+        assert all(torch.equal(a, b) for a, b in zip(want, got))
     # unpacking reproduces codes, scales, smooth and branch exactly
     from sam2ptq_core.export.nunchaku import read_nunchaku
     layers, _, meta = read_nunchaku(out / "nunchaku")

@@ -19,11 +19,14 @@ __all__ = ["PREFIX", "write_cache_files", "read_cache_files", "codes_from_weight
 PREFIX = "vision_encoder.backbone."
 
 
-def write_cache_files(d: Path, encoder_state: dict[str, torch.Tensor], qlayers: dict[str, dict],
-                      smooth: dict[str, torch.Tensor]) -> list[str]:
-    """Write the four files into ``d``; returns the names written."""
+def write_cache_files(d: Path, model_state: dict[str, torch.Tensor], qlayers: dict[str, dict],
+                      smooth: dict[str, torch.Tensor], whole_model: bool = False) -> list[str]:
+    """Write the four files into ``d``; returns the names written. ``model_state`` is the float Sam2Model's state
+    dict; model.pt keeps its ``vision_encoder.*`` entries, or every entry with ``whole_model`` (--save-model), which
+    makes the tree self-contained (the reader then needs no original checkpoint)."""
     d.mkdir(parents=True, exist_ok=True)
-    state = {f"vision_encoder.{k}": v.detach().cpu().clone() for k, v in encoder_state.items()}
+    state = {k: v.detach().cpu().clone() for k, v in model_state.items()
+             if whole_model or k.startswith("vision_encoder.")}
     scales, branches = {}, {}
     for name, q in qlayers.items():
         full = PREFIX + name

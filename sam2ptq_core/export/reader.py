@@ -27,10 +27,16 @@ def _from_cache(out: Path, cfg) -> nn.Module:
     files = read_cache_files(out / "cache")
     if not files["state"] or not files["scale"]:
         raise FileNotFoundError(f"{out}/cache has no model.pt/scale.pt: not a sam2ptq output tree")
-    lm = load_model(cfg.model.name, path=cfg.model.path, revision=cfg.model.revision,
-                    random_init=cfg.model.random_init, seed=cfg.seed, image_size=cfg.quant.calib.image_size,
-                    arch=cfg.model.arch)
-    model = lm.model
+    if any(k.startswith("mask_decoder.") for k in files["state"]):  # written with --save-model: self-contained
+        from transformers import Sam2Model
+        with torch.device("meta"):
+            model = Sam2Model(build_config(cfg.model.name, cfg.quant.calib.image_size, cfg.model.arch))
+        model.load_state_dict(files["state"], strict=True, assign=True)
+        model.eval()
+    else:  # encoder only: the rest comes from the original checkpoint (or the seeded random model)
+        model = load_model(cfg.model.name, path=cfg.model.path, revision=cfg.model.revision,
+                           random_init=cfg.model.random_init, seed=cfg.seed, image_size=cfg.quant.calib.image_size,
+                           arch=cfg.model.arch).model
     missing = model.load_state_dict(files["state"], strict=False)
     bad = [k for k in missing.missing_keys if k.startswith("vision_encoder.")]
     if bad or missing.unexpected_keys:
