@@ -11,6 +11,7 @@ from tasks.evaluate import evaluate
 from tasks.export import export
 from tasks.fetch_model import fetch_model
 from tasks.gptq_lowrank import gptq_lowrank
+from tasks.regression import regression_check
 from tasks.rotate import rotate
 from tasks.smooth import smooth
 
@@ -33,6 +34,7 @@ def sam2_ptq(config: dict | str = "", overrides: list[str] | None = None) -> str
                                         refs["smooth"])
     refs["evaluate"] = evaluate(cfg, refs["fetch_model"], refs["build_calibration_set"], refs["rotate"],
                                 refs["smooth"], refs["gptq_lowrank"])
+    regression_check(cfg, refs["evaluate"])  # fails the flow before a regressed model replaces the output
     out = export(cfg, refs)
     reused = [k for k, r in refs.items() if r["reused"]]
     log.info("stages reused: %d/%d (%s)", len(reused), len(refs), ", ".join(reused) or "none")

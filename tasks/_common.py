@@ -14,7 +14,7 @@ from sam2ptq_core.sam2 import DTYPES, load_model, weights_sha256
 from sam2ptq_core.store import Manifest, StageStore
 
 __all__ = ["StageError", "Ref", "cfg_of", "store_of", "run_logger", "Progress", "stage_errors", "load_fp_model",
-           "device_of", "ref_of", "manifest_of", "finish", "to_run_dtype", "VERSIONS"]
+           "device_of", "ref_of", "manifest_of", "finish", "to_run_dtype", "VERSIONS", "in_prefect_run", "preflight"]
 
 # Bump a stage's version when its algorithm changes meaningfully: its key (and every downstream key) changes.
 VERSIONS = {"fetch_model": 1, "build_calibration_set": 1, "capture_activations": 1, "smooth": 1, "rotate": 1,
@@ -36,12 +36,17 @@ def store_of(cfg: RunConfig) -> StageStore:
     return StageStore(cfg.cache.root)
 
 
+def in_prefect_run() -> bool:
+    """True inside a Prefect flow or task run (artifacts and run loggers exist only there)."""
+    from prefect.context import FlowRunContext, TaskRunContext
+    return FlowRunContext.get() is not None or TaskRunContext.get() is not None
+
+
 def run_logger() -> logging.Logger:
-    try:
+    if in_prefect_run():
         from prefect.logging import get_run_logger
         return get_run_logger()
-    except Exception:  # outside a Prefect run (task.fn() in tests): plain logging
-        return logging.getLogger("sam2ptq")
+    return logging.getLogger("sam2ptq")  # task.fn() in tests, or plain library use
 
 
 class Progress:
@@ -56,11 +61,9 @@ class Progress:
         if os.environ.get("SAM2PTQ_PROGRESS_BAR") == "1":
             from tqdm import tqdm
             self.bar = tqdm(total=self.total, desc=f"{stage:>22}", unit=unit, leave=True, dynamic_ncols=True)
-        try:
+        if in_prefect_run():
             from prefect.artifacts import create_progress_artifact
             self.artifact = create_progress_artifact(0.0, description=f"{stage}: 0/{self.total} {unit}s")
-        except Exception:
-            self.artifact = None
 
     def __call__(self, done: int, total: int | None = None, what: str = "") -> None:
         frac = done / (total or self.total)

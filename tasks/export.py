@@ -13,7 +13,7 @@ from prefect.cache_policies import NO_CACHE
 
 from sam2ptq_core.store import atomic_dir
 
-from ._common import cfg_of, load_fp_model, manifest_of, run_logger, stage_errors, store_of
+from ._common import cfg_of, in_prefect_run, load_fp_model, manifest_of, run_logger, stage_errors, store_of
 
 STAGE = "export"
 
@@ -51,6 +51,8 @@ def export(cfg: dict, refs: dict[str, dict]) -> str:
 
 def _summary_artifacts(target: Path) -> None:
     """The final metrics as a Prefect markdown + table artifact (no-op outside a Prefect run)."""
+    if not in_prefect_run():
+        return
     try:
         from prefect.artifacts import create_markdown_artifact, create_table_artifact
         m = json.loads((target / "metrics.json").read_text())

@@ -1,0 +1,34 @@
+import pytest
+
+from sam2ptq_core.regression import compare_runs
+from tasks._common import StageError
+
+
+def test_compare_runs_threshold():
+    prev = {"miou_vs_fp": 0.950, "run": "r1"}
+    assert compare_runs(None, {"miou_vs_fp": 0.9}, 0.5).ok
+    assert compare_runs(prev, {"miou_vs_fp": 0.946}, 0.5).ok  # −0.4 points
+    v = compare_runs(prev, {"miou_vs_fp": 0.940}, 0.5)       # −1.0 point
+    assert not v.ok and "0.9500 (run r1) to 0.9400" in v.message and abs(v.drop_points - 1.0) < 1e-9
+
+
+def test_regression_task_uses_ledger(tmp_path):
+    from sam2ptq_core.config import load_config
+    from sam2ptq_core.store import StageStore
+    from tasks.regression import regression_check
+    from tests.helpers import REDUCED_CFG
+    cfg = load_config(REDUCED_CFG, [f"cache.root={tmp_path}"])
+    store = StageStore(tmp_path)
+
+    def eval_ref(miou, key):
+        def build(d):
+            d.joinpath("metrics.json").write_text(
+                '{"masks": {"miou_vs_fp": %f}, "encoder": {"sqnr_db": {}}}' % miou)
+        m, _ = store.run("evaluate", key, {}, {}, build)
+        return {"stage": "evaluate", "key": m.key}
+    c = cfg.model_dump(mode="json")
+    assert "baseline" in regression_check.fn(c, eval_ref(0.95, "a"))["message"]
+    regression_check.fn(c, eval_ref(0.948, "b"))
+    with pytest.raises(StageError, match="regression: mask mIoU vs float fell from 0.9480"):
+        regression_check.fn(c, eval_ref(0.93, "c"))
+    assert [e["miou_vs_fp"] for e in store.ledger()["cli:reduced_w4a4"]] == [0.95, 0.948]  # the failed run is not a baseline
