@@ -6,10 +6,8 @@ Each N runs in a fresh subprocess so ru_maxrss is that run's own peak.
 from __future__ import annotations
 
 import json
-import resource
 import subprocess
 import sys
-import time
 
 CHILD = r"""
 import json, resource, sys, time, torch

@@ -14,7 +14,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-__all__ = ["RunConfig", "ConfigError", "load_config", "config_hash", "canonical_json", "stage_slices",
+__all__ = ["RunConfig", "ConfigError", "load_config", "config_hash", "canonical_json", "stage_slices", "eval_protocol",
            "VARIANTS", "group_size_of"]
 
 VARIANTS = ("tiny", "small", "base-plus", "large")
@@ -267,6 +267,16 @@ def stage_slices(cfg: RunConfig) -> dict[str, dict]:
                    "rotation": None if q.rotation is None else q.rotation.model_dump(mode="json"), "seed": cfg.seed},
         "rotate": {"rotation": None if q.rotation is None else q.rotation.model_dump(mode="json"), "seed": cfg.seed},
         "gptq_lowrank": {"wgts": w, "seed": cfg.seed},
-        "evaluate": {"ipts": q.ipts.model_dump(mode="json"), "eval": q.eval.model_dump(mode="json"),
+        "evaluate": {"ipts": q.ipts.model_dump(mode="json"),
+                     "eval": q.eval.model_dump(mode="json", exclude={"regression_threshold"}),
                      "device": m.device, "dtype": m.dtype, "image_size": q.calib.image_size, "seed": cfg.seed},
     }
+
+
+def eval_protocol(cfg: RunConfig) -> str:
+    """Short hash of how a run is evaluated (held-out images, prompts, image size): only runs evaluated the same
+    way are comparable for the regression guard."""
+    d = {"eval": cfg.quant.eval.model_dump(mode="json", exclude={"regression_threshold", "num_overlays"}),
+         "calib": cfg.quant.calib.model_dump(mode="json", include={"path", "num_samples", "image_size"}),
+         "seed": cfg.seed}
+    return config_hash(d)[:10]

@@ -6,7 +6,6 @@ ImageNet mean/std. Prompts in original pixel coordinates are scaled by size/W an
 """
 from __future__ import annotations
 
-import hashlib
 import logging
 import random
 import warnings
@@ -17,7 +16,7 @@ import torch
 from PIL import Image, ImageOps
 
 __all__ = ["IMAGE_SUFFIXES", "DataError", "ImageRecord", "list_images", "select_images", "load_rgb",
-           "resize_uint8", "normalize", "scale_points", "MEAN", "STD", "file_sha256"]
+           "resize_uint8", "normalize", "scale_points", "MEAN", "STD"]
 
 log = logging.getLogger(__name__)
 
@@ -36,14 +35,6 @@ class ImageRecord:
     path: str
     size: int
     sha256: str
-
-
-def file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def list_images(folder: str | Path) -> list[Path]:

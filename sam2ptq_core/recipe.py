@@ -14,7 +14,7 @@ from .config import QuantCfg, group_size_of
 from .layerq import LayerQuant, LayerSpec, layer_errors, quantize_layer, smoothing_objective
 from .qmodel import LayerArtifacts
 from .rotate import Rotation, hadamard
-from .smooth import SmoothResult, search_smoothing, smooth_candidates
+from .smooth import SmoothResult, search_smoothing
 from .stats import LayerStats
 
 __all__ = ["layer_spec", "rotation_spec", "rotation_matrices", "search_all_smoothing", "quantize_all",

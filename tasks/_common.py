@@ -14,7 +14,8 @@ from sam2ptq_core.sam2 import DTYPES, load_model, weights_sha256
 from sam2ptq_core.store import Manifest, StageStore
 
 __all__ = ["StageError", "Ref", "cfg_of", "store_of", "run_logger", "Progress", "stage_errors", "load_fp_model",
-           "device_of", "ref_of", "manifest_of", "finish", "to_run_dtype", "VERSIONS", "in_prefect_run", "preflight"]
+           "device_of", "ref_of", "manifest_of", "finish", "to_run_dtype", "VERSIONS", "in_prefect_run", "preflight",
+           "run_stage", "load_layer_inputs", "LayerInputs"]
 
 # Bump a stage's version when its algorithm changes meaningfully: its key (and every downstream key) changes.
 VERSIONS = {"fetch_model": 1, "build_calibration_set": 1, "capture_activations": 1, "smooth": 1, "rotate": 1,
@@ -114,6 +115,43 @@ def finish(stage: str, m: Manifest, reused: bool, t0: float) -> Ref:
     else:
         log.info("built %s %s in %.1f s", stage, m.key[:12], time.time() - t0)
     return ref_of(m, reused)
+
+
+def run_stage(stage: str, c: RunConfig, upstream: dict[str, str], build, key_extra=None) -> Ref:
+    """Key the stage (config slice + ``key_extra()`` + upstream keys), reuse it or ``build(tmp_dir)`` it in the
+    store, log "reused"/"built", and return its reference. Every failure is a StageError naming the stage."""
+    from sam2ptq_core.config import stage_slices
+    from sam2ptq_core.store import stage_key
+    t0 = time.time()
+    with stage_errors(stage):
+        sl = stage_slices(c)[stage]
+        key = stage_key(stage, VERSIONS[stage], {**sl, **(key_extra() if key_extra else {})}, upstream)
+        m, reused = store_of(c).run(stage, key, sl, upstream, build)
+    return finish(stage, m, reused, t0)
+
+
+@dataclass
+class LayerInputs:
+    """What the per-layer stages work on: the float model, its trunk linears, their statistics and rotations."""
+    fp: "FPModel"
+    layers: dict
+    stats: dict
+    rots: dict
+
+
+def load_layer_inputs(c: RunConfig, model_ref: Ref, acts_ref: Ref, rot_ref: Ref) -> LayerInputs:
+    import json
+
+    from sam2ptq_core.recipe import rotation_matrices
+    from sam2ptq_core.sam2 import quantizable_linears
+    from sam2ptq_core.stats import LayerStats
+    store = store_of(c)
+    fp = load_fp_model(c, manifest_of(store, model_ref))
+    acts = torch.load(manifest_of(store, acts_ref).path("acts.pt"), weights_only=True)
+    stats = {k: LayerStats.from_dict(v) for k, v in acts.items()}
+    layers = {k: v for k, v in quantizable_linears(fp.model, c.quant.skip).items() if k in stats}
+    rots = rotation_matrices(json.loads(manifest_of(store, rot_ref).path("rotation.json").read_text()))
+    return LayerInputs(fp, layers, stats, rots)
 
 
 def device_of(cfg: RunConfig) -> torch.device:

@@ -2,18 +2,17 @@
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
 
 import torch
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from sam2ptq_core.config import RunConfig, stage_slices
-from sam2ptq_core.data import file_sha256, list_images, load_rgb, resize_uint8, select_images
-from sam2ptq_core.store import StageStore, stage_key
+from sam2ptq_core.config import RunConfig
+from sam2ptq_core.data import list_images, load_rgb, resize_uint8, select_images
+from sam2ptq_core.store import StageStore, file_sha256
 
-from ._common import VERSIONS, Progress, cfg_of, finish, run_logger, stage_errors, store_of
+from ._common import Progress, cfg_of, run_stage, store_of
 
 STAGE = "build_calibration_set"
 
@@ -57,28 +56,24 @@ def eval_images(c: RunConfig, store: StageStore, calib_paths: set[str]) -> list[
 @task(name=STAGE, cache_policy=NO_CACHE)
 def build_calibration_set(cfg: dict) -> dict:
     c = cfg_of(cfg)
-    t0 = time.time()
-    with stage_errors(STAGE):
-        store = store_of(c)
-        calib = c.quant.calib
-        digest = folder_digest(store, calib.path)
-        sl = stage_slices(c)[STAGE]
-        key = stage_key(STAGE, VERSIONS[STAGE], {**sl, "files": digest}, {})
+    store, calib = store_of(c), c.quant.calib
+    digest = {}
 
-        def build(tmp):
-            paths, skipped = select_images(calib.path, calib.num_samples, c.seed)
-            prog = Progress(STAGE, len(paths), "image")
-            imgs, records = [], []
-            for i, p in enumerate(paths):
-                x, hw = preprocess(store, p, digest[str(p)], calib.image_size)
-                imgs.append(x)
-                records.append({"path": str(p), "size": p.stat().st_size, "sha256": digest[str(p)], "hw": hw})
-                prog(i + 1, what=p.name)
-            prog.close()
-            torch.save(torch.stack(imgs), tmp / "images.pt")
-            (tmp / "sources.json").write_text(json.dumps(records, indent=1))
-            if skipped:
-                run_logger().warning("%d unreadable file(s) skipped in %s", skipped, calib.path)
-            return {"num_images": len(paths), "skipped": skipped, "image_size": calib.image_size}
-        m, reused = store.run(STAGE, key, sl, {}, build)
-    return finish(STAGE, m, reused, t0)
+    def key_extra():
+        digest.update(folder_digest(store, calib.path))
+        return {"files": digest}
+
+    def build(tmp):
+        paths, skipped = select_images(calib.path, calib.num_samples, c.seed)
+        prog = Progress(STAGE, len(paths), "image")
+        imgs, records = [], []
+        for i, p in enumerate(paths):
+            x, hw = preprocess(store, p, digest[str(p)], calib.image_size)
+            imgs.append(x)
+            records.append({"path": str(p), "size": p.stat().st_size, "sha256": digest[str(p)], "hw": hw})
+            prog(i + 1, what=p.name)
+        prog.close()
+        torch.save(torch.stack(imgs), tmp / "images.pt")
+        (tmp / "sources.json").write_text(json.dumps(records, indent=1))
+        return {"num_images": len(paths), "skipped": skipped, "image_size": calib.image_size}
+    return run_stage(STAGE, c, {}, build, key_extra)

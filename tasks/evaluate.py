@@ -3,23 +3,20 @@ from __future__ import annotations
 
 import copy
 import json
-import time
 
 import numpy as np
 import torch
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from sam2ptq_core.config import config_hash, group_size_of, stage_slices
+from sam2ptq_core.config import config_hash, group_size_of
 from sam2ptq_core.data import load_rgb, normalize
 from sam2ptq_core.evaluate import evaluate_image
 from sam2ptq_core.export.report import write_report
 from sam2ptq_core.qmodel import quantize_model
 from sam2ptq_core.recipe import artifacts_from_saved
-from sam2ptq_core.store import stage_key
 
-from ._common import (VERSIONS, Progress, cfg_of, finish, load_fp_model, manifest_of, stage_errors, store_of,
-                      to_run_dtype)
+from ._common import Progress, cfg_of, load_fp_model, manifest_of, run_stage, store_of, to_run_dtype
 from .calibration import eval_images, folder_digest, preprocess
 
 STAGE = "evaluate"
@@ -46,54 +43,58 @@ def _mean(d: list[dict]) -> dict:
     return {k: float(np.mean([x[k] for x in d])) for k in d[0]} if d else {}
 
 
+def _run_images(c, store, fpm, qm, paths) -> tuple[list, list[dict]]:
+    """Evaluate every held-out image; overlays of the worst point prompt for the first few."""
+    dev, dt = next(fpm.parameters()).device, next(fpm.parameters()).dtype
+    digest = folder_digest(store, c.quant.eval.path or c.quant.calib.path)
+    size = c.quant.calib.image_size
+    prog = Progress(STAGE, len(paths), "image")
+    per_img, overlays = [], []
+    for i, p in enumerate(paths):
+        x, hw = preprocess(store, p, digest[str(p)], size)
+        ev = evaluate_image(fpm, qm, normalize(x[None]).to(dev, dt), hw, size, c.quant.eval.points_per_side)
+        per_img.append(ev)
+        if i < c.quant.eval.num_overlays:
+            j = int(torch.argmin(ev.point_iou))
+            overlays.append({"image": np.asarray(load_rgb(p)), "fp": ev.fp_masks[j].numpy(),
+                             "q": ev.q_masks[j].numpy(), "point": ev.points[j].numpy(),
+                             "iou": float(ev.point_iou[j]), "title": f"{p.name}: worst point prompt"})
+        prog(i + 1, what=p.name)
+    prog.close()
+    return per_img, overlays
+
+
+def _metrics(c, fp, paths, per_img, layer_info) -> dict:
+    pts, bxs = [e.point_iou for e in per_img], [e.box_iou for e in per_img]
+    allp = _summary(pts + bxs)
+    q = c.quant
+    a_bits = q.ipts.dtype[-1] if q.ipts.dtype else "16"
+    return {
+        "random_weights": fp.random_weights, "model": c.model.name, "source": fp.source,
+        "config_hash": config_hash(c),
+        "quant": f"W{q.wgts.dtype[-1]}A{a_bits} ({q.wgts.dtype} weights, {q.ipts.dtype or 'float'} activations)",
+        "eval_images": len(paths), "eval_files": [str(p) for p in paths],
+        "encoder": {"sqnr_db": _mean([e.sqnr for e in per_img]), "cosine": _mean([e.cos for e in per_img])},
+        "masks": {"miou_vs_fp": allp["miou"], "frac_iou_below_0_9": allp["frac_below_0_9"],
+                  "num_prompts": allp["num"], "points": _summary(pts), "boxes": _summary(bxs)},
+        "layers": layer_info["layers"], "gptq_fallbacks": sorted(layer_info["fallbacks"]),
+    }
+
+
 @task(name=STAGE, cache_policy=NO_CACHE)
 def evaluate(cfg: dict, model_ref: dict, calib_ref: dict, rot_ref: dict, smooth_ref: dict, gptq_ref: dict) -> dict:
     c = cfg_of(cfg)
-    t0 = time.time()
-    with stage_errors(STAGE):
-        store = store_of(c)
-        sl = stage_slices(c)[STAGE]
-        up = {"fetch_model": model_ref["key"], "build_calibration_set": calib_ref["key"], "gptq_lowrank": gptq_ref["key"]}
-        key = stage_key(STAGE, VERSIONS[STAGE], sl, up)
+    store = store_of(c)
 
-        def build(tmp):
-            fp = load_fp_model(c, manifest_of(store, model_ref))
-            qm = build_quantized(c, store, fp.model, rot_ref, smooth_ref, gptq_ref)
-            fpm, qm = to_run_dtype(fp.model, c), to_run_dtype(qm, c)
-            dev, dt = next(fpm.parameters()).device, next(fpm.parameters()).dtype
-            sources = json.loads(manifest_of(store, calib_ref).path("sources.json").read_text())
-            paths = eval_images(c, store, {s["path"] for s in sources})
-            digest = folder_digest(store, c.quant.eval.path or c.quant.calib.path)
-            size = c.quant.calib.image_size
-            prog = Progress(STAGE, len(paths), "image")
-            per_img, pts, bxs, overlays = [], [], [], []
-            for i, p in enumerate(paths):
-                x, hw = preprocess(store, p, digest[str(p)], size)
-                ev = evaluate_image(fpm, qm, normalize(x[None]).to(dev, dt), hw, size, c.quant.eval.points_per_side)
-                per_img.append(ev)
-                pts.append(ev.point_iou)
-                bxs.append(ev.box_iou)
-                if i < c.quant.eval.num_overlays:
-                    j = int(torch.argmin(ev.point_iou))
-                    overlays.append({"image": np.asarray(load_rgb(p)), "fp": ev.fp_masks[j].numpy(),
-                                     "q": ev.q_masks[j].numpy(), "point": ev.points[j].numpy(),
-                                     "iou": float(ev.point_iou[j]), "title": f"{p.name}: worst point prompt"})
-                prog(i + 1, what=p.name)
-            prog.close()
-            layer_info = json.loads(manifest_of(store, gptq_ref).path("layers.json").read_text())
-            allp = _summary(pts + bxs)
-            q = c.quant
-            metrics = {
-                "random_weights": fp.random_weights, "model": c.model.name, "source": fp.source,
-                "config_hash": config_hash(c), "quant": f"W{q.wgts.dtype[-1]}A{q.ipts.dtype[-1] if q.ipts.dtype else '16'} "
-                                                           f"({q.wgts.dtype} weights, {q.ipts.dtype or 'float'} activations)",
-                "eval_images": len(paths), "eval_files": [str(p) for p in paths],
-                "encoder": {"sqnr_db": _mean([e.sqnr for e in per_img]), "cosine": _mean([e.cos for e in per_img])},
-                "masks": {"miou_vs_fp": allp["miou"], "frac_iou_below_0_9": allp["frac_below_0_9"],
-                          "num_prompts": allp["num"], "points": _summary(pts), "boxes": _summary(bxs)},
-                "layers": layer_info["layers"], "gptq_fallbacks": sorted(layer_info["fallbacks"]),
-            }
-            write_report(tmp, metrics, overlays)
-            return {"miou_vs_fp": metrics["masks"]["miou_vs_fp"], "random_weights": fp.random_weights}
-        m, reused = store.run(STAGE, key, sl, up, build)
-    return finish(STAGE, m, reused, t0)
+    def build(tmp):
+        fp = load_fp_model(c, manifest_of(store, model_ref))
+        qm = build_quantized(c, store, fp.model, rot_ref, smooth_ref, gptq_ref)
+        sources = json.loads(manifest_of(store, calib_ref).path("sources.json").read_text())
+        paths = eval_images(c, store, {s["path"] for s in sources})
+        per_img, overlays = _run_images(c, store, to_run_dtype(fp.model, c), to_run_dtype(qm, c), paths)
+        layer_info = json.loads(manifest_of(store, gptq_ref).path("layers.json").read_text())
+        metrics = _metrics(c, fp, paths, per_img, layer_info)
+        write_report(tmp, metrics, overlays)
+        return {"miou_vs_fp": metrics["masks"]["miou_vs_fp"], "random_weights": fp.random_weights}
+    up = {"fetch_model": model_ref["key"], "build_calibration_set": calib_ref["key"], "gptq_lowrank": gptq_ref["key"]}
+    return run_stage(STAGE, c, up, build)

@@ -8,7 +8,7 @@ import time
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from sam2ptq_core.config import config_hash
+from sam2ptq_core.config import config_hash, eval_protocol
 from sam2ptq_core.regression import compare_runs
 
 from ._common import StageError, cfg_of, in_prefect_run, manifest_of, run_logger, store_of
@@ -17,9 +17,10 @@ STAGE = "regression_check"
 
 
 def family_of(cfg) -> str:
-    """Deployment name when run by a Prefect deployment, else "cli", plus the job name."""
+    """Deployment name when run by a Prefect deployment (else "cli"), the job name and the evaluation protocol:
+    a run is only compared with earlier runs evaluated on the same images with the same prompts."""
     from prefect.runtime import deployment
-    return f"{deployment.name or 'cli'}:{cfg.job_name()}"
+    return f"{deployment.name or 'cli'}:{cfg.job_name()}:{eval_protocol(cfg)}"
 
 
 def _run_id() -> str:

@@ -56,7 +56,9 @@ def test_flow_output_tree_and_full_reuse(prefect_server, tmp_path):
     st = _stages(out)
     assert not st["evaluate"]["reused"] and all(v["reused"] for k, v in st.items() if k != "evaluate")
 
-    _run(tmp_path, "quant.wgts.kernel_gptq.block_size=16")  # GPTQ change: capture and smoothing reused
+    # GPTQ change: capture and smoothing reused. (On random weights a GPTQ edit can move mIoU by more than the
+    # nightly guard's 0.5 points; the threshold is not part of any stage key, so raising it here reuses evaluate.)
+    _run(tmp_path, "quant.wgts.kernel_gptq.block_size=16", "quant.eval.regression_threshold=100")
     st = _stages(out)
     assert st["capture_activations"]["reused"] and st["smooth"]["reused"] and not st["gptq_lowrank"]["reused"]
 
