@@ -32,8 +32,8 @@ def sam2_ptq(config: dict | str = "", overrides: list[str] | None = None) -> str
     refs["smooth"] = smooth(cfg, refs["fetch_model"], refs["capture_activations"], refs["rotate"])
     refs["gptq_lowrank"] = gptq_lowrank(cfg, refs["fetch_model"], refs["capture_activations"], refs["rotate"],
                                         refs["smooth"])
-    refs["evaluate"] = evaluate(cfg, refs["fetch_model"], refs["build_calibration_set"], refs["rotate"],
-                                refs["smooth"], refs["gptq_lowrank"])
+    refs["evaluate"] = evaluate(cfg, refs["fetch_model"], refs["build_calibration_set"], refs["smooth"],
+                                refs["gptq_lowrank"])
     regression_check(cfg, refs["evaluate"])  # fails the flow before a regressed model replaces the output
     out = export(cfg, refs)
     reused = [k for k, r in refs.items() if r["reused"]]

@@ -121,6 +121,9 @@ class SmoothCfg(_Node):
 class RotationCfg(_Node):
     transforms: list[Literal["hadamard"]] = Field(default_factory=lambda: ["hadamard"])
     random: bool = False
+    # auto: a layer keeps the rotation only where it lowers that layer's quantized output error on the token
+    # sample (decided together with smoothing); all: rotate every quantized linear
+    mode: Literal["auto", "all"] = "auto"
 
 
 class EvalCfg(_Node):

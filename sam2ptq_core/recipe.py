@@ -17,8 +17,8 @@ from .rotate import Rotation, hadamard
 from .smooth import SmoothResult, search_smoothing
 from .stats import LayerStats
 
-__all__ = ["layer_spec", "rotation_spec", "rotation_matrices", "search_all_smoothing", "quantize_all",
-           "to_artifacts", "all_layer_errors", "artifacts_from_saved", "export_bias"]
+__all__ = ["layer_spec", "rotation_spec", "rotation_matrices", "layer_rotations", "search_all_smoothing",
+           "quantize_all", "all_layer_errors", "artifacts_from_saved", "export_bias"]
 
 Progress = Callable[[int, int, str], None]
 
@@ -54,56 +54,58 @@ def rotation_matrices(spec: dict) -> dict[int, Rotation]:
     return out
 
 
-def search_all_smoothing(layers: dict[str, nn.Module], stats: dict[str, LayerStats], rots: dict[int, Rotation],
-                         spec: LayerSpec, candidates: list[tuple[float, float]],
-                         progress: Progress | None = None) -> dict[str, SmoothResult]:
+def layer_rotations(layers: dict[str, nn.Module], by_width: dict[int, Rotation],
+                    rotated: dict[str, bool] | None = None) -> dict[str, Rotation | None]:
+    """Each layer's rotation: the one of its input width, unless ``rotated`` says the layer keeps none."""
+    return {n: (by_width.get(m.in_features) if rotated is None or rotated.get(n, False) else None)
+            for n, m in layers.items()}
+
+
+def search_all_smoothing(layers: dict[str, nn.Module], stats: dict[str, LayerStats],
+                         rots: dict[str, Rotation | None], spec: LayerSpec, candidates: list[tuple[float, float]],
+                         auto_rotate: bool = False, progress: Progress | None = None
+                         ) -> dict[str, tuple[SmoothResult, bool]]:
+    """Per layer: the best smoothing candidate, and whether the layer is rotated. With ``auto_rotate`` a layer keeps
+    its rotation only when that lowers the best objective (so rotation never makes a layer's error worse)."""
     out = {}
     for i, (name, mod) in enumerate(layers.items()):
-        st = stats[name]
+        st, R = stats[name], rots.get(name)
         W = mod.weight.detach().float().cpu()
         X = st.sample.float()
-        obj = smoothing_objective(X, W, rots.get(W.shape[1]), spec)
-        res = search_smoothing(st.absmax, W.abs().amax(0), candidates, obj)
+        res = search_smoothing(st.absmax, W.abs().amax(0), candidates, smoothing_objective(X, W, R, spec))
+        use_r = R is not None
+        if use_r and auto_rotate:
+            plain = search_smoothing(st.absmax, W.abs().amax(0), candidates, smoothing_objective(X, W, None, spec))
+            if min(e for *_, e in plain.log) <= min(e for *_, e in res.log):
+                res, use_r = plain, False
         if spec.scale_dtype is not None:  # a 16-bit export stores the scales: keep exactly what it will hold
             res.scale = res.scale.to(spec.torch_scale_dtype).float()
-        out[name] = res
+        out[name] = (res, use_r)
         if progress:
             progress(i + 1, len(layers), name)
     return out
 
 
 def quantize_all(layers: dict[str, nn.Module], stats: dict[str, LayerStats], smooth: dict[str, torch.Tensor],
-                 rots: dict[int, Rotation], spec: LayerSpec, progress: Progress | None = None
+                 rots: dict[str, Rotation | None], spec: LayerSpec, progress: Progress | None = None
                  ) -> dict[str, LayerQuant]:
     out = {}
     for i, (name, mod) in enumerate(layers.items()):
         W = mod.weight.detach().float().cpu()
-        out[name] = quantize_layer(W, stats[name], smooth.get(name), rots.get(W.shape[1]), spec)
+        out[name] = quantize_layer(W, stats[name], smooth.get(name), rots.get(name), spec)
         if progress:
             progress(i + 1, len(layers), name)
     return out
 
 
-def to_artifacts(layers: dict[str, nn.Module], lqs: dict[str, LayerQuant], smooth: dict[str, torch.Tensor],
-                 rotation: dict) -> dict[str, LayerArtifacts]:
-    arts = {}
-    for name, mod in layers.items():
-        lq = lqs[name]
-        bias = None if mod.bias is None else mod.bias.detach().float().cpu()
-        arts[name] = LayerArtifacts(lq.weight.float(), bias, smooth.get(name), lq.a, lq.b,
-                                    rotate=rotation.get("enabled", False), rotate_random=rotation.get("random", False),
-                                    rotate_seed=rotation.get("seed", 0))
-    return arts
-
-
 def all_layer_errors(layers: dict[str, nn.Module], stats: dict[str, LayerStats], lqs: dict[str, LayerQuant],
-                     smooth: dict[str, torch.Tensor], rots: dict[int, Rotation], spec: LayerSpec) -> list[dict]:
+                     smooth: dict[str, torch.Tensor], rots: dict[str, Rotation | None], spec: LayerSpec) -> list[dict]:
     rows = []
     for name, mod in layers.items():
         W = mod.weight.detach().float().cpu()
         b = None if mod.bias is None else mod.bias.detach().float().cpu()
         X = stats[name].sample.float()
-        e = layer_errors(W, b, X, lqs[name], smooth.get(name), rots.get(W.shape[1]), spec)
+        e = layer_errors(W, b, X, lqs[name], smooth.get(name), rots.get(name), spec)
         rows.append({"name": name, **e})
     return rows
 
@@ -119,11 +121,13 @@ def export_bias(mod: nn.Module, spec: LayerSpec) -> torch.Tensor:
 
 def artifacts_from_saved(qlayers: dict[str, dict], smooth: dict[str, torch.Tensor],
                          rotation: dict) -> dict[str, LayerArtifacts]:
-    """LayerArtifacts from the stored per-layer dicts (weight, bias, a, b)."""
+    """LayerArtifacts from the stored per-layer dicts (weight, bias, a, b). ``rotation``: {"random", "seed",
+    "layers": [names of the rotated layers]}."""
     arts = {}
+    rotated = set(rotation.get("layers", []))
     for name, d in qlayers.items():
         bias = d["bias"] if d["bias"].numel() else None
         arts[name] = LayerArtifacts(d["weight"].float(), bias, smooth.get(name), d["a"], d["b"],
-                                    rotate=rotation.get("enabled", False), rotate_random=rotation.get("random", False),
+                                    rotate=name in rotated, rotate_random=rotation.get("random", False),
                                     rotate_seed=rotation.get("seed", 0))
     return arts

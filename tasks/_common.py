@@ -18,7 +18,7 @@ __all__ = ["StageError", "Ref", "cfg_of", "store_of", "run_logger", "Progress", 
            "run_stage", "load_layer_inputs", "LayerInputs"]
 
 # Bump a stage's version when its algorithm changes meaningfully: its key (and every downstream key) changes.
-VERSIONS = {"fetch_model": 1, "build_calibration_set": 1, "capture_activations": 1, "smooth": 1, "rotate": 1,
+VERSIONS = {"fetch_model": 1, "build_calibration_set": 1, "capture_activations": 1, "smooth": 2, "rotate": 1,
             "gptq_lowrank": 1, "evaluate": 1}
 
 
@@ -132,17 +132,19 @@ def run_stage(stage: str, c: RunConfig, upstream: dict[str, str], build, key_ext
 
 @dataclass
 class LayerInputs:
-    """What the per-layer stages work on: the float model, its trunk linears, their statistics and rotations."""
+    """What the per-layer stages work on: the float model, its trunk linears, their statistics and each layer's
+    candidate rotation (None where rotation is off)."""
     fp: "FPModel"
     layers: dict
     stats: dict
     rots: dict
+    by_width: dict
 
 
 def load_layer_inputs(c: RunConfig, model_ref: Ref, acts_ref: Ref, rot_ref: Ref) -> LayerInputs:
     import json
 
-    from sam2ptq_core.recipe import rotation_matrices
+    from sam2ptq_core.recipe import layer_rotations, rotation_matrices
     from sam2ptq_core.sam2 import quantizable_linears
     from sam2ptq_core.stats import LayerStats
     store = store_of(c)
@@ -150,8 +152,8 @@ def load_layer_inputs(c: RunConfig, model_ref: Ref, acts_ref: Ref, rot_ref: Ref)
     acts = torch.load(manifest_of(store, acts_ref).path("acts.pt"), weights_only=True)
     stats = {k: LayerStats.from_dict(v) for k, v in acts.items()}
     layers = {k: v for k, v in quantizable_linears(fp.model, c.quant.skip).items() if k in stats}
-    rots = rotation_matrices(json.loads(manifest_of(store, rot_ref).path("rotation.json").read_text()))
-    return LayerInputs(fp, layers, stats, rots)
+    by_width = rotation_matrices(json.loads(manifest_of(store, rot_ref).path("rotation.json").read_text()))
+    return LayerInputs(fp, layers, stats, layer_rotations(layers, by_width), by_width)
 
 
 def device_of(cfg: RunConfig) -> torch.device:

@@ -22,11 +22,11 @@ from .calibration import eval_images, folder_digest, preprocess
 STAGE = "evaluate"
 
 
-def build_quantized(c, store, fp_model, rot_ref, smooth_ref, gptq_ref):
+def build_quantized(c, store, fp_model, smooth_ref, gptq_ref):
     """A deep copy of the float model with its trunk linears swapped for QuantLinear from the stored artifacts."""
     qlayers = torch.load(manifest_of(store, gptq_ref).path("qlayers.pt"), weights_only=True)
     scales = torch.load(manifest_of(store, smooth_ref).path("smooth.pt"), weights_only=True)
-    rot = json.loads(manifest_of(store, rot_ref).path("rotation.json").read_text())
+    rot = json.loads(manifest_of(store, smooth_ref).path("rotation_choice.json").read_text())
     arts = artifacts_from_saved(qlayers, scales, rot)
     ip = c.quant.ipts
     return quantize_model(copy.deepcopy(fp_model), arts, ip.dtype, group_size_of(ip.group_shapes))
@@ -82,13 +82,13 @@ def _metrics(c, fp, paths, per_img, layer_info) -> dict:
 
 
 @task(name=STAGE, cache_policy=NO_CACHE)
-def evaluate(cfg: dict, model_ref: dict, calib_ref: dict, rot_ref: dict, smooth_ref: dict, gptq_ref: dict) -> dict:
+def evaluate(cfg: dict, model_ref: dict, calib_ref: dict, smooth_ref: dict, gptq_ref: dict) -> dict:
     c = cfg_of(cfg)
     store = store_of(c)
 
     def build(tmp):
         fp = load_fp_model(c, manifest_of(store, model_ref))
-        qm = build_quantized(c, store, fp.model, rot_ref, smooth_ref, gptq_ref)
+        qm = build_quantized(c, store, fp.model, smooth_ref, gptq_ref)
         sources = json.loads(manifest_of(store, calib_ref).path("sources.json").read_text())
         paths = eval_images(c, store, {s["path"] for s in sources})
         per_img, overlays = _run_images(c, store, to_run_dtype(fp.model, c), to_run_dtype(qm, c), paths)

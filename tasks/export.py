@@ -27,12 +27,15 @@ def export(cfg: dict, refs: dict[str, dict]) -> str:
         target = Path(c.output.root) / c.job_name()
         fp = load_fp_model(c, manifest_of(store, refs["fetch_model"]))
         qlayers = torch.load(manifest_of(store, refs["gptq_lowrank"]).path("qlayers.pt"), weights_only=True)
-        smooth = torch.load(manifest_of(store, refs["smooth"]).path("smooth.pt"), weights_only=True)
+        sm = manifest_of(store, refs["smooth"])
+        smooth = torch.load(sm.path("smooth.pt"), weights_only=True)
+        rotation = json.loads(sm.path("rotation_choice.json").read_text())
         ev = manifest_of(store, refs["evaluate"])
 
         def build(tmp: Path) -> None:
             from sam2ptq_core.export.cache import write_cache_files
-            write_cache_files(tmp / "cache", fp.model.state_dict(), qlayers, smooth, whole_model=c.save_model)
+            write_cache_files(tmp / "cache", fp.model.state_dict(), qlayers, smooth, rotation,
+                              whole_model=c.save_model)
             if c.convert_nunchaku:
                 from sam2ptq_core.export.nunchaku import write_nunchaku
                 write_nunchaku(tmp / "nunchaku", c, fp.model, qlayers, smooth)

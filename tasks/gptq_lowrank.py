@@ -7,7 +7,7 @@ import torch
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from sam2ptq_core.recipe import all_layer_errors, export_bias, layer_spec, quantize_all
+from sam2ptq_core.recipe import all_layer_errors, export_bias, layer_rotations, layer_spec, quantize_all
 
 from ._common import Progress, cfg_of, load_layer_inputs, manifest_of, run_logger, run_stage, store_of
 
@@ -20,10 +20,13 @@ def gptq_lowrank(cfg: dict, model_ref: dict, acts_ref: dict, rot_ref: dict, smoo
 
     def build(tmp):
         li = load_layer_inputs(c, model_ref, acts_ref, rot_ref)
-        scales = torch.load(manifest_of(store_of(c), smooth_ref).path("smooth.pt"), weights_only=True)
+        sm = manifest_of(store_of(c), smooth_ref)
+        scales = torch.load(sm.path("smooth.pt"), weights_only=True)
+        chosen = set(json.loads(sm.path("rotation_choice.json").read_text())["layers"])
+        rots = layer_rotations(li.layers, li.by_width, {k: k in chosen for k in li.layers})
         spec = layer_spec(c.quant, c.seed)
         prog = Progress(STAGE, len(li.layers), "layer")
-        lqs = quantize_all(li.layers, li.stats, scales, li.rots, spec, prog)
+        lqs = quantize_all(li.layers, li.stats, scales, rots, spec, prog)
         prog.close()
         fallbacks = {k: lq.fallback for k, lq in lqs.items() if lq.fallback}
         for k, msg in fallbacks.items():
@@ -34,7 +37,7 @@ def gptq_lowrank(cfg: dict, model_ref: dict, acts_ref: dict, rot_ref: dict, smoo
                    "bias": export_bias(li.layers[k], spec)}
                for k, lq in lqs.items()}
         torch.save(out, tmp / "qlayers.pt")
-        rows = all_layer_errors(li.layers, li.stats, lqs, scales, li.rots, spec)
+        rows = all_layer_errors(li.layers, li.stats, lqs, scales, rots, spec)
         (tmp / "layers.json").write_text(json.dumps({"layers": rows, "fallbacks": fallbacks}, indent=1))
         return {"num_layers": len(lqs), "gptq_fallbacks": len(fallbacks)}
     up = {"capture_activations": acts_ref["key"], "rotate": rot_ref["key"], "smooth": smooth_ref["key"]}

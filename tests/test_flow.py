@@ -73,7 +73,7 @@ def test_readers_rebuild_the_pipeline_model_exactly(prefect_server, tmp_path):
     st, store = _stages(out), StageStore(cfg.cache.root)
     ref = lambda s: {"stage": s, "key": st[s]["key"]}  # noqa: E731
     fp = load_fp_model(cfg, store.get("fetch_model", st["fetch_model"]["key"]))
-    pipeline = build_quantized(cfg, store, fp.model, ref("rotate"), ref("smooth"), ref("gptq_lowrank"))
+    pipeline = build_quantized(cfg, store, fp.model, ref("smooth"), ref("gptq_lowrank"))
     x = torch.randn(1, 3, 128, 128, generator=torch.Generator().manual_seed(0))
     with torch.inference_mode():
         want = pipeline.get_image_embeddings(x)

@@ -5,11 +5,14 @@
 - ``scale.pt``: {"<module>.weight.scale.0": [out, 1, n_groups, 1], "<module>.weight.zero": same (uint only)}, float32.
 - ``smooth.pt``: {module: float32 [in]} (only smoothed layers).
 - ``branch.pt``: {module: {"a.weight": [r, in], "b.weight": [out, r]}} (only with a low-rank branch).
+- ``rotation.json`` (ours; DeepCompressor has no online rotation file): {"random", "seed", "layers": [modules whose
+  input is rotated by the Hadamard transform at run time]} (only when some layer is rotated).
 Module names are full Sam2Model paths, e.g. ``vision_encoder.backbone.blocks.3.attn.qkv``. Saved with torch.save
 and read back with ``torch.load(..., weights_only=True)``.
 """
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import torch
@@ -20,7 +23,8 @@ PREFIX = "vision_encoder.backbone."
 
 
 def write_cache_files(d: Path, model_state: dict[str, torch.Tensor], qlayers: dict[str, dict],
-                      smooth: dict[str, torch.Tensor], whole_model: bool = False) -> list[str]:
+                      smooth: dict[str, torch.Tensor], rotation: dict | None = None,
+                      whole_model: bool = False) -> list[str]:
     """Write the four files into ``d``; returns the names written. ``model_state`` is the float Sam2Model's state
     dict; model.pt keeps its ``vision_encoder.*`` entries, or every entry with ``whole_model`` (--save-model), which
     makes the tree self-contained (the reader then needs no original checkpoint)."""
@@ -48,16 +52,21 @@ def write_cache_files(d: Path, model_state: dict[str, torch.Tensor], qlayers: di
     if branches:
         torch.save(branches, d / "branch.pt")
         written.append("branch.pt")
+    if rotation and rotation.get("layers"):
+        rot = {**rotation, "layers": [PREFIX + n for n in rotation["layers"]]}
+        (d / "rotation.json").write_text(json.dumps(rot, indent=1))
+        written.append("rotation.json")
     return written
 
 
 def read_cache_files(d: Path) -> dict:
-    """Load the files (weights_only) into {"state", "scale", "smooth", "branch"}; absent files give {}."""
+    """Load the files (weights_only) into {"state", "scale", "smooth", "branch", "rotation"}; absent files give {}."""
     def load(name):
         p = d / name
         return torch.load(p, weights_only=True) if p.is_file() else {}
+    rot = json.loads((d / "rotation.json").read_text()) if (d / "rotation.json").is_file() else {}
     return {"state": load("model.pt"), "scale": load("scale.pt"), "smooth": load("smooth.pt"),
-            "branch": load("branch.pt")}
+            "branch": load("branch.pt"), "rotation": rot}
 
 
 def codes_from_weight(weight: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor | None,

@@ -18,11 +18,6 @@ from .cache import PREFIX, codes_from_weight, read_cache_files
 __all__ = ["load_quantized"]
 
 
-def _rotation_kwargs(cfg) -> dict:
-    r = cfg.quant.rotation
-    return {"rotate": r is not None, "rotate_random": bool(r and r.random), "rotate_seed": cfg.seed}
-
-
 def _from_cache(out: Path, cfg) -> nn.Module:
     files = read_cache_files(out / "cache")
     if not files["state"] or not files["scale"]:
@@ -42,6 +37,8 @@ def _from_cache(out: Path, cfg) -> nn.Module:
     if bad or missing.unexpected_keys:
         raise ValueError(f"model.pt does not match the architecture: {(bad + missing.unexpected_keys)[:3]}")
     arts = {}
+    rot = files["rotation"]
+    rotated = set(rot.get("layers", []))
     for key in files["scale"]:
         if not key.endswith(".weight.scale.0"):
             continue
@@ -52,7 +49,8 @@ def _from_cache(out: Path, cfg) -> nn.Module:
         br = files["branch"].get(full, {})
         arts[full[len(PREFIX):]] = LayerArtifacts(w.float(), files["state"].get(f"{full}.bias"),
                                                   files["smooth"].get(full), br.get("a.weight"), br.get("b.weight"),
-                                                  **_rotation_kwargs(cfg))
+                                                  rotate=full in rotated, rotate_random=rot.get("random", False),
+                                                  rotate_seed=rot.get("seed", 0))
     ip = cfg.quant.ipts
     return quantize_model(model, arts, ip.dtype, group_size_of(ip.group_shapes))
 
