@@ -95,6 +95,13 @@ def test_readers_rebuild_the_pipeline_model_exactly(prefect_server, tmp_path):
         assert torch.equal(r["codes"], q[name]["codes"]) and torch.equal(r["scale"], q[name]["scale"])
         assert torch.equal(r["smooth"], sm[name]) and torch.equal(r["a"], q[name]["a"]) and torch.equal(r["b"], q[name]["b"])
     assert json.loads(meta["quantization_config"])["method"] == "svdquant"
+    # the one-line predict command on both formats
+    from sam2ptq_core.export.predict_cli import main as predict_main
+    for fmt in ("cache", "nunchaku"):
+        png = tmp_path / f"pred_{fmt}.png"
+        assert predict_main(["--run", str(out), "--image", str(ROOT / "examples/images/coffee.jpg"),
+                             "--point", "100,80", "--format", fmt, "--out", str(png)]) == 0
+        assert png.stat().st_size > 10_000
 
 
 def test_task_failure_names_the_stage(tmp_path):
