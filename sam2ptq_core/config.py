@@ -131,7 +131,7 @@ class EvalCfg(_Node):
     num_samples: int = Field(8, ge=1)
     points_per_side: int = Field(4, ge=1)
     num_overlays: int = Field(3, ge=0)
-    annotations: str = ""   # optional COCO instances JSON for ground-truth mIoU
+    annotations: str = ""   # optional COCO instances JSON: GT-box prompts, mIoU vs GT masks (annotated images only)
     regression_threshold: float = Field(0.5, ge=0)  # allowed drop of mIoU vs FP (points) against the last run
 
 

@@ -69,9 +69,11 @@ def load_rgb(path: Path) -> Image.Image:
 
 
 def select_images(folder: str | Path, num: int, seed: int, exclude: set[str] = frozenset(),
-                  what: str = "calibration") -> tuple[list[Path], int]:
-    """Seeded choice of ``num`` decodable images (excluding paths in ``exclude``). Returns (paths, n_skipped)."""
-    files = [f for f in list_images(folder) if str(f) not in exclude]
+                  what: str = "calibration", only_names: set[str] | None = None) -> tuple[list[Path], int]:
+    """Seeded choice of ``num`` decodable images (excluding paths in ``exclude``; restricted to file names in
+    ``only_names`` when given). Returns (paths, n_skipped)."""
+    files = [f for f in list_images(folder)
+             if str(f) not in exclude and (only_names is None or f.name in only_names)]
     random.Random(seed).shuffle(files)
     chosen, skipped = [], 0
     for f in files:

@@ -29,6 +29,8 @@ class ImageEval:
     fp_masks: torch.Tensor = field(repr=False)
     q_masks: torch.Tensor = field(repr=False)
     points: torch.Tensor = field(repr=False)
+    gt_fp_iou: torch.Tensor | None = None   # IoU with ground-truth masks for GT-box prompts (float model)
+    gt_q_iou: torch.Tensor | None = None    # the same for the quantized model
 
 
 def point_grid(width: int, height: int, per_side: int) -> torch.Tensor:
@@ -80,8 +82,9 @@ def predict_masks(model: nn.Module, embeddings: list[torch.Tensor], size: int, o
 
 
 def evaluate_image(fp: nn.Module, q: nn.Module, pixels: torch.Tensor, orig_hw: tuple[int, int], size: int,
-                   per_side: int) -> ImageEval:
-    """Compare float and quantized SAM2 on one preprocessed image [1, 3, S, S]."""
+                   per_side: int, gt: tuple[torch.Tensor, torch.Tensor] | None = None) -> ImageEval:
+    """Compare float and quantized SAM2 on one preprocessed image [1, 3, S, S]. ``gt`` = (boxes [N, 4] xyxy in
+    original pixels, masks [N, H, W] bool): both models are prompted with the boxes and scored against the masks."""
     fp_lv, _ = encode(fp, pixels)
     q_lv, _ = encode(q, pixels.to(next(q.parameters()).dtype))
     sq = {n: sqnr_db(a, b) for n, a, b in zip(LEVELS, fp_lv, q_lv)}
@@ -97,4 +100,8 @@ def evaluate_image(fp: nn.Module, q: nn.Module, pixels: torch.Tensor, orig_hw: t
         fb = predict_masks(fp, fp_lv, size, orig_hw, boxes=boxes[keep])
         qb = predict_masks(q, q_lv, size, orig_hw, boxes=boxes[keep])
         b_iou = mask_iou(fb, qb)
-    return ImageEval(sq, co, p_iou, b_iou, fp_m, q_m, pts)
+    ev = ImageEval(sq, co, p_iou, b_iou, fp_m, q_m, pts)
+    if gt is not None and len(gt[0]):
+        ev.gt_fp_iou = mask_iou(predict_masks(fp, fp_lv, size, orig_hw, boxes=gt[0]), gt[1])
+        ev.gt_q_iou = mask_iou(predict_masks(q, q_lv, size, orig_hw, boxes=gt[0]), gt[1])
+    return ev

@@ -45,11 +45,12 @@ def preprocess(store: StageStore, path: Path, sha: str, size: int) -> tuple[torc
     return x, (im.height, im.width)
 
 
-def eval_images(c: RunConfig, store: StageStore, calib_paths: set[str]) -> list[Path]:
+def eval_images(c: RunConfig, store: StageStore, calib_paths: set[str], only_names: set[str] | None = None
+                ) -> list[Path]:
     ev = c.quant.eval
     folder = ev.path or c.quant.calib.path
     paths, _ = select_images(folder, ev.num_samples, c.seed + 1, exclude=set() if ev.path else calib_paths,
-                             what="evaluation (held out from calibration)")
+                             what="evaluation (held out from calibration)", only_names=only_names)
     return paths
 
 

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import copy
 import json
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -15,6 +16,7 @@ from sam2ptq_core.evaluate import evaluate_image
 from sam2ptq_core.export.report import write_report
 from sam2ptq_core.qmodel import quantize_model
 from sam2ptq_core.recipe import artifacts_from_saved
+from sam2ptq_core.store import file_sha256
 
 from ._common import Progress, cfg_of, load_fp_model, manifest_of, run_stage, store_of, to_run_dtype
 from .calibration import eval_images, folder_digest, preprocess
@@ -43,7 +45,33 @@ def _mean(d: list[dict]) -> dict:
     return {k: float(np.mean([x[k] for x in d])) for k in d[0]} if d else {}
 
 
-def _run_images(c, store, fpm, qm, paths) -> tuple[list, list[dict]]:
+def load_coco(path: str):
+    """(COCO object, {file name: image id}) of a COCO instances file (pycocotools)."""
+    import contextlib
+    import io
+
+    from pycocotools.coco import COCO
+    with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints progress lines
+        coco = COCO(path)
+    return coco, {im["file_name"]: im["id"] for im in coco.dataset.get("images", [])}
+
+
+def gt_prompts(coco, image_id: int, max_anns: int = 32) -> tuple[torch.Tensor, torch.Tensor]:
+    """GT boxes (xyxy) and masks of an image's non-crowd annotations with a non-empty mask."""
+    anns = [a for a in coco.loadAnns(coco.getAnnIds(imgIds=image_id, iscrowd=False)) if a.get("area", 1) > 0]
+    boxes, masks = [], []
+    for a in anns[:max_anns]:
+        m = torch.from_numpy(coco.annToMask(a)).bool()
+        if m.any():
+            x, y, w, h = a["bbox"]
+            boxes.append([x, y, x + w, y + h])
+            masks.append(m)
+    if not boxes:
+        return torch.zeros(0, 4), torch.zeros(0, 1, 1, dtype=torch.bool)
+    return torch.tensor(boxes, dtype=torch.float32), torch.stack(masks)
+
+
+def _run_images(c, store, fpm, qm, paths, coco=None) -> tuple[list, list[dict]]:
     """Evaluate every held-out image; overlays of the worst point prompt for the first few."""
     dev, dt = next(fpm.parameters()).device, next(fpm.parameters()).dtype
     digest = folder_digest(store, c.quant.eval.path or c.quant.calib.path)
@@ -52,7 +80,8 @@ def _run_images(c, store, fpm, qm, paths) -> tuple[list, list[dict]]:
     per_img, overlays = [], []
     for i, p in enumerate(paths):
         x, hw = preprocess(store, p, digest[str(p)], size)
-        ev = evaluate_image(fpm, qm, normalize(x[None]).to(dev, dt), hw, size, c.quant.eval.points_per_side)
+        gt = gt_prompts(coco[0], coco[1][p.name]) if coco else None
+        ev = evaluate_image(fpm, qm, normalize(x[None]).to(dev, dt), hw, size, c.quant.eval.points_per_side, gt)
         per_img.append(ev)
         if i < c.quant.eval.num_overlays:
             j = int(torch.argmin(ev.point_iou))
@@ -69,7 +98,12 @@ def _metrics(c, fp, paths, per_img, layer_info) -> dict:
     allp = _summary(pts + bxs)
     q = c.quant
     a_bits = q.ipts.dtype[-1] if q.ipts.dtype else "16"
+    gt = [e for e in per_img if e.gt_fp_iou is not None]
+    extra = {"gt": {"miou_fp": float(torch.cat([e.gt_fp_iou for e in gt]).mean()),
+                    "miou_quant": float(torch.cat([e.gt_q_iou for e in gt]).mean()),
+                    "num": int(sum(len(e.gt_fp_iou) for e in gt)), "images": len(gt)}} if gt else {}
     return {
+        **extra,
         "random_weights": fp.random_weights, "model": c.model.name, "source": fp.source,
         "config_hash": config_hash(c),
         "quant": f"W{q.wgts.dtype[-1]}A{a_bits} ({q.wgts.dtype} weights, {q.ipts.dtype or 'float'} activations)",
@@ -90,11 +124,13 @@ def evaluate(cfg: dict, model_ref: dict, calib_ref: dict, smooth_ref: dict, gptq
         fp = load_fp_model(c, manifest_of(store, model_ref))
         qm = build_quantized(c, store, fp.model, smooth_ref, gptq_ref)
         sources = json.loads(manifest_of(store, calib_ref).path("sources.json").read_text())
-        paths = eval_images(c, store, {s["path"] for s in sources})
-        per_img, overlays = _run_images(c, store, to_run_dtype(fp.model, c), to_run_dtype(qm, c), paths)
+        coco = load_coco(c.quant.eval.annotations) if c.quant.eval.annotations else None
+        paths = eval_images(c, store, {s["path"] for s in sources}, set(coco[1]) if coco else None)
+        per_img, overlays = _run_images(c, store, to_run_dtype(fp.model, c), to_run_dtype(qm, c), paths, coco)
         layer_info = json.loads(manifest_of(store, gptq_ref).path("layers.json").read_text())
         metrics = _metrics(c, fp, paths, per_img, layer_info)
         write_report(tmp, metrics, overlays)
         return {"miou_vs_fp": metrics["masks"]["miou_vs_fp"], "random_weights": fp.random_weights}
     up = {"fetch_model": model_ref["key"], "build_calibration_set": calib_ref["key"], "gptq_lowrank": gptq_ref["key"]}
-    return run_stage(STAGE, c, up, build)
+    ann = c.quant.eval.annotations
+    return run_stage(STAGE, c, up, build, lambda: {"annotations_sha256": file_sha256(Path(ann))} if ann else {})

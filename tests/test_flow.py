@@ -104,6 +104,28 @@ def test_readers_rebuild_the_pipeline_model_exactly(prefect_server, tmp_path):
         assert png.stat().st_size > 10_000
 
 
+def test_ground_truth_evaluation_with_coco_annotations(prefect_server, tmp_path):
+    from PIL import Image
+    images, anns = [], []
+    for i, name in enumerate(["astronaut.jpg", "coffee.jpg"]):
+        w, h = Image.open(ROOT / "examples/images" / name).size
+        images.append({"id": i + 1, "file_name": name, "width": w, "height": h})
+        for j, (x0, y0, x1, y1) in enumerate([(0.1, 0.1, 0.5, 0.6), (0.5, 0.3, 0.9, 0.9)]):
+            poly = [x0 * w, y0 * h, x1 * w, y0 * h, x1 * w, y1 * h, x0 * w, y1 * h]
+            anns.append({"id": 10 * i + j + 1, "image_id": i + 1, "category_id": 1, "iscrowd": 0,
+                         "segmentation": [poly], "bbox": [x0 * w, y0 * h, (x1 - x0) * w, (y1 - y0) * h],
+                         "area": (x1 - x0) * (y1 - y0) * w * h})
+    ann_file = tmp_path / "instances.json"
+    ann_file.write_text(json.dumps({"images": images, "annotations": anns,
+                                    "categories": [{"id": 1, "name": "thing"}]}))
+    out = _run(tmp_path, f"quant.eval.annotations={ann_file}", "quant.eval.path=examples/images")
+    m = json.loads((out / "metrics.json").read_text())
+    assert m["gt"]["num"] == 4 and m["gt"]["images"] == 2
+    assert 0 <= m["gt"]["miou_fp"] <= 1 and 0 <= m["gt"]["miou_quant"] <= 1
+    assert sorted(Path(f).name for f in m["eval_files"]) == ["astronaut.jpg", "coffee.jpg"]
+    assert "## Ground truth" in (out / "report.md").read_text()
+
+
 def test_task_failure_names_the_stage(tmp_path):
     from tasks._common import StageError
     from tasks.calibration import build_calibration_set
