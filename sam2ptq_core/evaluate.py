@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .data import scale_points
 from .metrics import cosine, mask_iou, sqnr_db
 
 __all__ = ["ImageEval", "point_grid", "masks_to_boxes", "encode", "predict_masks", "evaluate_image"]
@@ -56,10 +57,9 @@ def masks_to_boxes(masks: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 @torch.inference_mode()
-def encode(model: nn.Module, pixels: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor]:
-    """FPN levels (high → low resolution) and the final image embeddings used by the mask decoder."""
-    emb = model.get_image_embeddings(pixels)
-    return [e.float() for e in emb], emb[-1].float()
+def encode(model: nn.Module, pixels: torch.Tensor) -> list[torch.Tensor]:
+    """FPN levels, high → low resolution; the last is the image embedding the mask decoder attends to."""
+    return [e.float() for e in model.get_image_embeddings(pixels)]
 
 
 @torch.inference_mode()
@@ -67,15 +67,14 @@ def predict_masks(model: nn.Module, embeddings: list[torch.Tensor], size: int, o
                   points: torch.Tensor | None = None, boxes: torch.Tensor | None = None) -> torch.Tensor:
     """Boolean masks [N, H, W] at the original size for N point prompts (or N boxes), in original pixels."""
     h, w = orig_hw
-    f = torch.tensor([size / w, size / h])
     dev, dt = embeddings[0].device, next(model.parameters()).dtype
     emb = [e.to(dt) for e in embeddings]
     if points is not None:
-        pts = (points * f).to(dev, dt).view(1, -1, 1, 2)
+        pts = scale_points(points, w, h, size).to(dev, dt).view(1, -1, 1, 2)
         labels = torch.ones(1, pts.shape[1], 1, dtype=torch.long, device=dev)
         out = model(image_embeddings=emb, input_points=pts, input_labels=labels, multimask_output=False)
     else:
-        bx = (boxes * f.repeat(2)).to(dev, dt).view(1, -1, 4)
+        bx = scale_points(boxes.view(-1, 2, 2), w, h, size).to(dev, dt).view(1, -1, 4)
         out = model(image_embeddings=emb, input_boxes=bx, multimask_output=False)
     logits = out.pred_masks[0, :, 0].float()
     return F.interpolate(logits[:, None], size=(h, w), mode="bilinear", align_corners=False)[:, 0].cpu() > 0
@@ -85,8 +84,8 @@ def evaluate_image(fp: nn.Module, q: nn.Module, pixels: torch.Tensor, orig_hw: t
                    per_side: int, gt: tuple[torch.Tensor, torch.Tensor] | None = None) -> ImageEval:
     """Compare float and quantized SAM2 on one preprocessed image [1, 3, S, S]. ``gt`` = (boxes [N, 4] xyxy in
     original pixels, masks [N, H, W] bool): both models are prompted with the boxes and scored against the masks."""
-    fp_lv, _ = encode(fp, pixels)
-    q_lv, _ = encode(q, pixels.to(next(q.parameters()).dtype))
+    fp_lv = encode(fp, pixels)
+    q_lv = encode(q, pixels.to(next(q.parameters()).dtype))
     sq = {n: sqnr_db(a, b) for n, a, b in zip(LEVELS, fp_lv, q_lv)}
     co = {n: cosine(a, b) for n, a, b in zip(LEVELS, fp_lv, q_lv)}
     h, w = orig_hw

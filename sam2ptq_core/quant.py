@@ -18,7 +18,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 
 __all__ = ["QDType", "QParams", "QTensor", "qdtype", "compute_qparams", "quantize", "dequantize",
            "fake_quantize", "expand_groups", "quantize_with", "num_groups"]
@@ -164,9 +163,3 @@ def fake_quantize(x: torch.Tensor, dtype: str, group_size: int = -1) -> torch.Te
         out = (q - z if z is not None else q) * s
         return out.reshape(x.shape).to(x.dtype)
     return dequantize(quantize(x2, dtype, g), x.dtype).reshape(x.shape)
-
-
-def pad_last(x: torch.Tensor, multiple: int, value: float = 0.0) -> torch.Tensor:
-    """Pad the last dimension of ``x`` to a multiple of ``multiple`` with ``value``."""
-    pad = (-x.shape[-1]) % multiple
-    return F.pad(x, (0, pad), value=value) if pad else x

@@ -28,10 +28,6 @@ class LayerStats:
     n_tokens: int
     sample: torch.Tensor
 
-    def hessian(self) -> torch.Tensor:
-        """Mean Hessian H = Σ XᵀX / n (float64)."""
-        return self.hessian_sum / max(self.n_tokens, 1)
-
     def to_dict(self) -> dict:
         return {"absmax": self.absmax, "hessian_sum": self.hessian_sum,
                 "n_tokens": torch.tensor(self.n_tokens), "sample": self.sample}

@@ -17,6 +17,8 @@ from pathlib import Path
 
 import torch
 
+from ..quant import num_groups
+
 __all__ = ["PREFIX", "write_cache_files", "read_cache_files", "codes_from_weight"]
 
 PREFIX = "vision_encoder.backbone."
@@ -76,8 +78,9 @@ def codes_from_weight(weight: torch.Tensor, scale: torch.Tensor, zero: torch.Ten
     out, k = weight.shape
     ng = scale.shape[2]
     g = k if group_size <= 0 or group_size >= k else group_size
-    if -(-k // g) != ng:
-        raise ValueError(f"scale has {ng} groups but width {k} with group size {group_size} needs {-(-k // g)}")
+    if num_groups(k, group_size) != ng:
+        raise ValueError(f"scale has {ng} groups but width {k} with group size {group_size} needs "
+                         f"{num_groups(k, group_size)}")
     s = scale.reshape(out, ng).repeat_interleave(g, 1)[:, :k]
     c = torch.round(weight.float() / s)
     if not torch.equal(c * s, weight.float()):
