@@ -46,6 +46,13 @@ def test_flow_output_tree_and_full_reuse(prefect_server, tmp_path):
     assert set(m["encoder"]["sqnr_db"]) == {"fpn0", "fpn1", "embedding"}
     assert m["masks"]["num_prompts"] > 0 and 0 <= m["masks"]["miou_vs_fp"] <= 1
     assert not any(s["reused"] for s in _stages(out).values())
+    from prefect.client.orchestration import get_client
+    with get_client(sync_client=True) as client:
+        arts = client.read_artifacts()
+    kinds = {a.type for a in arts}
+    assert {"progress", "markdown", "table"} <= kinds  # per-stage progress + the final report and metrics table
+    report = next(a for a in arts if a.key == "sam2-ptq-report")
+    assert report.data.startswith("RANDOM WEIGHTS")
     first = {f: hashlib.sha256((out / "cache" / f).read_bytes()).hexdigest() for f in ["model.pt", "scale.pt"]}
 
     _run(tmp_path)  # same config: every stage reused, identical files
@@ -132,6 +139,18 @@ def test_task_failure_names_the_stage(tmp_path):
     cfg = load_config(REDUCED_CFG, [f"cache.root={tmp_path}", "quant.calib.num_samples=50"]).model_dump(mode="json")
     with pytest.raises(StageError, match=r"stage build_calibration_set failed: .* has 10 usable images but 50"):
         build_calibration_set.fn(cfg)
+
+
+def test_cli_help_lists_the_spec_options():
+    r = _cli("--help")
+    assert r.returncode == 0
+    options = " ".join(r.stdout.split("options:", 1)[1].split())  # unwrap argparse's line breaks
+    for flag, default in [("--config", "none"), ("--model.name", "tiny"), ("--model.device", "cuda"),
+                          ("--quant.calib.path", '""'), ("--quant.calib.num_samples", "128"),
+                          ("--output.root", "./outputs/sam2"), ("--save-model", "false"),
+                          ("--convert-nunchaku", "false"), ("--seed", "42"), ("--verbose", "false")]:
+        entry = options.split(flag + " ", 1)[1].split(" --", 1)[0]
+        assert f"(default: {default}" in entry, (flag, entry)
 
 
 def _cli(*args, env=None, **kw):
