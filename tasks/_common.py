@@ -19,7 +19,7 @@ __all__ = ["StageError", "Ref", "cfg_of", "store_of", "run_logger", "Progress", 
 
 # Bump a stage's version when its algorithm changes meaningfully: its key (and every downstream key) changes.
 VERSIONS = {"fetch_model": 1, "build_calibration_set": 1, "capture_activations": 1, "smooth": 2, "rotate": 1,
-            "gptq_lowrank": 1, "evaluate": 1}
+            "gptq_lowrank": 1, "evaluate": 2}
 
 
 class StageError(RuntimeError):

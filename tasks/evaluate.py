@@ -129,7 +129,9 @@ def evaluate(cfg: dict, model_ref: dict, calib_ref: dict, smooth_ref: dict, gptq
         per_img, overlays = _run_images(c, store, to_run_dtype(fp.model, c), to_run_dtype(qm, c), paths, coco)
         layer_info = json.loads(manifest_of(store, gptq_ref).path("layers.json").read_text())
         metrics = _metrics(c, fp, paths, per_img, layer_info)
-        write_report(tmp, metrics, overlays)
+        ious = {"points": torch.cat([e.point_iou for e in per_img]).tolist(),
+                "boxes": torch.cat([e.box_iou for e in per_img]).tolist()}
+        write_report(tmp, metrics, overlays, ious)
         return {"miou_vs_fp": metrics["masks"]["miou_vs_fp"], "random_weights": fp.random_weights}
     up = {"fetch_model": model_ref["key"], "build_calibration_set": calib_ref["key"], "gptq_lowrank": gptq_ref["key"]}
     ann = c.quant.eval.annotations

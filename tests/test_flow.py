@@ -38,7 +38,7 @@ def test_flow_output_tree_and_full_reuse(prefect_server, tmp_path):
     out = _run(tmp_path)
     assert out == tmp_path / "out" / "reduced_w4a4"
     for f in ["cache/model.pt", "cache/scale.pt", "cache/smooth.pt", "cache/branch.pt", "config.yaml",
-              "metrics.json", "report.md", "layer_errors.png", "overlay_0.png", "stages.json"]:
+              "metrics.json", "report.md", "layer_errors.png", "agreement.png", "overlay_0.png", "stages.json"]:
         assert (out / f).is_file(), f
     assert (out / "report.md").read_text().splitlines()[0] == "RANDOM WEIGHTS — not a real SAM2 checkpoint"
     m = json.loads((out / "metrics.json").read_text())

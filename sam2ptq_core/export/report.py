@@ -11,7 +11,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-__all__ = ["RANDOM_BANNER", "write_report", "plot_layer_errors", "plot_overlay", "plot_mask"]
+__all__ = ["RANDOM_BANNER", "write_report", "plot_layer_errors", "plot_overlay", "plot_mask", "plot_agreement"]
 
 RANDOM_BANNER = "RANDOM WEIGHTS — not a real SAM2 checkpoint"
 
@@ -60,6 +60,30 @@ def plot_overlay(image: np.ndarray, fp_mask: np.ndarray, q_mask: np.ndarray, poi
     plt.close(fig)
 
 
+def plot_agreement(sqnr: dict[str, float], ious: dict[str, list[float]], path: Path, title: str) -> None:
+    """Left: encoder SQNR per level; right: histogram of quantized-vs-float mask IoU per prompt kind."""
+    fig, (a, b) = plt.subplots(1, 2, figsize=(11, 3.8))
+    names = list(sqnr)
+    vals = [min(v, 99.0) for v in sqnr.values()]  # identical outputs (inf dB) drawn at 99
+    a.bar(names, vals, color="#2ca02c")
+    for i, v in enumerate(vals):
+        a.text(i, v, f"{v:.1f}", ha="center", va="bottom", fontsize=8)
+    a.set_ylabel("SQNR (dB, higher is better)")
+    a.set_title("encoder: quantized vs float", fontsize=9)
+    bins = np.linspace(0, 1, 21)
+    for kind, v in ious.items():
+        if v:
+            b.hist(v, bins=bins, alpha=0.6, label=f"{kind} ({len(v)})")
+    b.axvline(0.9, color="black", linestyle="--", linewidth=1)
+    b.set_xlabel("mask IoU, quantized vs float (dashed: 0.9)")
+    b.set_ylabel("prompts")
+    b.legend(fontsize=8)
+    fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
 def plot_mask(image: np.ndarray, mask: np.ndarray, points: np.ndarray, path: Path, title: str) -> None:
     """One mask over the image with its prompt points."""
     fig, ax = plt.subplots(figsize=(6, 6 * image.shape[0] / max(image.shape[1], 1) + 0.5))
@@ -74,12 +98,14 @@ def plot_mask(image: np.ndarray, mask: np.ndarray, points: np.ndarray, path: Pat
     plt.close(fig)
 
 
-def write_report(out_dir: Path, metrics: dict, overlays: list[dict]) -> None:
-    """metrics.json, report.md and PNGs into ``out_dir``. The report's first line flags random weights."""
+def write_report(out_dir: Path, metrics: dict, overlays: list[dict], ious: dict[str, list[float]]) -> None:
+    """metrics.json, report.md and PNGs into ``out_dir``. The report's first line flags random weights.
+    ``ious``: per prompt kind, the IoU of every prompt (for the histogram)."""
     (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=1, allow_nan=True))
     banner = RANDOM_BANNER if metrics["random_weights"] else f"SAM2 {metrics['model']} — {metrics['source']}"
     title = f"{metrics['model']} {metrics['quant']}" + (" (random weights)" if metrics["random_weights"] else "")
     plot_layer_errors(metrics["layers"], out_dir / "layer_errors.png", f"Per-layer error — {title}")
+    plot_agreement(metrics["encoder"]["sqnr_db"], ious, out_dir / "agreement.png", f"Agreement — {title}")
     lines = [banner, "", f"# SAM2 PTQ report: {title}", "",
              f"config hash `{metrics['config_hash'][:16]}`, {metrics['eval_images']} held-out images, "
              f"{metrics['masks']['num_prompts']} prompts", "",
@@ -87,6 +113,7 @@ def write_report(out_dir: Path, metrics: dict, overlays: list[dict]) -> None:
     for lv, v in metrics["encoder"]["sqnr_db"].items():
         lines.append(f"| {lv} | {_fmt(v)} | {_fmt(metrics['encoder']['cosine'][lv])} |")
     mk = metrics["masks"]
+    lines += ["", "![encoder SQNR and mask IoU histogram](agreement.png)"]
     lines += ["", "## Mask agreement", "", "| prompts | mIoU vs float | IoU < 0.9 |", "|---|---|---|",
               f"| all ({mk['num_prompts']}) | {_fmt(mk['miou_vs_fp'])} | {_fmt(mk['frac_iou_below_0_9'])} |",
               f"| points ({mk['points']['num']}) | {_fmt(mk['points']['miou'])} | {_fmt(mk['points']['frac_below_0_9'])} |",
