@@ -108,6 +108,8 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted: finished stages are kept in the cache; rerun the same command to resume", file=sys.stderr)
         return 130
+    if cfg.model.random_init:
+        print("RANDOM WEIGHTS — not a real SAM2 checkpoint (model.random_init: true)", file=sys.stderr)
     print(out)
     return 0
 

@@ -102,9 +102,8 @@ def _metrics(c, fp, paths, per_img, layer_info) -> dict:
     extra = {"gt": {"miou_fp": float(torch.cat([e.gt_fp_iou for e in gt]).mean()),
                     "miou_quant": float(torch.cat([e.gt_q_iou for e in gt]).mean()),
                     "num": int(sum(len(e.gt_fp_iou) for e in gt)), "images": len(gt)}} if gt else {}
-    return {
-        **extra,
-        "random_weights": fp.random_weights, "model": c.model.name, "source": fp.source,
+    return {  # random_weights first: whoever opens the file sees it before any number
+        "random_weights": fp.random_weights, "model": c.model.name, "source": fp.source, **extra,
         "config_hash": config_hash(c),
         "quant": f"W{q.wgts.dtype[-1]}A{a_bits} ({q.wgts.dtype} weights, {q.ipts.dtype or 'float'} activations)",
         "eval_images": len(paths), "eval_files": [str(p) for p in paths],

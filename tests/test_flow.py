@@ -43,6 +43,7 @@ def test_flow_output_tree_and_full_reuse(prefect_server, tmp_path):
     assert (out / "report.md").read_text().splitlines()[0] == "RANDOM WEIGHTS — not a real SAM2 checkpoint"
     m = json.loads((out / "metrics.json").read_text())
     assert m["random_weights"] is True and len(m["layers"]) == 23
+    assert next(iter(m)) == "random_weights"
     assert set(m["encoder"]["sqnr_db"]) == {"fpn0", "fpn1", "embedding"}
     assert m["masks"]["num_prompts"] > 0 and 0 <= m["masks"]["miou_vs_fp"] <= 1
     assert not any(s["reused"] for s in _stages(out).values())
