@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from ..quant import num_groups
+from ..quant import expand_groups, num_groups
 
 __all__ = ["PREFIX", "write_cache_files", "read_cache_files", "codes_from_weight"]
 
@@ -81,10 +81,10 @@ def codes_from_weight(weight: torch.Tensor, scale: torch.Tensor, zero: torch.Ten
     if num_groups(k, group_size) != ng:
         raise ValueError(f"scale has {ng} groups but width {k} with group size {group_size} needs "
                          f"{num_groups(k, group_size)}")
-    s = scale.reshape(out, ng).repeat_interleave(g, 1)[:, :k]
+    s = expand_groups(scale.reshape(out, ng), g, k)
     c = torch.round(weight.float() / s)
     if not torch.equal(c * s, weight.float()):
         raise ValueError("stored weight is not exactly scale × integer; the file is not a quantized export")
     if zero is not None:
-        c = c + zero.reshape(out, ng).repeat_interleave(g, 1)[:, :k]
+        c = c + expand_groups(zero.reshape(out, ng), g, k)
     return c.to(torch.int16)

@@ -12,6 +12,7 @@ from torch import nn
 
 from ..config import group_size_of, load_config
 from ..qmodel import LayerArtifacts, quantize_model
+from ..quant import QParams, QTensor, dequantize
 from ..sam2 import build_config, load_model
 from .cache import PREFIX, codes_from_weight, read_cache_files
 
@@ -32,10 +33,10 @@ def _from_cache(out: Path, cfg) -> nn.Module:
         model = load_model(cfg.model.name, path=cfg.model.path, revision=cfg.model.revision,
                            random_init=cfg.model.random_init, seed=cfg.seed, image_size=cfg.quant.calib.image_size,
                            arch=cfg.model.arch).model
-    missing = model.load_state_dict(files["state"], strict=False)
-    bad = [k for k in missing.missing_keys if k.startswith("vision_encoder.")]
-    if bad or missing.unexpected_keys:
-        raise ValueError(f"model.pt does not match the architecture: {(bad + missing.unexpected_keys)[:3]}")
+        missing = model.load_state_dict(files["state"], strict=False)
+        bad = [k for k in missing.missing_keys if k.startswith("vision_encoder.")]
+        if bad or missing.unexpected_keys:
+            raise ValueError(f"model.pt does not match the architecture: {(bad + missing.unexpected_keys)[:3]}")
     arts = {}
     rot = files["rotation"]
     rotated = set(rot.get("layers", []))
@@ -64,8 +65,7 @@ def _from_nunchaku(out: Path, cfg) -> nn.Module:
         model = Sam2Model(build_config(cfg.model.name, cfg.quant.calib.image_size, cfg.model.arch))
     arts = {}
     for name, r in layers.items():
-        n, k = r["codes"].shape
-        w = r["codes"].float() * r["scale"].repeat_interleave(64, 1)[:, :k]  # nunchaku: groups of 64
+        w = dequantize(QTensor(r["codes"], QParams(r["scale"], None, 64), "sint4"))  # nunchaku: groups of 64
         arts[name] = LayerArtifacts(w, r["bias"], r["smooth"], r.get("a"), r.get("b"))
         rest[f"{PREFIX}{name}.weight"] = w
         rest[f"{PREFIX}{name}.bias"] = r["bias"]
