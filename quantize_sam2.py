@@ -7,9 +7,14 @@
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import sys
+import time
+from pathlib import Path
+
+RANDOM_LINE = "RANDOM WEIGHTS — not a real SAM2 checkpoint (model.random_init: true)"
 
 SPEC_FLAGS = [  # (flag, config key, help, default) — the spec's table
     ("--model.name", "model.name", "model variant: tiny, small, base-plus, large", "tiny"),
@@ -73,22 +78,55 @@ def _quiet_prefect(verbose: bool) -> None:
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     os.environ.setdefault("PREFECT_LOGGING_LEVEL", "INFO" if verbose else "WARNING")
     os.environ.setdefault("PREFECT_SERVER_LOGGING_LEVEL", "WARNING")
+    # the temporary server's first start on a machine creates and migrates its database: on 2 slow cores that takes
+    # longer than Prefect's default 20 s, so give it the time it needs
+    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
     os.environ["SAM2PTQ_PROGRESS_BAR"] = "1"
 
 
+def _announce_server() -> None:
+    """Say what happens while Prefect starts (no API configured → a temporary local server)."""
+    from prefect.settings import get_current_settings
+    s = get_current_settings()
+    if s.api.url:
+        print(f"Prefect API: {s.api.url}", file=sys.stderr)
+        return
+    first = not (Path(s.home) / "prefect.db").exists()
+    print("starting Prefect's temporary local server" + (
+        " (first start on this machine: creating its database, this can take a minute)" if first else "") + " …",
+        file=sys.stderr, flush=True)
+
+
+def _summary(out: Path, wall: float) -> str:
+    """One line per stage (reused/built, seconds), the headline metrics, the output directory and the wall time."""
+    stages = json.loads((out / "stages.json").read_text())
+    m = json.loads((out / "metrics.json").read_text())
+    lines = [RANDOM_LINE] if m.get("random_weights") else []
+    lines += [f"  {name:<22} {'reused' if s['reused'] else 'built':<6} {s.get('seconds', 0):7.1f} s"
+              for name, s in stages.items()]
+    mk = m["masks"]
+    lines.append(f"embedding SQNR {m['encoder']['sqnr_db']['embedding']:.2f} dB, mask mIoU vs float "
+                 f"{mk['miou_vs_fp']:.4f} ({100 * mk['frac_iou_below_0_9']:.1f} % of {mk['num_prompts']} prompts "
+                 f"below IoU 0.9)")
+    lines += [f"output: {out}", f"wall time: {wall:.1f} s"]
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
+    t0 = time.time()
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] == "predict":
-        from sam2ptq_core.export.predict_cli import main as predict_main
+        from sam2ptq_core.export.predict import main as predict_main
         return predict_main(argv[1:])
     args, overrides = parse(argv)
     _quiet_prefect(args.verbose)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(message)s")
-    from sam2ptq_core.config import ConfigError, load_config
-    from sam2ptq_core.data import DataError
-    from sam2ptq_core.export.nunchaku import NunchakuUnsupported
-    from sam2ptq_core.sam2 import ModelUnavailable
-    from tasks._common import StageError, preflight
+    from sam2ptq_core.export.nunchaku_support import NunchakuUnsupported
+    from sam2ptq_core.pipeline.config import ConfigError, load_config
+    from sam2ptq_core.pipeline.preflight import preflight
+    from sam2ptq_core.pipeline.stages import StageError
+    from sam2ptq_core.sam2.images import DataError
+    from sam2ptq_core.sam2.variants import ModelUnavailable
     try:  # validate before Prefect starts: bad input fails in a second, with one line
         cfg = load_config(args.config, overrides)
         preflight(cfg)
@@ -97,6 +135,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     from flows.ablation import run_ablation
     from flows.ptq import sam2_ptq
+    _announce_server()
     try:
         if args.ablation:
             out = run_ablation(cfg.model_dump(mode="json"))
@@ -108,9 +147,12 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted: finished stages are kept in the cache; rerun the same command to resume", file=sys.stderr)
         return 130
-    if cfg.model.random_init:
-        print("RANDOM WEIGHTS — not a real SAM2 checkpoint (model.random_init: true)", file=sys.stderr)
-    print(out)
+    if args.ablation:
+        if cfg.model.random_init:
+            print(RANDOM_LINE)
+        print(out)
+    else:
+        print(_summary(Path(out), time.time() - t0))
     return 0
 
 

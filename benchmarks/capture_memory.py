@@ -11,8 +11,8 @@ import sys
 
 CHILD = r"""
 import json, resource, sys, time, torch
-from sam2ptq_core.capture import capture_stats
-from sam2ptq_core.sam2 import build_random
+from sam2ptq_core.sam2.capture import capture_stats
+from sam2ptq_core.sam2.loading import build_random
 n = int(sys.argv[1])
 m = build_random("tiny", 0, 1024)
 base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
@@ -21,7 +21,8 @@ batches = (torch.randn(1, 3, 1024, 1024, generator=g) for _ in range(n))
 t = time.perf_counter()
 stats = capture_stats(m, batches, sample_tokens=4096, seed=0)
 dt = time.perf_counter() - t
-print(json.dumps({"images": n, "s_per_image": dt / n, "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+print(json.dumps({"images": n, "s_per_image": dt / n, "peak_rss_mb": peak,
                   "rss_after_model_mb": base / 1024, "layers": len(stats)}))
 """
 

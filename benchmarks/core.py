@@ -11,9 +11,9 @@ import time
 
 import torch
 
-from sam2ptq_core.gptq import gptq_quantize, proxy_loss
-from sam2ptq_core.lowrank import low_rank_decompose
-from sam2ptq_core.quant import fake_quantize
+from sam2ptq_core.algorithms.gptq import gptq_quantize, proxy_loss
+from sam2ptq_core.algorithms.lowrank import low_rank_decompose
+from sam2ptq_core.algorithms.quantizers import fake_quantize
 
 SHAPES = {  # name: (in, out)
     "large s4 attn.qkv 1152→3456": (1152, 3456),
@@ -69,7 +69,8 @@ def main() -> None:
     rows = bench(dev, a.tokens)
     info = {"device": torch.cuda.get_device_name() if dev.type == "cuda" else platform.processor() or "cpu",
             "threads": torch.get_num_threads(), "torch": torch.__version__, "rows": rows}
-    print("| layer | GPTQ s (g128 b128) | GPTQ/RTN proxy loss | low-rank r32 randomized s | exact SVD s | err rand/exact |")
+    print("| layer | GPTQ s (g128 b128) | GPTQ/RTN proxy loss | low-rank r32 randomized s | exact SVD s "
+          "| err rand/exact |")
     print("|---|---|---|---|---|---|")
     for r in rows:
         print(f"| {r['layer']} | {r['gptq_s']} | {r['gptq_loss_vs_rtn']} | {r['lowrank_randomized_s']} | "

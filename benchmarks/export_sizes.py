@@ -13,11 +13,11 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
-from sam2ptq_core.config import load_config
-from sam2ptq_core.export.cache import write_cache_files
+from sam2ptq_core.algorithms.quantizers import dequantize, quantize
+from sam2ptq_core.export.cache_files import write_cache_files
 from sam2ptq_core.export.nunchaku import write_nunchaku
-from sam2ptq_core.quant import dequantize, quantize
-from sam2ptq_core.sam2 import build_random, quantizable_linears
+from sam2ptq_core.pipeline.config import load_config
+from sam2ptq_core.sam2.loading import build_random, quantizable_linears
 
 
 def sizes(name: str) -> dict:

@@ -10,11 +10,11 @@ from pathlib import Path
 
 from prefect import flow
 
-from sam2ptq_core.config import load_config
+from sam2ptq_core.pipeline.config import load_config
 
 from .ptq import sam2_ptq
 
-VARIANTS = [
+ABLATION_STEPS = [
     ("RTN", ["quant.wgts.kernel_gptq=null", "quant.smooth=null", "quant.rotation=null", "quant.wgts.low_rank=null"]),
     ("GPTQ", ["quant.smooth=null", "quant.rotation=null", "quant.wgts.low_rank=null"]),
     ("GPTQ+smooth", ["quant.rotation=null", "quant.wgts.low_rank=null"]),
@@ -44,7 +44,7 @@ def run_ablation(config: dict | str = "", overrides: list[str] | None = None) ->
     cfg = load_config(base.model_dump(mode="json"), _base_overrides(base.model_dump(mode="json")))
     job = base.job_name()
     rows = []
-    for name, ovs in VARIANTS:
+    for name, ovs in ABLATION_STEPS:
         tag = name.lower().replace("+", "_").replace("-", "")
         out = sam2_ptq(cfg.model_dump(mode="json"), ovs + [f"output.job={job}_abl_{tag}", "convert_nunchaku=false"])
         m = json.loads((Path(out) / "metrics.json").read_text())

@@ -1,10 +1,11 @@
-"""The PTQ flow: wiring only. Each task resolves its inputs from the stage store and returns a small reference."""
+"""The PTQ flow: wiring only. Each task resolves its inputs from the stage store and returns a small Ref."""
 from __future__ import annotations
 
 from prefect import flow
 
-from sam2ptq_core.config import load_config
-from tasks._common import preflight, run_logger
+from sam2ptq_core.pipeline.config import load_config
+from sam2ptq_core.pipeline.preflight import preflight
+from sam2ptq_core.pipeline.progress import run_logger
 from tasks.calibration import build_calibration_set
 from tasks.capture import capture_activations
 from tasks.evaluate import evaluate
@@ -23,12 +24,11 @@ def sam2_ptq(config: dict | str = "", overrides: list[str] | None = None) -> str
     c = load_config(config or None, overrides or [])
     preflight(c)
     cfg = c.model_dump(mode="json")
-    log = run_logger()
     refs = {}
     refs["fetch_model"] = fetch_model(cfg)
     refs["build_calibration_set"] = build_calibration_set(cfg)
     refs["capture_activations"] = capture_activations(cfg, refs["fetch_model"], refs["build_calibration_set"])
-    refs["rotate"] = rotate(cfg, refs["fetch_model"], refs["capture_activations"])
+    refs["rotate"] = rotate(cfg, refs["capture_activations"])
     refs["smooth"] = smooth(cfg, refs["fetch_model"], refs["capture_activations"], refs["rotate"])
     refs["gptq_lowrank"] = gptq_lowrank(cfg, refs["fetch_model"], refs["capture_activations"], refs["rotate"],
                                         refs["smooth"])
@@ -37,5 +37,5 @@ def sam2_ptq(config: dict | str = "", overrides: list[str] | None = None) -> str
     regression_check(cfg, refs["evaluate"])  # fails the flow before a regressed model replaces the output
     out = export(cfg, refs)
     reused = [k for k, r in refs.items() if r["reused"]]
-    log.info("stages reused: %d/%d (%s)", len(reused), len(refs), ", ".join(reused) or "none")
+    run_logger().info("stages reused: %d/%d (%s)", len(reused), len(refs), ", ".join(reused) or "none")
     return out

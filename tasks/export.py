@@ -1,70 +1,42 @@
-"""Stage 8 (not cached, cheap): write the spec's output tree atomically under output.root/<job>."""
+"""Export (after the regression guard): the spec's output tree under output.root/<job>, reused when up to date."""
 from __future__ import annotations
 
-import json
-import shutil
 import time
 from pathlib import Path
 
-import torch
-import yaml
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from sam2ptq_core.store import atomic_dir
+from sam2ptq_core.pipeline.config import load_config
+from sam2ptq_core.pipeline.progress import publish_summary, run_logger
+from sam2ptq_core.pipeline.stages import Ref, open_artifact, stage_errors
 
-from ._common import cfg_of, in_prefect_run, load_fp_model, manifest_of, run_logger, stage_errors, store_of
-
-STAGE = "export"
+NAME = "export"
 
 
-@task(name=STAGE, cache_policy=NO_CACHE)
-def export(cfg: dict, refs: dict[str, dict]) -> str:
-    c = cfg_of(cfg)
+@task(name=NAME, cache_policy=NO_CACHE)
+def export(cfg: dict, refs: dict[str, Ref]) -> str:
+    from sam2ptq_core.export.output_tree import export_key, record_stages, tree_is_current, write_tree
+    c = load_config(cfg)
     t0 = time.time()
-    with stage_errors(STAGE):
-        store = store_of(c)
+    log = run_logger()
+    with stage_errors(NAME):
         target = Path(c.output.root) / c.job_name()
-        fp = load_fp_model(c, manifest_of(store, refs["fetch_model"]))
-        qlayers = torch.load(manifest_of(store, refs["gptq_lowrank"]).path("qlayers.pt"), weights_only=True)
-        sm = manifest_of(store, refs["smooth"])
-        smooth = torch.load(sm.path("smooth.pt"), weights_only=True)
-        rotation = json.loads(sm.path("rotation_choice.json").read_text())
-        ev = manifest_of(store, refs["evaluate"])
+        key = export_key(c.model_dump(mode="json"), {k: r["key"] for k, r in refs.items()})
+        stages = {k: {"key": r["key"], "reused": r["reused"], "seconds": r["seconds"]} for k, r in refs.items()}
+        if tree_is_current(target, key):
+            record_stages(target, {**stages, NAME: {"key": key, "reused": True, "seconds": 0.0}})
+            log.info("reused %s (%s is up to date)", NAME, target)
+        else:
+            art = {k: open_artifact(c, r) for k, r in refs.items()}
+            stages[NAME] = {"key": key, "reused": False, "seconds": 0.0}
 
-        def build(tmp: Path) -> None:
-            from sam2ptq_core.export.cache import write_cache_files
-            write_cache_files(tmp / "cache", fp.model.state_dict(), qlayers, smooth, rotation,
-                              whole_model=c.save_model)
-            if c.convert_nunchaku:
-                from sam2ptq_core.export.nunchaku import write_nunchaku
-                write_nunchaku(tmp / "nunchaku", c, fp.model, qlayers, smooth)
-            (tmp / "config.yaml").write_text(yaml.safe_dump(c.model_dump(mode="json"), sort_keys=False))
-            for f in ev.dir.iterdir():
-                if f.name != "manifest.json":
-                    shutil.copy2(f, tmp / f.name)
-            stages = {k: {"key": v["key"], "reused": v["reused"]} for k, v in refs.items()}
-            (tmp / "stages.json").write_text(json.dumps(stages, indent=1))
-        atomic_dir(target, build)
-        run_logger().info("wrote %s in %.1f s", target, time.time() - t0)
-        _summary_artifacts(target)
+            def write_files(tmp: Path) -> None:
+                from sam2ptq_core.pipeline.export_files import write_model_files
+                write_model_files(tmp, c, art["fetch_model"], art["smooth"], art["gptq_lowrank"])
+            write_tree(target, write_files, art["evaluate"].files(), stages)
+            stages[NAME]["seconds"] = round(time.time() - t0, 2)
+            record_stages(target, stages)
+            log.info("wrote %s in %.1f s", target, time.time() - t0)
+        publish_summary(target, log)
     return str(target)
-
-
-
-def _summary_artifacts(target: Path) -> None:
-    """The final metrics as a Prefect markdown + table artifact (no-op outside a Prefect run)."""
-    if not in_prefect_run():
-        return
-    try:
-        from prefect.artifacts import create_markdown_artifact, create_table_artifact
-        m = json.loads((target / "metrics.json").read_text())
-        create_markdown_artifact((target / "report.md").read_text(), key="sam2-ptq-report",
-                                 description=f"SAM2 PTQ report, output in {target}")
-        rows = [{"metric": f"SQNR {k} (dB)", "value": round(v, 3)} for k, v in m["encoder"]["sqnr_db"].items()]
-        rows += [{"metric": "mask mIoU vs float", "value": round(m["masks"]["miou_vs_fp"], 4)},
-                 {"metric": "prompts with IoU < 0.9", "value": round(m["masks"]["frac_iou_below_0_9"], 4)},
-                 {"metric": "random weights", "value": m["random_weights"]}]
-        create_table_artifact(rows, key="sam2-ptq-metrics", description="SAM2 PTQ metrics")
-    except Exception as e:  # artifacts are a convenience: never fail an export over them
-        run_logger().warning("could not create the Prefect summary artifacts: %s", e)

@@ -1,26 +1,23 @@
-"""Stage 4 (independent of the data): the Hadamard rotation spec for every quantized input width."""
+"""Stage rotate (independent of the data): the Hadamard rotation spec for every quantized input width."""
 from __future__ import annotations
-
-import json
 
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from sam2ptq_core.recipe import rotation_spec
+from sam2ptq_core.pipeline.config import load_config
+from sam2ptq_core.pipeline.stages import STAGES, Ref, open_artifact, run_stage
 
-from ._common import cfg_of, manifest_of, run_stage, store_of
-
-STAGE = "rotate"
+STAGE = STAGES["rotate"]
 
 
-@task(name=STAGE, cache_policy=NO_CACHE)
-def rotate(cfg: dict, model_ref: dict, acts_ref: dict) -> dict:
-    c = cfg_of(cfg)
+@task(name=STAGE.name, cache_policy=NO_CACHE)
+def rotate(cfg: dict, acts_ref: Ref) -> Ref:
+    c = load_config(cfg)
 
     def build(tmp):
-        widths = list(manifest_of(store_of(c), acts_ref).meta["widths"].values())
+        from sam2ptq_core.algorithms.model_recipe import rotation_spec
         rot = c.quant.rotation
-        spec = rotation_spec(widths, rot is not None, bool(rot and rot.random), c.seed)
-        (tmp / "rotation.json").write_text(json.dumps(spec, indent=1))
+        spec = rotation_spec(open_artifact(c, acts_ref).widths(), rot is not None, bool(rot and rot.random), c.seed)
+        STAGE.artifact.write(tmp, spec)
         return {"enabled": spec["enabled"], "widths": spec["widths"]}
-    return run_stage(STAGE, c, {"fetch_model": model_ref["key"], "capture_activations": acts_ref["key"]}, build)
+    return run_stage(STAGE, c, {"capture_activations": acts_ref}, build)

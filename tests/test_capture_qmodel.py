@@ -2,10 +2,10 @@ import copy
 
 import torch
 
-from sam2ptq_core.capture import capture_stats, valid_rows
-from sam2ptq_core.qmodel import LayerArtifacts, QuantLinear, quantize_model
-from sam2ptq_core.rotate import Rotation
-from sam2ptq_core.sam2 import build_random, quantizable_linears
+from sam2ptq_core.algorithms.rotation import Rotation
+from sam2ptq_core.sam2.capture import capture_stats, valid_rows
+from sam2ptq_core.sam2.loading import build_random, quantizable_linears
+from sam2ptq_core.sam2.quantized_model import LayerArtifacts, QuantLinear, quantize_model
 from tests.helpers import ARCH
 
 
@@ -66,8 +66,8 @@ def test_quant_linear_transforms_are_exact_without_quantization():
 def test_quantize_model_swaps_and_changes_output():
     m = _model()
     layers = quantizable_linears(m)
-    arts = {n: LayerArtifacts(l.weight.detach().clone(), l.bias.detach().clone(), None, None, None)
-            for n, l in layers.items()}
+    arts = {n: LayerArtifacts(lin.weight.detach().clone(), lin.bias.detach().clone(), None, None, None)
+            for n, lin in layers.items()}
     x = torch.randn(1, 3, 128, 128, generator=torch.Generator().manual_seed(2))
     with torch.inference_mode():
         ref = m.get_image_embeddings(x)

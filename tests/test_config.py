@@ -3,7 +3,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from sam2ptq_core.config import ConfigError, config_hash, load_config, stage_slices
+from sam2ptq_core.pipeline.config import ConfigError, config_hash, load_config
+from sam2ptq_core.pipeline.stages import STAGES
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -30,7 +31,7 @@ def test_stage_slices_isolate_changes():
     base = load_config(ROOT / "configs" / "hiera_tiny_w4a8.yaml")
     ev = load_config(base.model_dump(mode="json"), ["quant.eval.num_samples=3", "quant.ipts.dtype=uint4"])
     g = load_config(base.model_dump(mode="json"), ["quant.wgts.kernel_gptq.block_size=64"])
-    a, b, c = stage_slices(base), stage_slices(ev), stage_slices(g)
+    a, b, c = ({n: s.config_slice(x) for n, s in STAGES.items()} for x in (base, ev, g))
     for stage in ("fetch_model", "build_calibration_set", "capture_activations", "gptq_lowrank", "rotate"):
         assert a[stage] == b[stage], stage
     assert a["evaluate"] != b["evaluate"]

@@ -4,8 +4,8 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from sam2ptq_core import data
-from sam2ptq_core.data import DataError, load_rgb, normalize, resize_uint8, scale_points, select_images
+from sam2ptq_core.sam2 import images as data
+from sam2ptq_core.sam2.images import DataError, load_rgb, normalize, resize_uint8, scale_points, select_images
 from tests.helpers import ROOT
 
 

@@ -3,8 +3,14 @@ import numpy as np
 import pytest
 import torch
 
-from sam2ptq_core.export.nunchaku import (pack_lowrank, pack_scale, pack_weight, unpack_lowrank, unpack_scale,
-                                          unpack_weight)
+from sam2ptq_core.export.nunchaku import (
+    pack_lowrank,
+    pack_scale,
+    pack_weight,
+    unpack_lowrank,
+    unpack_scale,
+    unpack_weight,
+)
 
 
 def _codes(n, k, seed=0):

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from sam2ptq_core.config import load_config
+from sam2ptq_core.pipeline.config import load_config
 from tests.helpers import REDUCED_CFG, ROOT
 
 pytestmark = pytest.mark.slow
@@ -73,15 +73,19 @@ def test_flow_output_tree_and_full_reuse(prefect_server, tmp_path):
 
 def test_readers_rebuild_the_pipeline_model_exactly(prefect_server, tmp_path):
     from sam2ptq_core.export.reader import load_quantized
-    from sam2ptq_core.store import StageStore
-    from tasks._common import load_fp_model
-    from tasks.evaluate import build_quantized
+    from sam2ptq_core.pipeline.config import group_size_of
+    from sam2ptq_core.pipeline.runtime import load_fp_model
+    from sam2ptq_core.pipeline.stages import open_artifact
+    from sam2ptq_core.pipeline.store import StageStore
+    from sam2ptq_core.sam2.quantized_model import build_quantized
     out = _run(tmp_path, "quant.rotation=null", "quant.wgts.scale_dtype=bfloat16", "convert_nunchaku=true")
     cfg = load_config(out / "config.yaml")
     st, store = _stages(out), StageStore(cfg.cache.root)
-    ref = lambda s: {"stage": s, "key": st[s]["key"]}  # noqa: E731
-    fp = load_fp_model(cfg, store.get("fetch_model", st["fetch_model"]["key"]))
-    pipeline = build_quantized(cfg, store, fp.model, ref("smooth"), ref("gptq_lowrank"))
+    art = lambda s: open_artifact(cfg, {"stage": s, "key": st[s]["key"]})  # noqa: E731
+    fp = load_fp_model(cfg, art("fetch_model"))
+    sm, ip = art("smooth"), cfg.quant.ipts
+    pipeline = build_quantized(fp.model, art("gptq_lowrank").qlayers(), sm.scales(), sm.rotation_choice(), ip.dtype,
+                               group_size_of(ip.group_shapes))
     x = torch.randn(1, 3, 128, 128, generator=torch.Generator().manual_seed(0))
     with torch.inference_mode():
         want = pipeline.get_image_embeddings(x)
@@ -101,10 +105,11 @@ def test_readers_rebuild_the_pipeline_model_exactly(prefect_server, tmp_path):
     sm = torch.load(store.get("smooth", st["smooth"]["key"]).path("smooth.pt"), weights_only=True)
     for name, r in layers.items():
         assert torch.equal(r["codes"], q[name]["codes"]) and torch.equal(r["scale"], q[name]["scale"])
-        assert torch.equal(r["smooth"], sm[name]) and torch.equal(r["a"], q[name]["a"]) and torch.equal(r["b"], q[name]["b"])
+        assert torch.equal(r["smooth"], sm[name])
+        assert torch.equal(r["a"], q[name]["a"]) and torch.equal(r["b"], q[name]["b"])
     assert json.loads(meta["quantization_config"])["method"] == "svdquant"
     # the one-line predict command on both formats
-    from sam2ptq_core.export.predict_cli import main as predict_main
+    from sam2ptq_core.export.predict import main as predict_main
     for fmt in ("cache", "nunchaku"):
         png = tmp_path / f"pred_{fmt}.png"
         assert predict_main(["--run", str(out), "--image", str(ROOT / "examples/images/coffee.jpg"),
@@ -135,7 +140,7 @@ def test_ground_truth_evaluation_with_coco_annotations(prefect_server, tmp_path)
 
 
 def test_task_failure_names_the_stage(tmp_path):
-    from tasks._common import StageError
+    from sam2ptq_core.pipeline.stages import StageError
     from tasks.calibration import build_calibration_set
     cfg = load_config(REDUCED_CFG, [f"cache.root={tmp_path}", "quant.calib.num_samples=50"]).model_dump(mode="json")
     with pytest.raises(StageError, match=r"stage build_calibration_set failed: .* has 10 usable images but 50"):

@@ -2,10 +2,10 @@
 import pytest
 import torch
 
-from sam2ptq_core.gptq import gptq_quantize
-from sam2ptq_core.lowrank import low_rank_decompose
-from sam2ptq_core.quant import fake_quantize
-from sam2ptq_core.rotate import apply_hadamard
+from sam2ptq_core.algorithms.gptq import gptq_quantize
+from sam2ptq_core.algorithms.lowrank import low_rank_decompose
+from sam2ptq_core.algorithms.quantizers import fake_quantize
+from sam2ptq_core.algorithms.rotation import apply_hadamard
 
 pytestmark = pytest.mark.gpu
 

@@ -1,7 +1,7 @@
 import numpy as np
 import torch
 
-from sam2ptq_core.lowrank import low_rank_decompose, top_r_svd
+from sam2ptq_core.algorithms.lowrank import low_rank_decompose, top_r_svd
 from tests.reference.naive import svd_branch
 
 

@@ -2,9 +2,9 @@ import math
 
 import torch
 
-from sam2ptq_core.evaluate import evaluate_image, masks_to_boxes, point_grid
-from sam2ptq_core.metrics import cosine, mask_iou, sqnr_db
-from sam2ptq_core.sam2 import build_random
+from sam2ptq_core.algorithms.metrics import cosine, mask_iou, sqnr_db
+from sam2ptq_core.sam2.evaluation import evaluate_image, masks_to_boxes, point_grid
+from sam2ptq_core.sam2.loading import build_random
 from tests.helpers import ARCH
 
 

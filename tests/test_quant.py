@@ -4,7 +4,7 @@ import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
-from sam2ptq_core.quant import compute_qparams, dequantize, fake_quantize, qdtype, quantize
+from sam2ptq_core.algorithms.quantizers import compute_qparams, dequantize, fake_quantize, qdtype, quantize
 from tests.reference.naive import rtn
 
 DTYPES = ["sint4", "uint4", "sint8", "uint8"]

@@ -1,7 +1,9 @@
+import json
+
 import pytest
 
-from sam2ptq_core.regression import compare_runs
-from tasks._common import StageError
+from sam2ptq_core.pipeline.regression import compare_runs
+from sam2ptq_core.pipeline.stages import StageError
 
 
 def test_compare_runs_threshold():
@@ -13,8 +15,8 @@ def test_compare_runs_threshold():
 
 
 def test_regression_task_uses_ledger(tmp_path):
-    from sam2ptq_core.config import load_config
-    from sam2ptq_core.store import StageStore
+    from sam2ptq_core.pipeline.config import load_config
+    from sam2ptq_core.pipeline.store import StageStore
     from tasks.regression import regression_check
     from tests.helpers import REDUCED_CFG
     cfg = load_config(REDUCED_CFG, [f"cache.root={tmp_path}"])
@@ -23,7 +25,7 @@ def test_regression_task_uses_ledger(tmp_path):
     def eval_ref(miou, key):
         def build(d):
             d.joinpath("metrics.json").write_text(
-                '{"masks": {"miou_vs_fp": %f}, "encoder": {"sqnr_db": {}}}' % miou)
+                json.dumps({"masks": {"miou_vs_fp": miou}, "encoder": {"sqnr_db": {}}}))
         m, _ = store.run("evaluate", key, {}, {}, build)
         return {"stage": "evaluate", "key": m.key}
     c = cfg.model_dump(mode="json")

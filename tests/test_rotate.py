@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from sam2ptq_core.rotate import apply_hadamard, hadamard
+from sam2ptq_core.algorithms.rotation import apply_hadamard, hadamard
 
 WIDTHS = [96, 112, 144, 192, 224, 256, 288, 384, 448, 576, 768, 896, 1152, 1536, 1792, 2304, 3072, 3584, 4608]
 
@@ -26,7 +26,7 @@ def test_fast_application_matches_matrix(n, random):
 @pytest.mark.parametrize("n", [96, 112, 144, 160, 1152])
 @pytest.mark.parametrize("random", [False, True])
 def test_rotation_object_transpose(n, random):
-    from sam2ptq_core.rotate import Rotation
+    from sam2ptq_core.algorithms.rotation import Rotation
     x = torch.randn(3, n, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
     r = Rotation(n, random, 5)
     assert float((r.apply(x) - x @ r.matrix()).abs().max()) < 1e-12

@@ -1,8 +1,14 @@
 import pytest
 import torch
 
-from sam2ptq_core.sam2 import (ModelUnavailable, build_config, build_random, load_model, quantizable_linears,
-                               weights_sha256)
+from sam2ptq_core.sam2.loading import (
+    ModelUnavailable,
+    build_config,
+    build_random,
+    load_model,
+    quantizable_linears,
+    weights_sha256,
+)
 from tests.helpers import ARCH
 
 # published image-encoder sizes (DESIGN.md §5) and trunk linear counts

@@ -1,8 +1,8 @@
 import torch
 
-from sam2ptq_core.layerq import LayerSpec, smoothing_objective
-from sam2ptq_core.rotate import hadamard
-from sam2ptq_core.smooth import search_smoothing, smooth_candidates, smoothing_scales
+from sam2ptq_core.algorithms.layer_recipe import LayerSpec, smoothing_objective
+from sam2ptq_core.algorithms.rotation import hadamard
+from sam2ptq_core.algorithms.smoothing import search_smoothing, smooth_candidates, smoothing_scales
 
 
 def test_candidates_match_deepcompressor_grid():
@@ -47,9 +47,9 @@ def test_search_improves_on_outlier_activations():
 def test_auto_rotation_keeps_a_layer_rotated_only_where_it_helps():
     from torch import nn
 
-    from sam2ptq_core.recipe import search_all_smoothing
-    from sam2ptq_core.rotate import Rotation
-    from sam2ptq_core.stats import StatsAccumulator
+    from sam2ptq_core.algorithms.model_recipe import search_all_smoothing
+    from sam2ptq_core.algorithms.rotation import Rotation
+    from sam2ptq_core.algorithms.statistics import StatsAccumulator
     g = torch.Generator().manual_seed(3)
     spiky = torch.randn(512, 96, generator=g)
     spiky[:, :3] *= 60  # a few outlier channels: rotation spreads them, which helps per-token int4

@@ -1,7 +1,7 @@
 import torch
 
-from sam2ptq_core.stats import StatsAccumulator, transform_stats
-from sam2ptq_core.rotate import Rotation
+from sam2ptq_core.algorithms.rotation import Rotation
+from sam2ptq_core.algorithms.statistics import StatsAccumulator, transform_stats
 
 
 def _x(n, k, seed=0):

@@ -7,9 +7,9 @@ import threading
 import time
 
 import pytest
-from filelock import FileLock
+from filelock import FileLock, Timeout
 
-from sam2ptq_core.store import StageStore, stage_key
+from sam2ptq_core.pipeline.store import StageStore, stage_key
 
 
 def _write(tmp, name="a.bin", data=b"hello"):
@@ -80,10 +80,11 @@ def test_lock_of_killed_holder_does_not_block(tmp_path):
     st = StageStore(tmp_path)
     lock = str(st.stage_dir("s", "k5")) + ".lock"
     (tmp_path / "s").mkdir()
-    code = f"from filelock import FileLock; import time; l = FileLock({lock!r}); l.acquire(); print('held', flush=True); time.sleep(60)"
+    code = (f"from filelock import FileLock; import time; lk = FileLock({lock!r}); lk.acquire(); "
+            f"print('held', flush=True); time.sleep(60)")
     p = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
     assert p.stdout.readline().strip() == "held"
-    with pytest.raises(Exception):
+    with pytest.raises(Timeout):
         FileLock(lock, timeout=0.2).acquire()
     os.kill(p.pid, signal.SIGKILL)
     p.wait()

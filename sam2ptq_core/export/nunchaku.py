@@ -26,28 +26,10 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
+from .nunchaku_support import NunchakuUnsupported, check_supported
+
 __all__ = ["check_supported", "pack_weight", "unpack_weight", "pack_scale", "unpack_scale", "pack_lowrank",
            "unpack_lowrank", "write_nunchaku", "read_nunchaku", "NunchakuUnsupported"]
-
-
-class NunchakuUnsupported(ValueError):
-    """The config cannot be represented in nunchaku's W4A4 format (one-line message naming what is needed)."""
-
-
-def check_supported(cfg) -> None:
-    q = cfg.quant
-    need = []
-    if q.wgts.dtype != "sint4" or q.wgts.group_shapes != [[1, 64]]:
-        need.append("quant.wgts.dtype sint4 with group_shapes [[1, 64]]")
-    if q.ipts.dtype != "sint4" or q.ipts.group_shapes != [[1, 64]]:
-        need.append("quant.ipts.dtype sint4 with group_shapes [[1, 64]]")
-    if q.rotation is not None:
-        need.append("quant.rotation null (nunchaku has no online rotation)")
-    if q.wgts.scale_dtype is None:
-        need.append("quant.wgts.scale_dtype float16 or bfloat16 (nunchaku stores 16-bit scales)")
-    if need:
-        raise NunchakuUnsupported("--convert-nunchaku supports only W4A4 SVDQuant (sint4 weights/activations, group "
-                                  "64, 16-bit scales, no rotation); set " + "; ".join(need))
 
 
 def _pad(t: torch.Tensor, dim: int, multiple: int, value: float = 0) -> torch.Tensor:
@@ -142,7 +124,7 @@ def _layer_tensors(q: dict, bias: torch.Tensor | None, smooth: torch.Tensor | No
 def write_nunchaku(d: Path, cfg, model, qlayers: dict, smooth: dict) -> None:
     """``hiera_blocks.safetensors`` (every quantized linear) + ``unquantized_layers.safetensors`` (everything else)."""
     check_supported(cfg)
-    from ..config import config_hash
+    from ..pipeline.config import config_hash
     d.mkdir(parents=True, exist_ok=True)
     dt = getattr(torch, cfg.quant.wgts.scale_dtype)
     blocks, shapes = {}, {}

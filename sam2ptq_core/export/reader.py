@@ -10,11 +10,11 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ..config import group_size_of, load_config
-from ..qmodel import LayerArtifacts, quantize_model
-from ..quant import QParams, QTensor, dequantize
-from ..sam2 import build_config, load_model
-from .cache import PREFIX, codes_from_weight, read_cache_files
+from ..algorithms.quantizers import QParams, QTensor, dequantize
+from ..pipeline.config import group_size_of, load_config
+from ..sam2.loading import build_config, load_model
+from ..sam2.quantized_model import LayerArtifacts, quantize_model
+from .cache_files import PREFIX, codes_from_weight, read_cache_files
 
 __all__ = ["load_quantized"]
 

@@ -116,8 +116,8 @@ def write_report(out_dir: Path, metrics: dict, overlays: list[dict], ious: dict[
     lines += ["", "![encoder SQNR and mask IoU histogram](agreement.png)"]
     lines += ["", "## Mask agreement", "", "| prompts | mIoU vs float | IoU < 0.9 |", "|---|---|---|",
               f"| all ({mk['num_prompts']}) | {_fmt(mk['miou_vs_fp'])} | {_fmt(mk['frac_iou_below_0_9'])} |",
-              f"| points ({mk['points']['num']}) | {_fmt(mk['points']['miou'])} | {_fmt(mk['points']['frac_below_0_9'])} |",
-              f"| boxes ({mk['boxes']['num']}) | {_fmt(mk['boxes']['miou'])} | {_fmt(mk['boxes']['frac_below_0_9'])} |"]
+              *(f"| {k} ({mk[k]['num']}) | {_fmt(mk[k]['miou'])} | {_fmt(mk[k]['frac_below_0_9'])} |"
+                for k in ("points", "boxes"))]
     if "gt" in metrics:
         lines += ["", "## Ground truth", "", f"mIoU float {_fmt(metrics['gt']['miou_fp'])}, "
                   f"quantized {_fmt(metrics['gt']['miou_quant'])} over {metrics['gt']['num']} annotations"]

@@ -11,12 +11,17 @@ import random
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
 from PIL import Image, ImageOps
 
+from ..files import file_sha256
+
+if TYPE_CHECKING:
+    import torch
+
 __all__ = ["IMAGE_SUFFIXES", "DataError", "ImageRecord", "list_images", "select_images", "load_rgb",
-           "resize_uint8", "normalize", "scale_points", "MEAN", "STD"]
+           "resize_uint8", "normalize", "scale_points", "MEAN", "STD", "folder_digest", "preprocess"]
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +55,8 @@ def list_images(folder: str | Path) -> list[Path]:
 
 def load_rgb(path: Path) -> Image.Image:
     """Decode to 8-bit RGB with EXIF orientation applied; raises on corrupt files and decompression bombs."""
+    import numpy as np
+
     with warnings.catch_warnings():
         warnings.simplefilter("error", Image.DecompressionBombWarning)
         with Image.open(path) as im:
@@ -58,9 +65,9 @@ def load_rgb(path: Path) -> Image.Image:
             im.load()
             im = ImageOps.exif_transpose(im)
             if im.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
-                arr = torch.from_numpy(__import__("numpy").asarray(im, dtype="float32"))
+                arr = np.asarray(im, dtype=np.float32)
                 hi = float(arr.max()) or 1.0
-                im = Image.fromarray((arr / hi * 255).round().clamp(0, 255).to(torch.uint8).numpy(), "L")
+                im = Image.fromarray(np.clip(np.round(arr / hi * 255), 0, 255).astype(np.uint8), "L")
             if im.mode in ("RGBA", "LA", "PA") or (im.mode == "P" and "transparency" in im.info):
                 im = im.convert("RGBA")
                 bg = Image.new("RGBA", im.size, (255, 255, 255, 255))
@@ -95,19 +102,54 @@ def select_images(folder: str | Path, num: int, seed: int, exclude: set[str] = f
 
 def resize_uint8(im: Image.Image, size: int) -> torch.Tensor:
     """[3, size, size] uint8: plain resize (no aspect ratio), bilinear with antialiasing."""
+    import torch
+
     r = im.resize((size, size), Image.Resampling.BILINEAR)
     import numpy as np
     return torch.from_numpy(np.asarray(r, dtype=np.uint8).copy()).permute(2, 0, 1).contiguous()
 
 
-def normalize(x: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+def normalize(x: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Tensor:
     """uint8 [..., 3, H, W] → normalised float: (x/255 − mean) / std."""
+    import torch
+
     mean = torch.tensor(MEAN, dtype=torch.float32).view(3, 1, 1)
     std = torch.tensor(STD, dtype=torch.float32).view(3, 1, 1)
-    return ((x.float() / 255.0 - mean) / std).to(dtype)
+    return ((x.float() / 255.0 - mean) / std).to(dtype or torch.float32)
 
 
 def scale_points(points: torch.Tensor, width: int, height: int, size: int) -> torch.Tensor:
     """(x, y) in original pixels [..., 2] → coordinates of the resized size×size input."""
+    import torch
+
     f = torch.tensor([size / width, size / height], dtype=points.dtype)
     return points * f
+
+
+def folder_digest(cache, folder: str | Path) -> dict[str, str]:
+    """Content sha256 of every image in ``folder``, memoised in ``cache`` (a diskcache.Cache or any object with
+    get/set) by (path, size, mtime)."""
+    out = {}
+    for f in list_images(folder):
+        st = f.stat()
+        k = ("sha", str(f.resolve()), st.st_size, st.st_mtime_ns)
+        h = cache.get(k)
+        if h is None:
+            h = file_sha256(f)
+            cache.set(k, h)
+        out[str(f)] = h
+    return out
+
+
+def preprocess(cache, path: Path, sha: str, size: int) -> tuple[torch.Tensor, tuple[int, int]]:
+    """Resized uint8 [3, size, size] and the original (H, W), through the evictable per-image ``cache``."""
+    import torch
+
+    k = ("img", sha, size)
+    hit = cache.get(k)
+    if hit is not None:
+        return torch.frombuffer(bytearray(hit[0]), dtype=torch.uint8).view(3, size, size).clone(), tuple(hit[1])
+    im = load_rgb(path)
+    x = resize_uint8(im, size)
+    cache.set(k, (x.numpy().tobytes(), (im.height, im.width)))
+    return x, (im.height, im.width)

@@ -13,8 +13,8 @@ later transform (rotation, low-rank branch, weight and activation quantization) 
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 import torch
 

@@ -16,11 +16,11 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from .quant import fake_quantize
-from .rotate import apply_hadamard
-from .sam2 import quantizable_linears, trunk
+from ..algorithms.quantizers import fake_quantize
+from ..algorithms.rotation import apply_hadamard
+from .loading import quantizable_linears, trunk
 
-__all__ = ["QuantLinear", "LayerArtifacts", "quantize_model"]
+__all__ = ["QuantLinear", "LayerArtifacts", "quantize_model", "artifacts_from_saved", "build_quantized"]
 
 
 @dataclass
@@ -80,3 +80,24 @@ def quantize_model(model: nn.Module, layers: dict[str, LayerArtifacts], a_dtype:
         ql = QuantLinear(art, a_dtype, a_group).to(device=old.weight.device)
         setattr(parent, leaf, ql)
     return model
+
+
+def artifacts_from_saved(qlayers: dict[str, dict], smooth: dict[str, torch.Tensor],
+                         rotation: dict) -> dict[str, LayerArtifacts]:
+    """LayerArtifacts from the stored per-layer dicts (weight, bias, a, b). ``rotation``: {"random", "seed",
+    "layers": [names of the rotated layers]}."""
+    arts = {}
+    rotated = set(rotation.get("layers", []))
+    for name, d in qlayers.items():
+        bias = d["bias"] if d["bias"].numel() else None
+        arts[name] = LayerArtifacts(d["weight"].float(), bias, smooth.get(name), d["a"], d["b"],
+                                    rotate=name in rotated, rotate_random=rotation.get("random", False),
+                                    rotate_seed=rotation.get("seed", 0))
+    return arts
+
+
+def build_quantized(fp_model: nn.Module, qlayers: dict[str, dict], smooth: dict[str, torch.Tensor],
+                    rotation: dict, a_dtype: str | None, a_group: int) -> nn.Module:
+    """A deep copy of the float model with its trunk linears swapped for QuantLinear from the stored artifacts."""
+    import copy
+    return quantize_model(copy.deepcopy(fp_model), artifacts_from_saved(qlayers, smooth, rotation), a_dtype, a_group)

@@ -1,4 +1,4 @@
-"""The SAM2 adapter: variants, loading (hub / local directory / seeded random init) and the layer map.
+"""Loading SAM2 (hub id + revision / local directory / HF cache / seeded random init) and the trunk's layer map.
 
 Uses transformers' ``Sam2Model`` (≥ 5). The image encoder is ``model.vision_encoder`` (a ``Sam2VisionModel``):
 ``backbone`` is the Hiera trunk (quantized), ``neck`` the FPN (kept in 16-bit). Layer names are relative to the
@@ -17,32 +17,13 @@ from pathlib import Path
 import torch
 from torch import nn
 
-__all__ = ["VARIANTS", "hub_id", "ModelUnavailable", "LoadedModel", "build_config", "build_random",
-           "resolve_checkpoint", "load_model", "quantizable_linears", "trunk", "weights_sha256", "DTYPES"]
+from .variants import VARIANTS, ModelUnavailable, check_checkpoint_dir, hub_id
 
-# Published Hiera configurations of facebook/sam2.1-hiera-* (DESIGN.md §5).
-VARIANTS: dict[str, dict] = {
-    "tiny": dict(hidden_size=96, embed_dim_per_stage=[96, 192, 384, 768], num_attention_heads_per_stage=[1, 2, 4, 8],
-                 blocks_per_stage=[1, 2, 7, 2], global_attention_blocks=[5, 7, 9], window_size_per_stage=[8, 4, 14, 7],
-                 window_positional_embedding_background_size=[7, 7]),
-    "small": dict(hidden_size=96, embed_dim_per_stage=[96, 192, 384, 768], num_attention_heads_per_stage=[1, 2, 4, 8],
-                  blocks_per_stage=[1, 2, 11, 2], global_attention_blocks=[7, 10, 13],
-                  window_size_per_stage=[8, 4, 14, 7], window_positional_embedding_background_size=[7, 7]),
-    "base-plus": dict(hidden_size=112, embed_dim_per_stage=[112, 224, 448, 896],
-                      num_attention_heads_per_stage=[2, 4, 8, 16], blocks_per_stage=[2, 3, 16, 3],
-                      global_attention_blocks=[12, 16, 20], window_size_per_stage=[8, 4, 14, 7],
-                      window_positional_embedding_background_size=[14, 14]),
-    "large": dict(hidden_size=144, embed_dim_per_stage=[144, 288, 576, 1152],
-                  num_attention_heads_per_stage=[2, 4, 8, 16], blocks_per_stage=[2, 6, 36, 4],
-                  global_attention_blocks=[23, 33, 43], window_size_per_stage=[8, 4, 16, 8],
-                  window_positional_embedding_background_size=[7, 7]),
-}
+__all__ = ["ModelUnavailable", "LoadedModel", "build_config", "build_random", "check_checkpoint_dir",
+           "resolve_checkpoint", "load_model", "describe_model", "quantizable_linears", "trunk", "weights_sha256",
+           "DTYPES"]
 
 DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
-
-
-class ModelUnavailable(RuntimeError):
-    """The checkpoint cannot be found or read; the message says which and the ways out."""
 
 
 @dataclass
@@ -50,10 +31,6 @@ class LoadedModel:
     model: nn.Module
     source: str           # "random_init", a local directory, or "<hub id>@<revision>"
     random_weights: bool
-
-
-def hub_id(name: str) -> str:
-    return f"facebook/sam2.1-hiera-{name}"
 
 
 def _sized(cfg_dict: dict, image_size: int) -> dict:
@@ -90,11 +67,7 @@ def build_random(name: str, seed: int, image_size: int = 1024, arch: dict | None
 def resolve_checkpoint(name: str, path: str, revision: str) -> Path:
     """A local directory holding ``config.json`` + safetensors: ``path``, else the HF cache, else a download."""
     if path:
-        p = Path(path)
-        if not (p / "config.json").is_file():
-            raise ModelUnavailable(f"model.path {p} is not a transformers SAM2 checkpoint (no config.json there); "
-                                   f"point --model.path at a directory saved with save_pretrained")
-        return p
+        return check_checkpoint_dir(path)
     from huggingface_hub import snapshot_download
     repo = hub_id(name)
     patterns = ["*.json", "*.safetensors"]
@@ -159,3 +132,14 @@ def weights_sha256(model: nn.Module) -> str:
         h.update(str(tuple(v.shape)).encode())
         h.update(v.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
     return h.hexdigest()
+
+
+def describe_model(name: str, path: str, revision: str, random_init: bool, seed: int, image_size: int,
+                   arch: dict | None) -> dict:
+    """Load the model once and describe what was loaded: source, path, random or not, the weights' sha256 (which
+    later stages check when they reload it) and the encoder's parameter count."""
+    lm = load_model(name, path=path, revision=revision, random_init=random_init, seed=seed, image_size=image_size,
+                    arch=arch)
+    return {"name": name, "source": lm.source, "path": path, "random_weights": lm.random_weights,
+            "weights_sha256": weights_sha256(lm.model),
+            "num_params_encoder": sum(p.numel() for p in lm.model.vision_encoder.parameters())}

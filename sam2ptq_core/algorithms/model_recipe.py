@@ -1,37 +1,24 @@
-"""Per-layer recipe over a whole model: rotations, smoothing search and GPTQ + low-rank for every trunk linear.
+"""The recipe over all quantized linears of a model: rotations, smoothing search and GPTQ + low-rank per layer.
 
-Pure functions over (weights, statistics, config slices); the tasks load inputs and store the outputs.
+Pure functions over (weights, statistics, a LayerSpec); the pipeline loads the inputs and stores the outputs.
 """
 from __future__ import annotations
 
 import hashlib
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 from torch import nn
 
-from .config import QuantCfg, group_size_of
-from .layerq import LayerQuant, LayerSpec, layer_errors, quantize_layer, smoothing_objective
-from .qmodel import LayerArtifacts
-from .rotate import Rotation, hadamard
-from .smooth import SmoothResult, search_smoothing
-from .stats import LayerStats
+from .layer_recipe import LayerQuant, LayerSpec, layer_errors, quantize_layer, smoothing_objective
+from .rotation import Rotation, hadamard
+from .smoothing import SmoothResult, search_smoothing
+from .statistics import LayerStats
 
-__all__ = ["layer_spec", "rotation_spec", "rotation_matrices", "layer_rotations", "search_all_smoothing",
-           "quantize_all", "all_layer_errors", "artifacts_from_saved", "export_bias"]
+__all__ = ["rotation_spec", "rotation_matrices", "layer_rotations", "search_all_smoothing", "quantize_all",
+           "all_layer_errors", "export_bias", "saved_layers"]
 
 Progress = Callable[[int, int, str], None]
-
-
-def layer_spec(q: QuantCfg, seed: int) -> LayerSpec:
-    w, g, lr = q.wgts, q.wgts.kernel_gptq, q.wgts.low_rank
-    return LayerSpec(
-        w_dtype=w.dtype, w_group=group_size_of(w.group_shapes),
-        a_dtype=q.ipts.dtype, a_group=group_size_of(q.ipts.group_shapes),
-        rank=lr.rank if lr else 0, lowrank_iters=lr.num_iters if lr else 1, randomized_svd=lr.randomized if lr else True,
-        gptq=g is not None, block_size=g.block_size if g else 128, damp_percentage=g.damp_percentage if g else 0.01,
-        num_inv_tries=g.num_inv_tries if g else 250, act_order=g.act_order if g else False, seed=seed,
-        scale_dtype=w.scale_dtype)
 
 
 def rotation_spec(widths: list[int], enabled: bool, random: bool, seed: int) -> dict:
@@ -119,15 +106,11 @@ def export_bias(mod: nn.Module, spec: LayerSpec) -> torch.Tensor:
     return b.to(spec.torch_scale_dtype).float() if spec.scale_dtype is not None else b
 
 
-def artifacts_from_saved(qlayers: dict[str, dict], smooth: dict[str, torch.Tensor],
-                         rotation: dict) -> dict[str, LayerArtifacts]:
-    """LayerArtifacts from the stored per-layer dicts (weight, bias, a, b). ``rotation``: {"random", "seed",
-    "layers": [names of the rotated layers]}."""
-    arts = {}
-    rotated = set(rotation.get("layers", []))
-    for name, d in qlayers.items():
-        bias = d["bias"] if d["bias"].numel() else None
-        arts[name] = LayerArtifacts(d["weight"].float(), bias, smooth.get(name), d["a"], d["b"],
-                                    rotate=name in rotated, rotate_random=rotation.get("random", False),
-                                    rotate_seed=rotation.get("seed", 0))
-    return arts
+def saved_layers(lqs: dict[str, LayerQuant], layers: dict[str, nn.Module], spec: LayerSpec) -> dict[str, dict]:
+    """What the GPTQ stage stores per layer: dequantized residual weight, int16 codes, scale, zero (empty for
+    symmetric formats), group size, the branch a/b and the bias the quantized layer uses."""
+    return {k: {"weight": lq.weight.float(), "codes": lq.q.codes.to(torch.int16), "scale": lq.q.qparams.scale,
+                "zero": lq.q.qparams.zero if lq.q.qparams.zero is not None else torch.empty(0),
+                "group_size": torch.tensor(lq.q.qparams.group_size), "a": lq.a, "b": lq.b,
+                "bias": export_bias(layers[k], spec)}
+            for k, lq in lqs.items()}

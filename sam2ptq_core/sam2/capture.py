@@ -7,14 +7,14 @@ block's spatial size with transformers' own ``window_partition``.
 """
 from __future__ import annotations
 
-from typing import Callable, Iterable
+from collections.abc import Callable, Iterable
 
 import torch
 from torch import nn
 from transformers.models.sam2.modeling_sam2 import window_partition
 
-from .sam2 import quantizable_linears, trunk
-from .stats import LayerStats, StatsAccumulator
+from ..algorithms.statistics import LayerStats, StatsAccumulator
+from .loading import quantizable_linears, trunk
 
 __all__ = ["capture_stats", "valid_rows"]
 

@@ -20,9 +20,9 @@ def main(argv: list[str]) -> int:
     p.add_argument("--format", choices=["cache", "nunchaku"], default="cache", help="which files to load")
     p.add_argument("--out", default="prediction.png", help="overlay PNG to write (default: prediction.png)")
     a = p.parse_args(argv)
-    from ..config import load_config
-    from ..data import load_rgb, normalize, resize_uint8
-    from ..evaluate import predict_masks
+    from ..pipeline.config import load_config
+    from ..sam2.evaluation import predict_masks
+    from ..sam2.images import load_rgb, normalize, resize_uint8
     from .reader import load_quantized
     from .report import RANDOM_BANNER, plot_mask
     try:

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from ..quant import expand_groups, num_groups
+from ..algorithms.quantizers import expand_groups, num_groups
 
 __all__ = ["PREFIX", "write_cache_files", "read_cache_files", "codes_from_weight"]
 

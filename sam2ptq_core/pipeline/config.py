@@ -14,10 +14,9 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-__all__ = ["RunConfig", "ConfigError", "load_config", "config_hash", "canonical_json", "stage_slices", "eval_protocol",
-           "VARIANTS", "group_size_of"]
+from ..sam2.variants import VARIANT_NAMES
 
-VARIANTS = ("tiny", "small", "base-plus", "large")
+__all__ = ["RunConfig", "QuantCfg", "ConfigError", "load_config", "config_hash", "canonical_json", "group_size_of"]
 
 
 class ConfigError(ValueError):
@@ -29,7 +28,7 @@ class _Node(BaseModel):
 
 
 class ModelCfg(_Node):
-    name: Literal["tiny", "small", "base-plus", "large"] = "tiny"
+    name: Literal[VARIANT_NAMES] = "tiny"  # type: ignore[valid-type]
     device: Literal["cuda", "cpu"] = "cuda"
     dtype: Literal["float16", "bfloat16", "float32"] = "float16"
     path: str = ""            # local transformers-format directory; overrides the hub id
@@ -159,6 +158,19 @@ class RunConfig(_Node):
     convert_nunchaku: bool = False
     seed: int = 42
 
+    @model_validator(mode="before")
+    @classmethod
+    def _export_scale_dtype(cls, data):
+        """--convert-nunchaku stores 16-bit scales: unless a scale dtype is set, quantize with float16 scales so the
+        codes are computed with exactly the values the export holds."""
+        if isinstance(data, dict) and data.get("convert_nunchaku"):
+            wg = (data.get("quant") or {}).get("wgts") or {}
+            if isinstance(wg, dict) and wg.get("scale_dtype") is None:
+                q = dict(data.get("quant") or {})
+                q["wgts"] = {**wg, "scale_dtype": "float16"}
+                data = {**data, "quant": q}
+        return data
+
     def job_name(self) -> str:
         if self.output.job:
             return self.output.job
@@ -250,36 +262,3 @@ def config_hash(obj: Any) -> str:
     if isinstance(obj, RunConfig):
         obj = obj.model_dump(mode="json", include={"model", "quant", "seed"})
     return hashlib.sha256(canonical_json(obj).encode()).hexdigest()
-
-
-def stage_slices(cfg: RunConfig) -> dict[str, dict]:
-    """The part of the config each cached stage depends on (upstream keys are added by the store)."""
-    m, q = cfg.model, cfg.quant
-    w = q.wgts.model_dump(mode="json")
-    return {
-        "fetch_model": {"model": m.model_dump(mode="json", exclude={"device", "dtype"}), "seed": cfg.seed},
-        "build_calibration_set": {"calib": q.calib.model_dump(mode="json", include={"path", "num_samples",
-                                                                                  "image_size"}),
-                                  "seed": cfg.seed},
-        "capture_activations": {"device": m.device, "dtype": m.dtype, "batch_size": q.calib.batch_size,
-                                "sample_tokens": q.calib.sample_tokens, "skip": q.skip, "seed": cfg.seed},
-        # the smoothing objective uses RTN + the branch, so GPTQ settings do not change it
-        "smooth": {"smooth": None if q.smooth is None else q.smooth.model_dump(mode="json"),
-                   "wgts": {k: v for k, v in w.items() if k != "kernel_gptq"},
-                   "ipts": q.ipts.model_dump(mode="json"),
-                   "rotation": None if q.rotation is None else q.rotation.model_dump(mode="json"), "seed": cfg.seed},
-        "rotate": {"rotation": None if q.rotation is None else q.rotation.model_dump(mode="json"), "seed": cfg.seed},
-        "gptq_lowrank": {"wgts": w, "seed": cfg.seed},
-        "evaluate": {"ipts": q.ipts.model_dump(mode="json"),
-                     "eval": q.eval.model_dump(mode="json", exclude={"regression_threshold"}),
-                     "device": m.device, "dtype": m.dtype, "image_size": q.calib.image_size, "seed": cfg.seed},
-    }
-
-
-def eval_protocol(cfg: RunConfig) -> str:
-    """Short hash of how a run is evaluated (held-out images, prompts, image size): only runs evaluated the same
-    way are comparable for the regression guard."""
-    d = {"eval": cfg.quant.eval.model_dump(mode="json", exclude={"regression_threshold", "num_overlays"}),
-         "calib": cfg.quant.calib.model_dump(mode="json", include={"path", "num_samples", "image_size"}),
-         "seed": cfg.seed}
-    return config_hash(d)[:10]

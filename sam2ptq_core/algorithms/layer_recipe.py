@@ -12,9 +12,9 @@ import torch
 
 from .gptq import gptq_quantize
 from .lowrank import low_rank_decompose, top_r_svd
-from .quant import QTensor, dequantize, fake_quantize, quantize
-from .rotate import Rotation
-from .stats import LayerStats, transform_stats
+from .quantizers import QTensor, dequantize, fake_quantize, quantize
+from .rotation import Rotation
+from .statistics import LayerStats, transform_stats
 
 __all__ = ["LayerSpec", "LayerQuant", "transform_weight", "transform_input", "quantized_output",
            "smoothing_objective", "quantize_layer", "layer_errors", "round_branch"]

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from .quant import QTensor, dequantize, quantize
+from .quantizers import QTensor, dequantize, quantize
 
 __all__ = ["LowRankResult", "low_rank_decompose", "top_r_svd"]
 

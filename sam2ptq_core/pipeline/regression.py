@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-__all__ = ["RegressionVerdict", "compare_runs"]
+__all__ = ["RegressionVerdict", "compare_runs", "eval_protocol", "family_of", "check_and_record"]
 
 
 @dataclass(frozen=True)
@@ -28,3 +28,28 @@ def compare_runs(previous: dict | None, current: dict, threshold_points: float) 
             f"the output tree was not replaced"), drop)
     return RegressionVerdict(True, f"mIoU vs FP {cur:.4f} vs {prev:.4f} at run {previous['run']} "
                                    f"(change {-drop:+.2f} points, allowed drop {threshold_points:g})", drop)
+
+
+def eval_protocol(cfg) -> str:
+    """Short hash of how a run is evaluated (held-out images, prompts, image size): only runs evaluated the same
+    way are comparable."""
+    from .config import config_hash
+    d = {"eval": cfg.quant.eval.model_dump(mode="json", exclude={"regression_threshold", "num_overlays"}),
+         "calib": cfg.quant.calib.model_dump(mode="json", include={"path", "num_samples", "image_size"}),
+         "seed": cfg.seed}
+    return config_hash(d)[:10]
+
+
+def family_of(cfg, deployment: str | None) -> str:
+    """Deployment name (else "cli"), job name and evaluation protocol: a run is only compared with earlier runs of
+    the same job evaluated on the same images with the same prompts."""
+    return f"{deployment or 'cli'}:{cfg.job_name()}:{eval_protocol(cfg)}"
+
+
+def check_and_record(ledger, family: str, current: dict, threshold_points: float) -> RegressionVerdict:
+    """Compare ``current`` with the family's last successful run in ``ledger`` (a mapping); record it when ok."""
+    history = ledger.get(family, [])
+    verdict = compare_runs(history[-1] if history else None, current, threshold_points)
+    if verdict.ok:
+        ledger[family] = history + [current]
+    return verdict

@@ -11,7 +11,7 @@ Hiera width: 96 = 12·8, 112 = 28·4, 144 = 144·1, 288 = 144·2, 576 = 144·4, 
 from __future__ import annotations
 
 import math
-from functools import lru_cache
+from functools import cache
 
 import torch
 
@@ -55,7 +55,7 @@ def _paley2(q: int) -> torch.Tensor:
 _BASES = {12: lambda: _paley1(11), 20: lambda: _paley1(19), 28: lambda: _paley2(13)}
 
 
-@lru_cache(maxsize=None)
+@cache
 def _base(k: int) -> torch.Tensor:
     return _BASES[k]()
 

@@ -1,4 +1,4 @@
-"""The stage store: content-keyed, atomic, verified stage directories (DESIGN.md §3).
+"""The stage store: content-keyed, atomic, verified stage directories .
 
 Layout: ``<root>/<stage>/<key>/`` holding the stage's files and ``manifest.json``. A stage is built in a temp dir
 beside it; ``manifest.json`` (stage, key, config slice, upstream keys, code version, files with size + sha256,
@@ -19,20 +19,21 @@ import logging
 import os
 import shutil
 import time
-import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import diskcache
 from filelock import FileLock
 
+from .. import __version__
+from ..files import atomic_dir, file_sha256
 from .config import canonical_json
 
-__all__ = ["StageStore", "Manifest", "stage_key", "file_sha256", "atomic_dir", "CODE_VERSION"]
+__all__ = ["StageStore", "Manifest", "stage_key"]
 
 log = logging.getLogger(__name__)
-CODE_VERSION = "0.1.0"
 
 
 def stage_key(stage: str, version: int, config_slice: Any, upstream: dict[str, str]) -> str:
@@ -41,12 +42,22 @@ def stage_key(stage: str, version: int, config_slice: Any, upstream: dict[str, s
     return hashlib.sha256(payload.encode()).hexdigest()
 
 
-def file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 22), b""):
-            h.update(chunk)
-    return h.hexdigest()
+_SEEN: dict[str, tuple[int, int, str]] = {}  # path → (size, mtime_ns, sha256) verified by this process
+
+
+def _verified(p: Path, info: dict) -> bool:
+    """Size and sha256 match the manifest. A file is hashed once per process: later reads in the same run trust an
+    unchanged size and mtime (a new process, e.g. a resumed run, hashes everything again)."""
+    st = p.stat()
+    if st.st_size != info["size"]:
+        return False
+    key = str(p.resolve())
+    if _SEEN.get(key) == (st.st_size, st.st_mtime_ns, info["sha256"]):
+        return True
+    if file_sha256(p) != info["sha256"]:
+        return False
+    _SEEN[key] = (st.st_size, st.st_mtime_ns, info["sha256"])
+    return True
 
 
 @dataclass(frozen=True)
@@ -74,22 +85,6 @@ def _write_manifest(tmp: Path, body: dict) -> None:
     os.replace(tmp / "manifest.json.part", tmp / "manifest.json")
 
 
-def atomic_dir(target: Path, build: Callable[[Path], None]) -> None:
-    """Build a directory in a temp sibling and swap it into ``target``; the old one survives a failed build."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.parent / f".{target.name}.tmp-{uuid.uuid4().hex[:8]}"
-    tmp.mkdir()
-    try:
-        build(tmp)
-        old = target.parent / f".{target.name}.old-{uuid.uuid4().hex[:8]}"
-        if target.exists():
-            os.replace(target, old)
-        os.replace(tmp, target)
-        shutil.rmtree(old, ignore_errors=True)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-
-
 class StageStore:
     def __init__(self, root: str | Path):
         self.root = Path(root)
@@ -115,7 +110,7 @@ class StageStore:
                     break
                 if not p.is_file():
                     problem = f"missing file {name}"
-                elif p.stat().st_size != info["size"] or file_sha256(p) != info["sha256"]:
+                elif not _verified(p, info):
                     problem = f"checksum mismatch in {name}"
         except (OSError, ValueError) as e:
             problem = f"unreadable manifest ({e})"
@@ -139,7 +134,7 @@ class StageStore:
             def _build(tmp: Path) -> None:
                 meta = build(tmp) or {}
                 _write_manifest(tmp, {"stage": stage, "key": key, "config": config_slice, "upstream": upstream,
-                                      "code_version": CODE_VERSION, "meta": meta,
+                                      "code_version": __version__, "meta": meta,
                                       "timing": {"started": t0, "seconds": round(time.time() - t0, 3)}})
             atomic_dir(d, _build)
             return self.get(stage, key), False

@@ -12,10 +12,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .data import scale_points
-from .metrics import cosine, mask_iou, sqnr_db
+from ..algorithms.metrics import cosine, mask_iou, sqnr_db
+from .images import scale_points
 
-__all__ = ["ImageEval", "point_grid", "masks_to_boxes", "encode", "predict_masks", "evaluate_image"]
+__all__ = ["ImageEval", "point_grid", "masks_to_boxes", "encode", "predict_masks", "evaluate_image", "evaluate_images",
+           "summarize", "prompt_ious"]
 
 LEVELS = ("fpn0", "fpn1", "embedding")  # stride 4, 8, 16; the last is what the mask decoder attends to
 
@@ -104,3 +105,57 @@ def evaluate_image(fp: nn.Module, q: nn.Module, pixels: torch.Tensor, orig_hw: t
         ev.gt_fp_iou = mask_iou(predict_masks(fp, fp_lv, size, orig_hw, boxes=gt[0]), gt[1])
         ev.gt_q_iou = mask_iou(predict_masks(q, q_lv, size, orig_hw, boxes=gt[0]), gt[1])
     return ev
+
+
+def evaluate_images(fp: nn.Module, q: nn.Module, items, size: int, per_side: int, num_overlays: int,
+                    progress=None) -> tuple[list[ImageEval], list[dict]]:
+    """Evaluate every held-out image. ``items`` yields (path, uint8 pixels [3, S, S], original (H, W), gt or None);
+    returns the per-image results and overlays of the worst point prompt for the first ``num_overlays`` images."""
+    import numpy as np
+
+    from .images import load_rgb, normalize
+    dev, dt = next(fp.parameters()).device, next(fp.parameters()).dtype
+    per_img, overlays = [], []
+    for i, (path, x, hw, gt) in enumerate(items):
+        ev = evaluate_image(fp, q, normalize(x[None]).to(dev, dt), hw, size, per_side, gt)
+        per_img.append(ev)
+        if i < num_overlays:
+            j = int(torch.argmin(ev.point_iou))
+            overlays.append({"image": np.asarray(load_rgb(path)), "fp": ev.fp_masks[j].numpy(),
+                             "q": ev.q_masks[j].numpy(), "point": ev.points[j].numpy(),
+                             "iou": float(ev.point_iou[j]), "title": f"{path.name}: worst point prompt"})
+        if progress:
+            progress(i + 1, what=path.name)
+    return per_img, overlays
+
+
+def _summary(ious: list[torch.Tensor]) -> dict:
+    v = torch.cat(ious) if ious else torch.zeros(0, dtype=torch.float64)
+    n = int(v.numel())
+    return {"num": n, "miou": float(v.mean()) if n else float("nan"),
+            "frac_below_0_9": float((v < 0.9).double().mean()) if n else float("nan")}
+
+
+def _mean(d: list[dict]) -> dict:
+    return {k: sum(x[k] for x in d) / len(d) for k in d[0]} if d else {}
+
+
+def summarize(per_img: list[ImageEval]) -> dict:
+    """The headline numbers of a list of per-image results: encoder SQNR/cosine per level, mask agreement,
+    ground truth (when prompted with GT boxes)."""
+    pts, bxs = [e.point_iou for e in per_img], [e.box_iou for e in per_img]
+    allp = _summary(pts + bxs)
+    gt = [e for e in per_img if e.gt_fp_iou is not None]
+    extra = {"gt": {"miou_fp": float(torch.cat([e.gt_fp_iou for e in gt]).mean()),
+                    "miou_quant": float(torch.cat([e.gt_q_iou for e in gt]).mean()),
+                    "num": int(sum(len(e.gt_fp_iou) for e in gt)), "images": len(gt)}} if gt else {}
+    enc = {"sqnr_db": _mean([e.sqnr for e in per_img]), "cosine": _mean([e.cos for e in per_img])}
+    return {**extra, "encoder": enc,
+            "masks": {"miou_vs_fp": allp["miou"], "frac_iou_below_0_9": allp["frac_below_0_9"],
+                      "num_prompts": allp["num"], "points": _summary(pts), "boxes": _summary(bxs)}}
+
+
+def prompt_ious(per_img: list[ImageEval]) -> dict[str, list[float]]:
+    """Every prompt's IoU by prompt kind (for the histogram)."""
+    return {"points": torch.cat([e.point_iou for e in per_img]).tolist(),
+            "boxes": torch.cat([e.box_iou for e in per_img]).tolist()}

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .quant import QTensor, compute_qparams, dequantize, expand_groups, qdtype, quantize, quantize_with
+from .quantizers import QTensor, compute_qparams, dequantize, expand_groups, qdtype, quantize, quantize_with
 
 __all__ = ["GPTQResult", "gptq_quantize", "proxy_loss"]
 

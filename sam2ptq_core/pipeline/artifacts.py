@@ -1,0 +1,167 @@
+"""Typed stage artifacts: each class alone knows its stage's file names and how to write and read them.
+
+An artifact wraps a verified stage directory (a ``Manifest`` from the store). Readers load lazily, one file at a
+time, so a stage that needs only ``sources.json`` never loads ``images.pt``. Writers are static methods called by
+the stage's build function on the temporary directory. Tensors are saved with ``torch.save`` and read with
+``torch.load(..., weights_only=True)``; everything else is JSON.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, ClassVar
+
+from .store import Manifest
+
+__all__ = ["Artifact", "FetchedModel", "CalibrationSet", "ActivationStats", "RotationSpec", "SmoothingChoice",
+           "QuantizedLayers", "Evaluation"]
+
+
+def _save_pt(obj: Any, path: Path) -> None:
+    import torch
+    torch.save(obj, path)
+
+
+def _load_pt(path: Path) -> Any:
+    import torch
+    return torch.load(path, weights_only=True)
+
+
+def _save_json(obj: Any, path: Path) -> None:
+    path.write_text(json.dumps(obj, indent=1))
+
+
+class Artifact:
+    """A finished stage's files. ``FILES``: the files every build writes (a stage may add more, e.g. overlays)."""
+    FILES: ClassVar[tuple[str, ...]] = ()
+
+    def __init__(self, manifest: Manifest):
+        self.manifest = manifest
+
+    @property
+    def key(self) -> str:
+        return self.manifest.key
+
+    @property
+    def meta(self) -> dict:
+        return self.manifest.meta
+
+    def files(self) -> list[Path]:
+        """Every file of the stage (as listed and verified by the manifest)."""
+        return [self.manifest.path(n) for n in sorted(self.manifest.data.get("files", {}))]
+
+    def _json(self, name: str) -> Any:
+        return json.loads(self.manifest.path(name).read_text())
+
+    def _pt(self, name: str) -> Any:
+        return _load_pt(self.manifest.path(name))
+
+
+class FetchedModel(Artifact):
+    """Which weights the run uses: source, local path, random or not, and their sha256 (the model itself is
+    reloaded from there and checked against the hash)."""
+    FILES = ("model.json",)
+
+    @staticmethod
+    def write(d: Path, info: dict) -> None:
+        _save_json(info, d / "model.json")
+
+    def info(self) -> dict:
+        return self._json("model.json")
+
+
+class CalibrationSet(Artifact):
+    """Resized uint8 calibration images [N, 3, S, S] and where each came from (path, size, sha256, original hw)."""
+    FILES = ("images.pt", "sources.json")
+
+    @staticmethod
+    def write(d: Path, images, sources: list[dict]) -> None:
+        _save_pt(images, d / "images.pt")
+        _save_json(sources, d / "sources.json")
+
+    def images(self):
+        return self._pt("images.pt")
+
+    def sources(self) -> list[dict]:
+        return self._json("sources.json")
+
+
+class ActivationStats(Artifact):
+    """Per-layer input statistics of the float encoder (absmax, Σ XᵀX, a token reservoir)."""
+    FILES = ("acts.pt",)
+
+    @staticmethod
+    def write(d: Path, stats: dict) -> None:
+        _save_pt({k: v.to_dict() for k, v in stats.items()}, d / "acts.pt")
+
+    def stats(self) -> dict:
+        from ..algorithms.statistics import LayerStats
+        return {k: LayerStats.from_dict(v) for k, v in self._pt("acts.pt").items()}
+
+    def widths(self) -> list[int]:
+        return list(self.meta["widths"].values())
+
+
+class RotationSpec(Artifact):
+    """The Hadamard rotation of every input width: how to rebuild each matrix and its sha256."""
+    FILES = ("rotation.json",)
+
+    @staticmethod
+    def write(d: Path, spec: dict) -> None:
+        _save_json(spec, d / "rotation.json")
+
+    def spec(self) -> dict:
+        return self._json("rotation.json")
+
+    def matrices(self) -> dict:
+        from ..algorithms.model_recipe import rotation_matrices
+        return rotation_matrices(self.spec())
+
+
+class SmoothingChoice(Artifact):
+    """Per-layer smoothing scales, which layers keep the rotation, and the search log."""
+    FILES = ("smooth.pt", "rotation_choice.json", "search_log.json")
+
+    @staticmethod
+    def write(d: Path, scales: dict, rotation_choice: dict, search_log: dict) -> None:
+        _save_pt(scales, d / "smooth.pt")
+        _save_json(rotation_choice, d / "rotation_choice.json")
+        _save_json(search_log, d / "search_log.json")
+
+    def scales(self) -> dict:
+        return self._pt("smooth.pt")
+
+    def rotation_choice(self) -> dict:
+        """{"random", "seed", "layers": [names of the rotated layers]}."""
+        return self._json("rotation_choice.json")
+
+
+class QuantizedLayers(Artifact):
+    """Per layer: dequantized residual weight, int codes, scale, zero, bias and the low-rank branch; plus the
+    per-layer error table and GPTQ fallbacks."""
+    FILES = ("qlayers.pt", "layers.json")
+
+    @staticmethod
+    def write(d: Path, qlayers: dict, layer_report: dict) -> None:
+        _save_pt(qlayers, d / "qlayers.pt")
+        _save_json(layer_report, d / "layers.json")
+
+    def qlayers(self) -> dict:
+        return self._pt("qlayers.pt")
+
+    def layer_report(self) -> dict:
+        """{"layers": [{name, weight_rel_err, output_rel_err}], "fallbacks": {layer: message}}."""
+        return self._json("layers.json")
+
+
+class Evaluation(Artifact):
+    """metrics.json, report.md and the report's pictures (copied into the output tree by export)."""
+    FILES = ("metrics.json", "report.md")
+
+    @staticmethod
+    def write(d: Path, metrics: dict, overlays: list[dict], ious: dict) -> None:
+        from ..export.report import write_report
+        write_report(d, metrics, overlays, ious)
+
+    def metrics(self) -> dict:
+        return self._json("metrics.json")

@@ -1,0 +1,57 @@
+"""The evaluate stage's work for a run config: pick the held-out images, build float and quantized models from
+the stage artifacts, score them and assemble metrics.json (``random_weights`` first)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from ..sam2.evaluation import evaluate_images, prompt_ious, summarize
+from ..sam2.images import folder_digest, preprocess, select_images
+from ..sam2.quantized_model import build_quantized
+from .artifacts import CalibrationSet, FetchedModel, QuantizedLayers, SmoothingChoice
+from .config import RunConfig, config_hash, group_size_of
+from .runtime import load_fp_model, to_run_dtype
+from .stages import store_of
+
+__all__ = ["held_out_images", "run_evaluation"]
+
+
+def held_out_images(c: RunConfig, calib_paths: set[str], only_names: set[str] | None = None) -> list[Path]:
+    """``quant.eval.path`` or, without it, a seeded choice from the calibration folder disjoint from calibration."""
+    ev = c.quant.eval
+    paths, _ = select_images(ev.path or c.quant.calib.path, ev.num_samples, c.seed + 1,
+                             exclude=set() if ev.path else calib_paths, what="evaluation (held out from calibration)",
+                             only_names=only_names)
+    return paths
+
+
+def run_evaluation(c: RunConfig, fetched: FetchedModel, calib: CalibrationSet, smooth: SmoothingChoice,
+                   gptq: QuantizedLayers, progress=None) -> tuple[dict, list[dict], dict]:
+    """(metrics, overlays, per-prompt IoUs by kind) of the quantized model against the float one."""
+    from ..sam2.coco import gt_prompts, load_coco
+    fp = load_fp_model(c, fetched)
+    ip = c.quant.ipts
+    qm = build_quantized(fp.model, gptq.qlayers(), smooth.scales(), smooth.rotation_choice(), ip.dtype,
+                         group_size_of(ip.group_shapes))
+    coco = load_coco(c.quant.eval.annotations) if c.quant.eval.annotations else None
+    paths = held_out_images(c, {s["path"] for s in calib.sources()}, set(coco[1]) if coco else None)
+    cache = store_of(c).preprocess_cache()
+    digest = folder_digest(cache, c.quant.eval.path or c.quant.calib.path)
+    size = c.quant.calib.image_size
+
+    def items():
+        for p in paths:
+            x, hw = preprocess(cache, p, digest[str(p)], size)
+            yield p, x, hw, (gt_prompts(coco[0], coco[1][p.name]) if coco else None)
+    per_img, overlays = evaluate_images(to_run_dtype(fp.model, c), to_run_dtype(qm, c), items(), size,
+                                        c.quant.eval.points_per_side, c.quant.eval.num_overlays, progress)
+    q = c.quant
+    a_bits = q.ipts.dtype[-1] if q.ipts.dtype else "16"
+    layer_info = gptq.layer_report()
+    metrics = {  # random_weights first: whoever opens the file sees it before any number
+        "random_weights": fp.random_weights, "model": c.model.name, "source": fp.source,
+        "config_hash": config_hash(c),
+        "quant": f"W{q.wgts.dtype[-1]}A{a_bits} ({q.wgts.dtype} weights, {q.ipts.dtype or 'float'} activations)",
+        "eval_images": len(paths), "eval_files": [str(p) for p in paths], **summarize(per_img),
+        "layers": layer_info["layers"], "gptq_fallbacks": sorted(layer_info["fallbacks"]),
+    }
+    return metrics, overlays, prompt_ious(per_img)

@@ -1,0 +1,84 @@
+"""What stages load at run time: the device, the float model (checked against its fetched hash), the run dtype,
+and the inputs of the per-layer stages. Heavy libraries are imported here, when a stage needs them."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from ..algorithms.layer_recipe import LayerSpec
+from ..algorithms.model_recipe import layer_rotations
+from ..sam2.loading import DTYPES, load_model, quantizable_linears, weights_sha256
+from .artifacts import ActivationStats, FetchedModel, RotationSpec
+from .config import QuantCfg, RunConfig, group_size_of
+from .progress import run_logger
+from .stages import StageError
+
+__all__ = ["device_of", "FPModel", "load_fp_model", "to_run_dtype", "layer_spec", "LayerInputs",
+           "load_layer_inputs"]
+
+
+def device_of(cfg: RunConfig) -> torch.device:
+    if cfg.model.device == "cuda" and not torch.cuda.is_available():
+        raise StageError("model.device is cuda but no CUDA device is available; use --model.device cpu")
+    return torch.device(cfg.model.device)
+
+
+@dataclass
+class FPModel:
+    model: nn.Module
+    random_weights: bool
+    source: str
+
+
+def load_fp_model(cfg: RunConfig, fetched: FetchedModel) -> FPModel:
+    """Rebuild/load the float model recorded by fetch_model and check it is bit-for-bit the same weights."""
+    meta = fetched.meta
+    lm = load_model(cfg.model.name, path=meta.get("path", ""), revision=cfg.model.revision,
+                    random_init=cfg.model.random_init, seed=cfg.seed, image_size=cfg.quant.calib.image_size,
+                    arch=cfg.model.arch)
+    if weights_sha256(lm.model) != meta["weights_sha256"]:
+        raise StageError("fetch_model: the model weights changed since they were fetched; clear the cache entry")
+    return FPModel(lm.model, lm.random_weights, lm.source)
+
+
+def to_run_dtype(model: nn.Module, cfg: RunConfig) -> nn.Module:
+    dt = DTYPES[cfg.model.dtype]
+    if cfg.model.device == "cpu" and dt == torch.float16:
+        run_logger().warning("model.dtype float16 on CPU runs in float32 (CPU float16 kernels are missing or slow); "
+                             "use --model.dtype bfloat16 or float32 to silence this")
+        dt = torch.float32
+    return model.to(device=device_of(cfg), dtype=dt)
+
+
+def layer_spec(q: QuantCfg, seed: int) -> LayerSpec:
+    """The flat per-layer view of the wgts / ipts / low_rank / kernel_gptq config."""
+    w, g, lr = q.wgts, q.wgts.kernel_gptq, q.wgts.low_rank
+    return LayerSpec(
+        w_dtype=w.dtype, w_group=group_size_of(w.group_shapes),
+        a_dtype=q.ipts.dtype, a_group=group_size_of(q.ipts.group_shapes),
+        rank=lr.rank if lr else 0, lowrank_iters=lr.num_iters if lr else 1,
+        randomized_svd=lr.randomized if lr else True,
+        gptq=g is not None, block_size=g.block_size if g else 128, damp_percentage=g.damp_percentage if g else 0.01,
+        num_inv_tries=g.num_inv_tries if g else 250, act_order=g.act_order if g else False, seed=seed,
+        scale_dtype=w.scale_dtype)
+
+
+@dataclass
+class LayerInputs:
+    """What the per-layer stages work on: the float model, its trunk linears, their statistics and each layer's
+    candidate rotation (None where rotation is off)."""
+    fp: FPModel
+    layers: dict
+    stats: dict
+    rots: dict
+    by_width: dict
+
+
+def load_layer_inputs(cfg: RunConfig, fetched: FetchedModel, acts: ActivationStats, rot: RotationSpec) -> LayerInputs:
+    fp = load_fp_model(cfg, fetched)
+    stats = acts.stats()
+    layers = {k: v for k, v in quantizable_linears(fp.model, cfg.quant.skip).items() if k in stats}
+    by_width = rot.matrices()
+    return LayerInputs(fp, layers, stats, layer_rotations(layers, by_width), by_width)

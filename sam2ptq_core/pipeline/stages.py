@@ -1,0 +1,145 @@
+"""Every cached stage, declared once: name, version, config slice, upstream stages and typed artifact.
+
+A stage's key is sha256 over (name, version, its config slice, any extra key material the task adds, and the keys
+of its upstream stages), so a change invalidates exactly the stages that depend on it. ``run_stage`` consumes a
+declaration: it keys the stage, reuses the finished artifact or builds it in the store, and returns a ``Ref``.
+Bump ``version`` when a stage's algorithm changes its output: its key and every downstream key change.
+"""
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import TypedDict
+
+from . import artifacts as A
+from .config import RunConfig
+from .progress import run_logger
+from .store import StageStore, stage_key
+
+__all__ = ["Stage", "STAGES", "StageError", "Ref", "run_stage", "open_artifact", "stage_errors", "store_of"]
+
+
+class StageError(RuntimeError):
+    """A stage failed; the message starts with the stage name."""
+
+
+class Ref(TypedDict):
+    """What tasks pass to each other: a finished stage in the store, whether it was reused and how long it took."""
+    stage: str
+    key: str
+    dir: str
+    reused: bool
+    seconds: float
+
+
+@dataclass(frozen=True)
+class Stage:
+    name: str
+    version: int
+    upstream: tuple[str, ...]                 # the stages whose artifacts it reads
+    config_slice: Callable[[RunConfig], dict]  # the part of the config its result depends on
+    artifact: type[A.Artifact]
+    summary: str
+
+
+def _dump(m, **kw) -> dict | None:
+    return None if m is None else m.model_dump(mode="json", **kw)
+
+
+def _fetch_slice(c: RunConfig) -> dict:
+    return {"model": _dump(c.model, exclude={"device", "dtype"}), "seed": c.seed}
+
+
+def _calib_slice(c: RunConfig) -> dict:
+    return {"calib": _dump(c.quant.calib, include={"path", "num_samples", "image_size"}), "seed": c.seed}
+
+
+def _capture_slice(c: RunConfig) -> dict:
+    q = c.quant
+    return {"device": c.model.device, "dtype": c.model.dtype, "batch_size": q.calib.batch_size,
+            "sample_tokens": q.calib.sample_tokens, "skip": q.skip, "seed": c.seed}
+
+
+def _rotate_slice(c: RunConfig) -> dict:
+    return {"rotation": _dump(c.quant.rotation), "seed": c.seed}
+
+
+def _smooth_slice(c: RunConfig) -> dict:
+    q = c.quant  # the smoothing objective uses RTN + the branch, so GPTQ settings do not change it
+    return {"smooth": _dump(q.smooth), "wgts": _dump(q.wgts, exclude={"kernel_gptq"}), "ipts": _dump(q.ipts),
+            "rotation": _dump(q.rotation), "seed": c.seed}
+
+
+def _gptq_slice(c: RunConfig) -> dict:
+    return {"wgts": _dump(c.quant.wgts), "seed": c.seed}
+
+
+def _evaluate_slice(c: RunConfig) -> dict:
+    q = c.quant
+    return {"ipts": _dump(q.ipts), "eval": _dump(q.eval, exclude={"regression_threshold"}),
+            "device": c.model.device, "dtype": c.model.dtype, "image_size": q.calib.image_size, "seed": c.seed}
+
+
+STAGES: dict[str, Stage] = {s.name: s for s in [
+    Stage("fetch_model", 1, (), _fetch_slice, A.FetchedModel,
+          "resolve the checkpoint (hub id + revision, local dir, HF cache) or the seeded random model"),
+    Stage("build_calibration_set", 1, (), _calib_slice, A.CalibrationSet,
+          "choose the calibration images and store them resized as uint8"),
+    Stage("capture_activations", 1, ("fetch_model", "build_calibration_set"), _capture_slice, A.ActivationStats,
+          "run the float encoder and keep per-layer input statistics"),
+    Stage("rotate", 1, ("capture_activations",), _rotate_slice, A.RotationSpec,
+          "the Hadamard rotation of every quantized input width"),
+    Stage("smooth", 2, ("fetch_model", "capture_activations", "rotate"), _smooth_slice, A.SmoothingChoice,
+          "per-layer smoothing scales and the per-layer rotation choice"),
+    Stage("gptq_lowrank", 1, ("fetch_model", "capture_activations", "rotate", "smooth"), _gptq_slice,
+          A.QuantizedLayers, "low-rank branch + GPTQ (or RTN) of every trunk linear, per-layer errors"),
+    Stage("evaluate", 2, ("fetch_model", "build_calibration_set", "smooth", "gptq_lowrank"), _evaluate_slice,
+          A.Evaluation, "float vs quantized SAM2 on held-out images: SQNR, mask IoU, report"),
+]}
+
+
+def store_of(cfg: RunConfig) -> StageStore:
+    return StageStore(cfg.cache.root)
+
+
+@contextmanager
+def stage_errors(stage: str):
+    """Re-raise any failure as StageError naming the stage (finished stages stay in the store)."""
+    try:
+        yield
+    except StageError:
+        raise
+    except Exception as e:
+        msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise StageError(f"stage {stage} failed: {msg}") from e
+
+
+def open_artifact(cfg: RunConfig, ref: Ref):
+    """The verified artifact of a finished stage (its declared artifact class)."""
+    m = store_of(cfg).get(ref["stage"], ref["key"])
+    if m is None:
+        raise StageError(f"stage {ref['stage']} artifact {ref['key'][:12]} vanished from the store; rerun the flow")
+    return STAGES[ref["stage"]].artifact(m)
+
+
+def run_stage(stage: Stage, cfg: RunConfig, upstream: dict[str, Ref], build: Callable,
+              key_extra: Callable[[], dict] | None = None) -> Ref:
+    """Key ``stage`` (its config slice + ``key_extra()`` + the upstream keys), reuse it or ``build(tmp_dir)`` it in
+    the store, log "reused"/"built", and return its Ref. ``build`` returns the manifest's ``meta`` dict. Every
+    failure is a StageError naming the stage."""
+    if set(upstream) != set(stage.upstream):
+        raise TypeError(f"{stage.name} reads {sorted(stage.upstream)}, got refs for {sorted(upstream)}")
+    t0 = time.time()
+    with stage_errors(stage.name):
+        sl = stage.config_slice(cfg)
+        keys = {n: upstream[n]["key"] for n in stage.upstream}
+        key = stage_key(stage.name, stage.version, {**sl, **(key_extra() if key_extra else {})}, keys)
+        m, reused = store_of(cfg).run(stage.name, key, sl, keys, build)
+    seconds = round(time.time() - t0, 2)
+    if reused:
+        run_logger().info("reused %s %s", stage.name, m.key[:12])
+    else:
+        run_logger().info("built %s %s in %.1f s", stage.name, m.key[:12], seconds)
+    return Ref(stage=stage.name, key=m.key, dir=str(m.dir), reused=reused, seconds=seconds)

@@ -1,0 +1,44 @@
+"""The published SAM2.1 Hiera variants (the one table that config validation, loading and the docs read), their hub
+ids, and the checks of a local checkpoint directory. No torch import, so that validating a run stays fast.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+__all__ = ["VARIANTS", "VARIANT_NAMES", "hub_id", "ModelUnavailable", "check_checkpoint_dir"]
+
+# Published Hiera configurations of facebook/sam2.1-hiera-* .
+VARIANTS: dict[str, dict] = {
+    "tiny": dict(hidden_size=96, embed_dim_per_stage=[96, 192, 384, 768], num_attention_heads_per_stage=[1, 2, 4, 8],
+                 blocks_per_stage=[1, 2, 7, 2], global_attention_blocks=[5, 7, 9], window_size_per_stage=[8, 4, 14, 7],
+                 window_positional_embedding_background_size=[7, 7]),
+    "small": dict(hidden_size=96, embed_dim_per_stage=[96, 192, 384, 768], num_attention_heads_per_stage=[1, 2, 4, 8],
+                  blocks_per_stage=[1, 2, 11, 2], global_attention_blocks=[7, 10, 13],
+                  window_size_per_stage=[8, 4, 14, 7], window_positional_embedding_background_size=[7, 7]),
+    "base-plus": dict(hidden_size=112, embed_dim_per_stage=[112, 224, 448, 896],
+                      num_attention_heads_per_stage=[2, 4, 8, 16], blocks_per_stage=[2, 3, 16, 3],
+                      global_attention_blocks=[12, 16, 20], window_size_per_stage=[8, 4, 14, 7],
+                      window_positional_embedding_background_size=[14, 14]),
+    "large": dict(hidden_size=144, embed_dim_per_stage=[144, 288, 576, 1152],
+                  num_attention_heads_per_stage=[2, 4, 8, 16], blocks_per_stage=[2, 6, 36, 4],
+                  global_attention_blocks=[23, 33, 43], window_size_per_stage=[8, 4, 16, 8],
+                  window_positional_embedding_background_size=[7, 7]),
+}
+
+VARIANT_NAMES = tuple(VARIANTS)
+
+
+def hub_id(name: str) -> str:
+    return f"facebook/sam2.1-hiera-{name}"
+
+
+class ModelUnavailable(RuntimeError):
+    """The checkpoint cannot be found or read; the message says which and the ways out."""
+
+
+def check_checkpoint_dir(path: str | Path) -> Path:
+    p = Path(path)
+    if not (p / "config.json").is_file():
+        raise ModelUnavailable(f"model.path {p} is not a transformers SAM2 checkpoint (no config.json there); "
+                               f"point --model.path at a directory saved with save_pretrained")
+    return p
