@@ -40,7 +40,7 @@ start)
     done
     curl -fsS "$PREFECT_API_URL/health" >/dev/null || { echo "server did not start; see $DIR/server.log" >&2; exit 1; }
     $PREFECT work-pool inspect sam2-gpu >/dev/null 2>&1 || $PREFECT work-pool create sam2-gpu --type process >/dev/null
-    SAM2PTQ_HOME=$PWD $PREFECT --no-prompt deploy --all >"$DIR/deploy.log" 2>&1 \
+    $PREFECT --no-prompt deploy --all >"$DIR/deploy.log" 2>&1 \
         || { echo "prefect deploy failed; see $DIR/deploy.log" >&2; exit 1; }
     setsid $PREFECT worker start --pool sam2-gpu --limit 1 >"$DIR/worker.log" 2>&1 < /dev/null &
     echo $! >"$DIR/worker.pid"

@@ -1,11 +1,18 @@
 #!/usr/bin/env bash
 # Create .venv with the CPU torch wheel first (a plain "torch" requirement would pull a multi-GB CUDA build),
-# then install the project and its test tools. Idempotent. On a GPU machine install your CUDA torch build instead.
+# then install the project and its test tools. Returns at once when .venv was already installed for this exact
+# pyproject.toml (a stamp in .venv records its sha256). On a GPU machine install your CUDA torch build first.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
+STAMP=.venv/.sam2ptq-installed
+WANT=$(sha256sum pyproject.toml | cut -d' ' -f1)
+if [ -x .venv/bin/python ] && [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$WANT" ]; then
+    exit 0
+fi
 [ -x .venv/bin/python ] || "$PY" -m venv .venv
 . .venv/bin/activate
 python -m pip install -q --upgrade pip >/dev/null 2>&1 || true
 python -c "import torch" 2>/dev/null || python -m pip install -q "torch==${TORCH_VERSION:-2.13.0}"
 python -m pip install -q -e '.[dev]'
+echo "$WANT" > "$STAMP"

@@ -77,7 +77,7 @@ def _digest(out: Path) -> dict:
 def test_deploy_run_kill_retry(tmp_path):
     port = _free_port()
     env = {**os.environ, "PREFECT_HOME": str(tmp_path / "home"), "PREFECT_API_URL": f"http://127.0.0.1:{port}/api",
-           "SAM2PTQ_HOME": str(ROOT), "DO_NOT_TRACK": "1", "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+           "DO_NOT_TRACK": "1", "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
            "PYTHONUNBUFFERED": "1", "COLUMNS": "300"}
     procs = []
     t0 = time.time()

@@ -25,7 +25,18 @@ def test_prefect_yaml_declares_nightly_deployments():
         dep = deps[name]
         assert dep["schedules"][0]["cron"] == "0 2 * * *" and dep["schedules"][0]["timezone"] == "UTC"
         assert dep["concurrency_limit"]["limit"] == 1
-        assert dep["work_pool"]["job_variables"]["env"]["CUDA_VISIBLE_DEVICES"] == "0"
+        # a process worker's job variables override its environment: a pin here would send every run to GPU 0
+        assert "CUDA_VISIBLE_DEVICES" not in dep["work_pool"]["job_variables"]["env"]
         assert (ROOT / dep["parameters"]["config"]).is_file()
-    step = d["pull"][0]["prefect.deployments.steps.set_working_directory"]
+    step = d["pull"][0]["flows.deploy_steps.checkout_directory"]
     assert step["directory"] == "{{ $SAM2PTQ_HOME }}"
+
+
+def test_pull_step_finds_the_checkout(tmp_path, monkeypatch):
+    from flows.deploy_steps import checkout_directory
+    monkeypatch.delenv("SAM2PTQ_HOME", raising=False)
+    monkeypatch.chdir(tmp_path)
+    assert checkout_directory("") == {"directory": str(ROOT)}  # nothing set: the installed checkout
+    monkeypatch.setenv("SAM2PTQ_HOME", str(tmp_path))
+    with pytest.raises(FileNotFoundError, match="not a sam2ptq checkout"):
+        checkout_directory("")

@@ -62,7 +62,8 @@ def test_flow_output_tree_and_full_reuse(prefect_server, tmp_path):
 
     _run(tmp_path, "quant.eval.points_per_side=3")  # eval-only change: only evaluate is rebuilt
     st = _stages(out)
-    assert not st["evaluate"]["reused"] and all(v["reused"] for k, v in st.items() if k != "evaluate")
+    assert not st["evaluate"]["reused"] and not st["export"]["reused"]
+    assert all(v["reused"] for k, v in st.items() if k not in ("evaluate", "export"))
 
     # GPTQ change: capture and smoothing reused. (On random weights a GPTQ edit can move mIoU by more than the
     # nightly guard's 0.5 points; the threshold is not part of any stage key, so raising it here reuses evaluate.)
@@ -212,3 +213,38 @@ def test_kill_during_capture_then_resume_is_bitwise_equal(tmp_path):
     r = _cli(*common, "--cache.root", str(fresh / "c"), "--output.root", str(fresh / "o"), env=env, timeout=600)
     assert r.returncode == 0, r.stderr[-2000:]
     assert _tree_digest(killed / "o" / "reduced_w4a4") == _tree_digest(fresh / "o" / "reduced_w4a4")
+
+
+def test_first_run_on_a_fresh_prefect_home_then_cached_summary(tmp_path):
+    """A machine where Prefect never ran: the temporary server gets the time its first start needs, the console says
+    so, and the default output ends with the per-stage summary; the rerun reuses every stage."""
+    env = {**os.environ, "PREFECT_HOME": str(tmp_path / "prefect-home")}
+    for k in ("PREFECT_API_URL", "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS"):
+        env.pop(k, None)
+    args = ["--config", str(REDUCED_CFG), "--cache.root", str(tmp_path / "c"), "--output.root", str(tmp_path / "o")]
+    r = _cli(*args, env=env, timeout=600)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "first start on this machine" in r.stderr
+    out = r.stdout.strip().splitlines()
+    assert out[0].startswith("RANDOM WEIGHTS")
+    stages = [ln.split() for ln in out if ln.startswith("  ")]
+    assert [s[0] for s in stages] == ["fetch_model", "build_calibration_set", "capture_activations", "rotate",
+                                      "smooth", "gptq_lowrank", "evaluate", "export"]
+    assert all(s[1] == "built" for s in stages)
+    assert any(ln.startswith("embedding SQNR ") and "mask mIoU vs float" in ln for ln in out)
+    assert out[-2] == f"output: {tmp_path / 'o' / 'reduced_w4a4'}" and out[-1].startswith("wall time: ")
+    r = _cli(*args, env=env, timeout=600)
+    assert r.returncode == 0 and "first start" not in r.stderr
+    assert all(ln.split()[1] == "reused" for ln in r.stdout.splitlines() if ln.startswith("  "))
+    assert "Traceback" not in r.stderr
+
+
+def test_shipped_w4a4_configs_have_nunchaku_twins():
+    from sam2ptq_core.export.nunchaku_support import check_supported
+    for f in sorted((ROOT / "configs").glob("hiera_*_w4a4.yaml")):
+        twin = load_config(f.with_name(f.stem + "_nunchaku.yaml"))
+        check_supported(twin)  # raises when nunchaku could not run it
+        base = load_config(f)
+        assert twin.quant.wgts.dtype == base.quant.wgts.dtype and twin.quant.wgts.low_rank == base.quant.wgts.low_rank
+        # asking for the export keeps the scales in the 16-bit dtype it stores
+        assert load_config(f, ["convert_nunchaku=true"]).quant.wgts.scale_dtype == "float16"
