@@ -1,0 +1,70 @@
+"""Wall time of the demo as a user sees it: the first run on a fresh machine, and fully cached reruns with Prefect's
+temporary server and with a running Prefect server. Medians of /usr/bin/time over several runs.
+
+    python benchmarks/startup.py [--runs 5] [--first]      # --first: also the first run (fresh cache + PREFECT_HOME)
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+DEMO = [sys.executable, "quantize_sam2.py", "--config", "configs/demo.yaml"]
+
+
+def timed(env: dict, extra: list[str]) -> float:
+    r = subprocess.run(["/usr/bin/time", "-f", "%e", *DEMO, *extra], cwd=ROOT, env=env, capture_output=True,
+                       text=True)
+    if r.returncode != 0:
+        raise SystemExit(f"demo failed: {r.stderr[-2000:]}")
+    return float(r.stderr.strip().splitlines()[-1])
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--runs", type=int, default=5)
+    ap.add_argument("--first", action="store_true")
+    a = ap.parse_args()
+    tmp = Path(tempfile.mkdtemp(prefix="sam2ptq-startup-"))
+    base = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
+    env = {**base, "PREFECT_HOME": str(tmp / "home")}
+    extra = ["--cache.root", str(tmp / "cache"), "--output.root", str(tmp / "out")]
+    out = {"machine": f"{os.cpu_count()} cores", "runs": a.runs}
+    if a.first:
+        out["first_run_s"] = timed(env, extra)  # fresh PREFECT_HOME and an empty stage store
+    else:
+        timed(env, extra)  # fill the store
+    out["cached_temporary_server_s"] = [timed(env, extra) for _ in range(a.runs)]
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    api = f"http://127.0.0.1:{port}/api"
+    server = subprocess.Popen([sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1", "--port",
+                               str(port)], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        for _ in range(240):
+            try:
+                urllib.request.urlopen(f"{api}/health", timeout=1)
+                break
+            except OSError:
+                time.sleep(0.5)
+        out["cached_running_server_s"] = [timed({**env, "PREFECT_API_URL": api}, extra) for _ in range(a.runs)]
+    finally:
+        server.terminate()
+        server.wait(30)
+    for k in ("cached_temporary_server_s", "cached_running_server_s"):
+        out[k.replace("_s", "_median_s")] = statistics.median(out[k])
+    print(json.dumps(out, indent=1))
+
+
+if __name__ == "__main__":
+    main()
