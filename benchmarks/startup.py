@@ -8,16 +8,16 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import socket
 import statistics
 import subprocess
 import sys
 import tempfile
-import time
-import urllib.request
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+from tests.helpers import free_port, wait_healthy  # noqa: E402
+
 DEMO = [sys.executable, "quantize_sam2.py", "--config", "configs/demo.yaml"]
 
 
@@ -44,25 +44,19 @@ def main() -> None:
     else:
         timed(env, extra)  # fill the store
     out["cached_temporary_server_s"] = [timed(env, extra) for _ in range(a.runs)]
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     api = f"http://127.0.0.1:{port}/api"
     server = subprocess.Popen([sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1", "--port",
                                str(port)], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        for _ in range(240):
-            try:
-                urllib.request.urlopen(f"{api}/health", timeout=1)
-                break
-            except OSError:
-                time.sleep(0.5)
+        if not wait_healthy(api):
+            raise SystemExit("the Prefect server did not start")
         out["cached_running_server_s"] = [timed({**env, "PREFECT_API_URL": api}, extra) for _ in range(a.runs)]
     finally:
         server.terminate()
         server.wait(30)
     for k in ("cached_temporary_server_s", "cached_running_server_s"):
-        out[k.replace("_s", "_median_s")] = statistics.median(out[k])
+        out[k[:-2] + "_median_s"] = statistics.median(out[k])
     print(json.dumps(out, indent=1))
 
 

@@ -10,26 +10,18 @@ import json
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import time
-import urllib.request
 from pathlib import Path
 
 import pytest
 
-from tests.helpers import ROOT
+from tests.helpers import ROOT, free_port, wait_healthy
 
 pytestmark = pytest.mark.slow
 PY = sys.executable
 TIMINGS: dict[str, float] = {}
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _prefect(env, *args, timeout=120, check=True):
@@ -75,7 +67,7 @@ def _digest(out: Path) -> dict:
 
 
 def test_deploy_run_kill_retry(tmp_path):
-    port = _free_port()
+    port = free_port()
     env = {**os.environ, "PREFECT_HOME": str(tmp_path / "home"), "PREFECT_API_URL": f"http://127.0.0.1:{port}/api",
            "DO_NOT_TRACK": "1", "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
            "PYTHONUNBUFFERED": "1", "COLUMNS": "300"}
@@ -86,13 +78,7 @@ def test_deploy_run_kill_retry(tmp_path):
                                   env=env, cwd=tmp_path, stdout=open(tmp_path / "server.log", "w"),
                                   stderr=subprocess.STDOUT, start_new_session=True)
         procs.append(server)
-        for _ in range(240):
-            try:
-                urllib.request.urlopen(f"http://127.0.0.1:{port}/api/health", timeout=1)
-                break
-            except OSError:
-                time.sleep(0.5)
-        else:
+        if not wait_healthy(f"http://127.0.0.1:{port}/api"):
             raise AssertionError("server did not start: " + (tmp_path / "server.log").read_text()[-2000:])
         TIMINGS["server_start_s"] = time.time() - t0
         t = time.time()

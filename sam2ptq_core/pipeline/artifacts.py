@@ -1,9 +1,9 @@
 """Typed stage artifacts: each class alone knows its stage's file names and how to write and read them.
 
 An artifact wraps a verified stage directory (a ``Manifest`` from the store). Readers load lazily, one file at a
-time, so a stage that needs only ``sources.json`` never loads ``images.pt``. Writers are static methods called by
-the stage's build function on the temporary directory. Tensors are saved with ``torch.save`` and read with
-``torch.load(..., weights_only=True)``; everything else is JSON.
+time, so a stage that needs only ``sources.json`` never loads ``images.pt``. ``write(tmp_dir, *objects)`` (one object
+per file of ``FILES``) is called by the stage's build function on the temporary directory. Tensors are saved with
+``torch.save`` and read with ``torch.load(..., weights_only=True)``; everything else is JSON.
 """
 from __future__ import annotations
 
@@ -17,18 +17,14 @@ __all__ = ["Artifact", "FetchedModel", "CalibrationSet", "ActivationStats", "Rot
            "QuantizedLayers", "Evaluation"]
 
 
-def _save_pt(obj: Any, path: Path) -> None:
-    import torch
-    torch.save(obj, path)
-
-
-def _load_pt(path: Path) -> Any:
-    import torch
-    return torch.load(path, weights_only=True)
-
-
-def _save_json(obj: Any, path: Path) -> None:
-    path.write_text(json.dumps(obj, indent=1))
+def _write(d: Path, files: dict[str, Any]) -> None:
+    """Write each object to its file: ``.pt`` with torch.save, ``.json`` as JSON."""
+    for name, obj in files.items():
+        if name.endswith(".pt"):
+            import torch
+            torch.save(obj, d / name)
+        else:
+            (d / name).write_text(json.dumps(obj, indent=1))
 
 
 class Artifact:
@@ -37,6 +33,13 @@ class Artifact:
 
     def __init__(self, manifest: Manifest):
         self.manifest = manifest
+
+    @classmethod
+    def write(cls, d: Path, *objs: Any) -> None:
+        """Write one object per file of ``FILES``, in order, into the stage's temp directory ``d``."""
+        if len(objs) != len(cls.FILES):
+            raise TypeError(f"{cls.__name__}.write takes {len(cls.FILES)} objects ({', '.join(cls.FILES)})")
+        _write(d, dict(zip(cls.FILES, objs)))
 
     @property
     def key(self) -> str:
@@ -54,17 +57,14 @@ class Artifact:
         return json.loads(self.manifest.path(name).read_text())
 
     def _pt(self, name: str) -> Any:
-        return _load_pt(self.manifest.path(name))
+        import torch
+        return torch.load(self.manifest.path(name), weights_only=True)
 
 
 class FetchedModel(Artifact):
     """Which weights the run uses: source, local path, random or not, and their sha256 (the model itself is
     reloaded from there and checked against the hash)."""
     FILES = ("model.json",)
-
-    @staticmethod
-    def write(d: Path, info: dict) -> None:
-        _save_json(info, d / "model.json")
 
     def info(self) -> dict:
         return self._json("model.json")
@@ -73,11 +73,6 @@ class FetchedModel(Artifact):
 class CalibrationSet(Artifact):
     """Resized uint8 calibration images [N, 3, S, S] and where each came from (path, size, sha256, original hw)."""
     FILES = ("images.pt", "sources.json")
-
-    @staticmethod
-    def write(d: Path, images, sources: list[dict]) -> None:
-        _save_pt(images, d / "images.pt")
-        _save_json(sources, d / "sources.json")
 
     def images(self):
         return self._pt("images.pt")
@@ -90,9 +85,10 @@ class ActivationStats(Artifact):
     """Per-layer input statistics of the float encoder (absmax, Σ XᵀX, a token reservoir)."""
     FILES = ("acts.pt",)
 
-    @staticmethod
-    def write(d: Path, stats: dict) -> None:
-        _save_pt({k: v.to_dict() for k, v in stats.items()}, d / "acts.pt")
+    @classmethod
+    def write(cls, d: Path, stats: dict) -> None:
+        """``stats``: {layer: LayerStats}."""
+        super().write(d, {k: v.to_dict() for k, v in stats.items()})
 
     def stats(self) -> dict:
         from ..algorithms.statistics import LayerStats
@@ -106,10 +102,6 @@ class RotationSpec(Artifact):
     """The Hadamard rotation of every input width: how to rebuild each matrix and its sha256."""
     FILES = ("rotation.json",)
 
-    @staticmethod
-    def write(d: Path, spec: dict) -> None:
-        _save_json(spec, d / "rotation.json")
-
     def spec(self) -> dict:
         return self._json("rotation.json")
 
@@ -121,12 +113,6 @@ class RotationSpec(Artifact):
 class SmoothingChoice(Artifact):
     """Per-layer smoothing scales, which layers keep the rotation, and the search log."""
     FILES = ("smooth.pt", "rotation_choice.json", "search_log.json")
-
-    @staticmethod
-    def write(d: Path, scales: dict, rotation_choice: dict, search_log: dict) -> None:
-        _save_pt(scales, d / "smooth.pt")
-        _save_json(rotation_choice, d / "rotation_choice.json")
-        _save_json(search_log, d / "search_log.json")
 
     def scales(self) -> dict:
         return self._pt("smooth.pt")
@@ -141,11 +127,6 @@ class QuantizedLayers(Artifact):
     per-layer error table and GPTQ fallbacks."""
     FILES = ("qlayers.pt", "layers.json")
 
-    @staticmethod
-    def write(d: Path, qlayers: dict, layer_report: dict) -> None:
-        _save_pt(qlayers, d / "qlayers.pt")
-        _save_json(layer_report, d / "layers.json")
-
     def qlayers(self) -> dict:
         return self._pt("qlayers.pt")
 
@@ -158,8 +139,8 @@ class Evaluation(Artifact):
     """metrics.json, report.md and the report's pictures (copied into the output tree by export)."""
     FILES = ("metrics.json", "report.md")
 
-    @staticmethod
-    def write(d: Path, metrics: dict, overlays: list[dict], ious: dict) -> None:
+    @classmethod
+    def write(cls, d: Path, metrics: dict, overlays: list[dict], ious: dict) -> None:
         from ..export.report import write_report
         write_report(d, metrics, overlays, ious)
 
