@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import os
@@ -76,7 +77,7 @@ def parse(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
 def _quiet_prefect(verbose: bool) -> None:
     os.environ.setdefault("DO_NOT_TRACK", "1")
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
-    os.environ.setdefault("PREFECT_LOGGING_LEVEL", "INFO" if verbose else "WARNING")
+    os.environ.setdefault("PREFECT_LOGGING_LEVEL", "INFO")  # to the console with -v, else to the log file
     os.environ.setdefault("PREFECT_SERVER_LOGGING_LEVEL", "WARNING")
     # the temporary server's first start on a machine creates and migrates its database: on 2 slow cores that takes
     # longer than Prefect's default 20 s, so give it the time it needs
@@ -84,17 +85,41 @@ def _quiet_prefect(verbose: bool) -> None:
     os.environ["SAM2PTQ_PROGRESS_BAR"] = "1"
 
 
-def _announce_server() -> None:
-    """Say what happens while Prefect starts (no API configured → a temporary local server)."""
+def _server_needed() -> bool:
+    """No Prefect API configured: this run needs the temporary local server. Says on the console what happens."""
     from prefect.settings import get_current_settings
     s = get_current_settings()
     if s.api.url:
         print(f"Prefect API: {s.api.url}", file=sys.stderr)
-        return
+        return False
     first = not (Path(s.home) / "prefect.db").exists()
     print("starting Prefect's temporary local server" + (
         " (first start on this machine: creating its database, this can take a minute)" if first else "") + " …",
         file=sys.stderr, flush=True)
+    return True
+
+
+def _log_to_file(cfg) -> Path:
+    """Without -v every log line (Prefect's and ours, warnings included) goes to a file under cache.root/logs; the
+    console keeps the progress bars, the summary or the one error line."""
+    logs = Path(cfg.cache.root) / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    path = logs / f"{cfg.job_name()}-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}.log"
+    handler = logging.FileHandler(path)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    handler.setLevel(logging.INFO)
+    loggers = [logging.getLogger()] + [lg for lg in logging.root.manager.loggerDict.values()
+                                       if isinstance(lg, logging.Logger)]
+    for lg in loggers:
+        for h in list(lg.handlers):
+            if isinstance(h, logging.StreamHandler) and not isinstance(h, logging.FileHandler):
+                lg.removeHandler(h)
+                lg.addHandler(handler)
+    logging.getLogger().addHandler(handler)
+    for name in ("prefect", "sam2ptq", "sam2ptq_core"):
+        logging.getLogger(name).setLevel(logging.INFO)
+    logging.captureWarnings(True)
+    return path
 
 
 def _summary(out: Path, wall: float) -> str:
@@ -135,14 +160,17 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     from flows.ablation import run_ablation
     from flows.ptq import sam2_ptq
-    _announce_server()
+    from sam2ptq_core.pipeline.prefect_server import temporary_server
+    log_file = None if args.verbose else _log_to_file(cfg)
+    where = f" (full log: {log_file})" if log_file else ""
     try:
-        if args.ablation:
-            out = run_ablation(cfg.model_dump(mode="json"))
-        else:
-            out = sam2_ptq(cfg.model_dump(mode="json"), [])
+        with contextlib.ExitStack() as stack:
+            if _server_needed():
+                stack.enter_context(temporary_server(int(os.environ["PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS"])))
+            flow = run_ablation if args.ablation else sam2_ptq
+            out = flow(cfg.model_dump(mode="json"), [])
     except StageError as e:
-        print(f"error: {e}", file=sys.stderr)
+        print(f"error: {e}{where}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("interrupted: finished stages are kept in the cache; rerun the same command to resume", file=sys.stderr)

@@ -1,14 +1,30 @@
-"""File helpers every layer uses: content hashes and directories that appear whole or not at all."""
+"""File helpers every layer uses: content hashes, and directories that appear whole or not at all.
+
+A directory is built in a temp sibling ``.<name>.tmp-<host>-<pid>-<rand>`` and renamed into place. A writer killed
+with SIGKILL leaves its temp sibling behind; the next ``atomic_dir`` in the same folder removes every temp sibling
+whose writer (same host, that pid) is gone, and never one of a live writer. A full disk is reported as such (torch
+reports it in its own words), with what had been written and what is left.
+"""
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
+import re
 import shutil
+import socket
 import uuid
 from collections.abc import Callable
 from pathlib import Path
 
-__all__ = ["file_sha256", "atomic_dir"]
+__all__ = ["file_sha256", "atomic_dir", "sweep_leftovers", "DiskFull"]
+
+_HOST = re.sub(r"[^A-Za-z0-9_]", "_", socket.gethostname())
+_DISK_FULL_WORDS = ("No space left", "unexpected pos", "file write failed", "Disk quota exceeded")
+
+
+class DiskFull(RuntimeError):
+    """The file system filled up while writing; the message names the folder and the sizes."""
 
 
 def file_sha256(path: Path) -> str:
@@ -19,14 +35,64 @@ def file_sha256(path: Path) -> str:
     return h.hexdigest()
 
 
+def _writer_gone(name: str) -> bool:
+    """``name`` is ``.<target>.(tmp|old)-<host>-<pid>-<rand>``: True when that host is us and the pid is dead."""
+    try:
+        host, pid, _ = name.rsplit(".", 1)[1].split("-", 1)[1].rsplit("-", 2)
+        pid = int(pid)
+    except ValueError:
+        return False
+    if host != _HOST:
+        return False  # another machine's writer (shared file system): not ours to judge
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    return False
+
+
+def sweep_leftovers(folder: Path) -> list[Path]:
+    """Remove the temp siblings in ``folder`` whose writers are gone; returns what was removed."""
+    gone = []
+    if folder.is_dir():
+        for p in folder.iterdir():
+            if p.name.startswith(".") and (".tmp-" in p.name or ".old-" in p.name) and _writer_gone(p.name):
+                shutil.rmtree(p, ignore_errors=True)
+                gone.append(p)
+    return gone
+
+
+def _size(d: Path) -> int:
+    return sum(f.stat().st_size for f in d.rglob("*") if f.is_file())
+
+
+def _is_disk_full(e: BaseException) -> bool:
+    if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
+        return True
+    return isinstance(e, (OSError, RuntimeError)) and any(w in str(e) for w in _DISK_FULL_WORDS)
+
+
 def atomic_dir(target: Path, build: Callable[[Path], None]) -> None:
     """Build a directory in a temp sibling and swap it into ``target``; the old one survives a failed build."""
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.parent / f".{target.name}.tmp-{uuid.uuid4().hex[:8]}"
+    sweep_leftovers(target.parent)
+    tag = f"{_HOST}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    tmp = target.parent / f".{target.name}.tmp-{tag}"
     tmp.mkdir()
     try:
-        build(tmp)
-        old = target.parent / f".{target.name}.old-{uuid.uuid4().hex[:8]}"
+        try:
+            build(tmp)
+        except Exception as e:
+            if not _is_disk_full(e):
+                raise
+            written = _size(tmp)
+            free = shutil.disk_usage(target.parent).free
+            raise DiskFull(f"no space left on {target.parent.resolve()}: {written / 2**20:.1f} MiB "
+                           f"were written before the disk filled ({free / 2**20:.1f} MiB free now); free space or "
+                           f"point it at a larger disk and rerun: finished stages are kept") from None
+        old = target.parent / f".{target.name}.old-{tag}"
         if target.exists():
             os.replace(target, old)
         os.replace(tmp, target)

@@ -91,3 +91,23 @@ def test_selection_is_seeded_and_recursive(tmp_path):
     b, _ = select_images(tmp_path, 4, seed=1)
     c, _ = select_images(tmp_path, 4, seed=2)
     assert a == b and a != c and any("sub" in str(p) for p in a)
+
+
+def test_16bit_greyscale_is_scaled_by_bit_depth(tmp_path):
+    """A dark 16-bit photo stays dark: the same picture as 8-bit and 16-bit decodes to the same pixels (±1)."""
+    import numpy as np
+    g8 = np.asarray(Image.open(ROOT / "examples/images/coffee.jpg").convert("L"), dtype=np.uint16) * 200 // 255
+    Image.fromarray(g8.astype(np.uint8), "L").save(tmp_path / "a8.png")
+    Image.fromarray((g8 * 257).astype(np.uint16)).save(tmp_path / "a16.png")
+    a8 = np.asarray(load_rgb(tmp_path / "a8.png"), dtype=np.float64)
+    a16 = np.asarray(load_rgb(tmp_path / "a16.png"), dtype=np.float64)
+    assert Image.open(tmp_path / "a16.png").mode.startswith("I")
+    assert np.abs(a8 - a16).max() <= 1 and abs(a8.mean() - a16.mean()) < 0.01  # measured: max 0, mean diff 0
+
+
+def test_gif_is_accepted_as_its_first_frame(tmp_path):
+    frames = [Image.new("RGB", (40, 30), c) for c in ((255, 0, 0), (0, 0, 255))]
+    frames[0].save(tmp_path / "anim.gif", save_all=True, append_images=frames[1:])
+    assert [p.name for p in data.list_images(tmp_path)] == ["anim.gif"]
+    im = load_rgb(tmp_path / "anim.gif")
+    assert im.size == (40, 30) and im.getpixel((5, 5))[0] > 200 and im.getpixel((5, 5))[2] < 50

@@ -46,6 +46,8 @@ def test_flow_output_tree_and_full_reuse(prefect_server, tmp_path):
     assert next(iter(m)) == "random_weights"
     assert set(m["encoder"]["sqnr_db"]) == {"fpn0", "fpn1", "embedding"}
     assert m["masks"]["num_prompts"] > 0 and 0 <= m["masks"]["miou_vs_fp"] <= 1
+    assert m["low_rank"]["rank"] == 8 and 0 < m["low_rank"]["share_16bit"] < 1
+    assert "Low-rank branch: rank 8; " in (out / "report.md").read_text()
     assert not any(s["reused"] for s in _stages(out).values())
     from prefect.client.orchestration import get_client
     with get_client(sync_client=True) as client:
@@ -185,6 +187,20 @@ def _tree_digest(out: Path) -> dict:
     return {f: hashlib.sha256((out / f).read_bytes()).hexdigest() for f in files}
 
 
+def _children(pid: int) -> list[int]:
+    out = []
+    for t in Path(f"/proc/{pid}/task").iterdir():
+        out += [int(c) for c in (t / "children").read_text().split()]
+    return out
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
+    except OSError:
+        return False
+
+
 def test_kill_during_capture_then_resume_is_bitwise_equal(tmp_path):
     env = {**os.environ, "PREFECT_HOME": str(tmp_path / "prefect"), "PYTHONUNBUFFERED": "1"}
     env.pop("PREFECT_API_URL", None)
@@ -200,13 +216,21 @@ def test_kill_during_capture_then_resume_is_bitwise_equal(tmp_path):
             break
         time.sleep(0.005)
     assert p.poll() is None, "the run ended before capture started"
+    server = _children(p.pid)  # Prefect's temporary server (and its guard)
+    assert server
     os.kill(p.pid, signal.SIGKILL)
     p.wait()
+    t0 = time.time()
+    while time.time() - t0 < 30 and any(_alive(c) for c in server):
+        time.sleep(0.2)
+    assert not any(_alive(c) for c in server), "the temporary Prefect server outlived the killed CLI"
+    assert any(".tmp-" in d.name for d in stage_dir.iterdir())  # the killed writer's temp dir, swept on resume
     assert not (killed / "o").exists()
     assert not any(d.is_dir() and not d.name.startswith(".") for d in stage_dir.iterdir())  # no half stage visible
     r = _cli(*common, "--cache.root", str(killed / "c"), "--output.root", str(killed / "o"), env=env, timeout=600)
     assert r.returncode == 0, r.stderr[-2000:]
     st = _stages(killed / "o" / "reduced_w4a4")
+    assert not any(".tmp-" in d.name for d in stage_dir.iterdir())
     assert st["fetch_model"]["reused"] and st["build_calibration_set"]["reused"]
     assert not st["capture_activations"]["reused"]
     fresh = tmp_path / "f"

@@ -20,22 +20,19 @@ def main(argv: list[str]) -> int:
     p.add_argument("--format", choices=["cache", "nunchaku"], default="cache", help="which files to load")
     p.add_argument("--out", default="prediction.png", help="overlay PNG to write (default: prediction.png)")
     a = p.parse_args(argv)
+    try:
+        run, im, pts = _checked_inputs(a)
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     from ..pipeline.config import load_config
     from ..sam2.evaluation import predict_masks
-    from ..sam2.images import load_rgb, normalize, resize_uint8
+    from ..sam2.images import normalize, resize_uint8
     from .reader import load_quantized
     from .report import RANDOM_BANNER, plot_mask
     try:
-        pts = torch.tensor([[float(v) for v in s.split(",")] for s in a.point])
-        if pts.shape[1] != 2:
-            raise ValueError
-    except ValueError:
-        print(f"error: --point must look like X,Y (got {a.point})", file=sys.stderr)
-        return 2
-    try:
-        cfg = load_config(Path(a.run) / "config.yaml")
-        model = load_quantized(a.run, a.format)
-        im = load_rgb(Path(a.image))
+        cfg = load_config(run / "config.yaml")
+        model = load_quantized(run, a.format)
     except (OSError, ValueError) as e:
         print(f"error: {str(e).splitlines()[0]}", file=sys.stderr)
         return 2
@@ -49,3 +46,32 @@ def main(argv: list[str]) -> int:
     print(f"{a.out}: mask covers {100 * union.mean():.1f} % of the image"
           + (f" ({RANDOM_BANNER})" if cfg.model.random_init else ""))
     return 0
+
+
+def _checked_inputs(a) -> tuple[Path, object, torch.Tensor]:
+    """Everything that can be checked before the model loads; raises ValueError with one line naming the fix."""
+    import math
+
+    from ..sam2.images import load_rgb
+    run = Path(a.run)
+    if not (run / "config.yaml").is_file():
+        raise ValueError(f"--run {run} is not a sam2ptq output tree (no config.yaml there); pass a directory written "
+                         f"by quantize_sam2.py, e.g. outputs/sam2/<job>")
+    out_dir = Path(a.out).resolve().parent
+    if not out_dir.is_dir():
+        raise ValueError(f"--out {a.out}: folder {out_dir} does not exist; create it or write the PNG elsewhere")
+    try:
+        im = load_rgb(Path(a.image))
+    except (OSError, ValueError) as e:
+        raise ValueError(f"--image {a.image} cannot be read as an image ({str(e).splitlines()[0]})") from None
+    pts = []
+    for s in a.point:
+        try:
+            x, y = (float(v) for v in s.split(","))
+        except ValueError:
+            raise ValueError(f"--point must be two numbers X,Y in pixels, got {s!r}") from None
+        if not (math.isfinite(x) and math.isfinite(y) and 0 <= x < im.width and 0 <= y < im.height):
+            raise ValueError(f"--point {s} is outside the image: {a.image} is {im.width}×{im.height} pixels, so "
+                             f"0 ≤ X < {im.width} and 0 ≤ Y < {im.height}")
+        pts.append((x, y))
+    return run, im, torch.tensor(pts)

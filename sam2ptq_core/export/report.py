@@ -98,6 +98,14 @@ def plot_mask(image: np.ndarray, mask: np.ndarray, points: np.ndarray, path: Pat
     plt.close(fig)
 
 
+def _branch_line(lr: dict | None) -> str:
+    if not lr or not lr["rank"]:
+        return "Low-rank branch: none (every quantized weight is in its low-bit format)."
+    return (f"Low-rank branch: rank {lr['rank']}; {100 * lr['share_16bit']:.1f} % of the quantized layers' weight "
+            f"bytes are held in 16-bit ({lr['branch_16bit_bytes'] / 2**20:.2f} MiB branch, "
+            f"{lr['lowbit_weight_bytes'] / 2**20:.2f} MiB low-bit codes).")
+
+
 def write_report(out_dir: Path, metrics: dict, overlays: list[dict], ious: dict[str, list[float]]) -> None:
     """metrics.json, report.md and PNGs into ``out_dir``. The report's first line flags random weights.
     ``ious``: per prompt kind, the IoU of every prompt (for the histogram)."""
@@ -108,7 +116,7 @@ def write_report(out_dir: Path, metrics: dict, overlays: list[dict], ious: dict[
     plot_agreement(metrics["encoder"]["sqnr_db"], ious, out_dir / "agreement.png", f"Agreement — {title}")
     lines = [banner, "", f"# SAM2 PTQ report: {title}", "",
              f"config hash `{metrics['config_hash'][:16]}`, {metrics['eval_images']} held-out images, "
-             f"{metrics['masks']['num_prompts']} prompts", "",
+             f"{metrics['masks']['num_prompts']} prompts", "", _branch_line(metrics.get("low_rank")), "",
              "## Encoder fidelity (quantized vs float)", "", "| level | SQNR dB | cosine |", "|---|---|---|"]
     for lv, v in metrics["encoder"]["sqnr_db"].items():
         lines.append(f"| {lv} | {_fmt(v)} | {_fmt(metrics['encoder']['cosine'][lv])} |")

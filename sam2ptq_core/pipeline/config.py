@@ -222,6 +222,15 @@ def _set_dotted(d: dict, dotted: str, value: Any) -> None:
     cur[parts[-1]] = value
 
 
+def _where(e: yaml.YAMLError) -> str:
+    m = getattr(e, "problem_mark", None)
+    return f" at line {m.line + 1}, column {m.column + 1}" if m is not None else ""
+
+
+def _yaml_problem(e: yaml.YAMLError) -> str:
+    return getattr(e, "problem", None) or str(e).splitlines()[0]
+
+
 def load_config(source: str | Path | dict | None = None, overrides: list[str] | None = None) -> RunConfig:
     """Build a RunConfig from a YAML path or dict plus ``key=value`` overrides. Raises ConfigError (one line)."""
     if isinstance(source, (str, Path)) and str(source):
@@ -231,7 +240,7 @@ def load_config(source: str | Path | dict | None = None, overrides: list[str] | 
         try:
             data = yaml.safe_load(p.read_text()) or {}
         except yaml.YAMLError as e:
-            raise ConfigError(f"config file {p} is not valid YAML: {str(e).splitlines()[0]}") from None
+            raise ConfigError(f"config file {p} is not valid YAML{_where(e)}: {_yaml_problem(e)}") from None
         if not isinstance(data, dict):
             raise ConfigError(f"config file {p} must hold a mapping at the top level")
     else:
@@ -240,7 +249,12 @@ def load_config(source: str | Path | dict | None = None, overrides: list[str] | 
         if "=" not in ov:
             raise ConfigError(f"override {ov!r} must look like key=value, e.g. quant.calib.num_samples=64")
         k, v = ov.split("=", 1)
-        _set_dotted(data, k.strip().lstrip("-").replace("-", "_"), yaml.safe_load(v) if v != "" else "")
+        try:
+            value = yaml.safe_load(v) if v != "" else ""
+        except yaml.YAMLError as e:
+            raise ConfigError(f"override {k.strip()} has a value that is not valid YAML ({_yaml_problem(e)}): {v!r}; "
+                              f"quote it or fix it") from None
+        _set_dotted(data, k.strip().lstrip("-").replace("-", "_"), value)
     _check_keys(data)
     try:
         return RunConfig.model_validate(data)

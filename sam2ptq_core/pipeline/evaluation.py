@@ -12,7 +12,7 @@ from .config import RunConfig, config_hash, group_size_of
 from .runtime import load_fp_model, to_run_dtype
 from .stages import store_of
 
-__all__ = ["held_out_images", "run_evaluation"]
+__all__ = ["held_out_images", "run_evaluation", "branch_share"]
 
 
 def held_out_images(c: RunConfig, calib_paths: set[str], only_names: set[str] | None = None) -> list[Path]:
@@ -52,6 +52,17 @@ def run_evaluation(c: RunConfig, fetched: FetchedModel, calib: CalibrationSet, s
         "config_hash": config_hash(c),
         "quant": f"W{q.wgts.dtype[-1]}A{a_bits} ({q.wgts.dtype} weights, {q.ipts.dtype or 'float'} activations)",
         "eval_images": len(paths), "eval_files": [str(p) for p in paths], **summarize(per_img),
+        "low_rank": branch_share(gptq.qlayers(), q.wgts.dtype, q.wgts.low_rank.rank if q.wgts.low_rank else 0),
         "layers": layer_info["layers"], "gptq_fallbacks": sorted(layer_info["fallbacks"]),
     }
     return metrics, overlays, prompt_ious(per_img)
+
+
+def branch_share(qlayers: dict[str, dict], w_dtype: str, rank: int) -> dict:
+    """The branch's rank and the share of the quantized layers' weight bytes it holds in 16-bit (codes at their
+    bit width, branch factors a [r, in] and b [out, r] at 2 bytes; scales not counted)."""
+    bits = int(w_dtype[-1])
+    low = sum(q["codes"].numel() * bits / 8 for q in qlayers.values())
+    hi = sum(2 * (q["a"].numel() + q["b"].numel()) for q in qlayers.values())
+    return {"rank": rank, "lowbit_weight_bytes": int(low), "branch_16bit_bytes": int(hi),
+            "share_16bit": hi / (hi + low) if hi + low else 0.0}

@@ -1,19 +1,21 @@
 """Cheap checks of a run's inputs before any work starts, each failing with one line that names the fix."""
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
-from .config import RunConfig
+from ..sam2.variants import narrowest_linear
+from .config import ConfigError, RunConfig
 from .stages import StageError
 
 __all__ = ["preflight"]
 
 
 def preflight(cfg: RunConfig) -> None:
-    from ..sam2.images import list_images
-    list_images(cfg.quant.calib.path)
-    if cfg.quant.eval.path:
-        list_images(cfg.quant.eval.path)
+    _check_rank(cfg)
+    _check_folder(cfg.output.root, "output.root")
+    _check_folder(cfg.cache.root, "cache.root")
+    _check_image_counts(cfg)
     if cfg.quant.eval.annotations and not Path(cfg.quant.eval.annotations).is_file():
         raise StageError(f"quant.eval.annotations file {cfg.quant.eval.annotations} does not exist")
     if cfg.model.path:
@@ -25,3 +27,47 @@ def preflight(cfg: RunConfig) -> None:
     if cfg.convert_nunchaku:
         from ..export.nunchaku import check_supported
         check_supported(cfg)
+
+
+def _check_rank(cfg: RunConfig) -> None:
+    """A low-rank branch as wide as a layer holds its whole weight in 16-bit: the model would not be quantized."""
+    lr = cfg.quant.wgts.low_rank
+    width = narrowest_linear(cfg.model.name, cfg.model.arch)
+    if lr is not None and lr.rank >= width:
+        raise ConfigError(f"quant.wgts.low_rank.rank {lr.rank} is not below {width}, the width of {cfg.model.name}'s "
+                          f"narrowest quantized layers (blocks.0.attn.proj is {width}→{width}): such a branch holds "
+                          f"the whole weight in 16-bit; use a rank below {width} (SVDQuant uses 16–64)")
+
+
+def _check_folder(path: str, key: str) -> None:
+    """``path`` is a folder this process can write into, or can be created as one (nothing is created here)."""
+    p = Path(path).expanduser()
+    if p.exists() and not p.is_dir():
+        raise ConfigError(f"{key} {p} is a file, not a folder; point --{key} at a folder")
+    anc = p
+    while not anc.exists():
+        anc = anc.parent
+    if not anc.is_dir():
+        raise ConfigError(f"{key} {p} cannot be created: {anc} is a file; point --{key} at a folder")
+    if not os.access(anc, os.W_OK | os.X_OK):
+        raise ConfigError(f"{key} {p} is not writable ({anc} is read-only for this user); point --{key} at a folder "
+                          f"you can write to")
+
+
+def _check_image_counts(cfg: RunConfig) -> None:
+    """Enough images listed for calibration and the held-out split (decoding them is left to the stages)."""
+    from ..sam2.images import DataError, list_images
+    calib, ev = cfg.quant.calib, cfg.quant.eval
+    n = len(list_images(calib.path))
+    if n < calib.num_samples:
+        raise DataError(f"calibration folder '{calib.path}' holds {n} images but quant.calib.num_samples is "
+                        f"{calib.num_samples}; lower --quant.calib.num_samples or add images")
+    if ev.path:
+        m = len(list_images(ev.path))
+        if m < ev.num_samples:
+            raise DataError(f"evaluation folder '{ev.path}' holds {m} images but quant.eval.num_samples is "
+                            f"{ev.num_samples}; lower --quant.eval.num_samples or add images")
+    elif n < calib.num_samples + ev.num_samples:
+        raise DataError(f"calibration folder '{calib.path}' holds {n} images, fewer than the {calib.num_samples} for "
+                        f"calibration plus {ev.num_samples} held out for evaluation; lower quant.calib.num_samples or "
+                        f"quant.eval.num_samples, or set --quant.eval.path to a separate folder")

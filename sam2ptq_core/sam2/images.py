@@ -25,7 +25,7 @@ __all__ = ["IMAGE_SUFFIXES", "DataError", "ImageRecord", "list_images", "select_
 
 log = logging.getLogger(__name__)
 
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff"}
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif"}  # GIF: its first frame
 MEAN = (0.485, 0.456, 0.406)
 STD = (0.229, 0.224, 0.225)
 MAX_PIXELS = 178_956_970  # PIL's own default bomb limit; larger images are refused, not decoded
@@ -65,14 +65,20 @@ def load_rgb(path: Path) -> Image.Image:
             im.load()
             im = ImageOps.exif_transpose(im)
             if im.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
-                arr = np.asarray(im, dtype=np.float32)
-                hi = float(arr.max()) or 1.0
-                im = Image.fromarray(np.clip(np.round(arr / hi * 255), 0, 255).astype(np.uint8), "L")
+                im = Image.fromarray(_to_8bit(np.asarray(im, dtype=np.float64), im.mode), "L")
             if im.mode in ("RGBA", "LA", "PA") or (im.mode == "P" and "transparency" in im.info):
                 im = im.convert("RGBA")
                 bg = Image.new("RGBA", im.size, (255, 255, 255, 255))
                 im = Image.alpha_composite(bg, im)
             return im.convert("RGB")
+
+
+def _to_8bit(arr, mode: str):
+    """Greyscale with more than 8 bits → uint8 by its bit depth, not by the image's own maximum (a dark 16-bit
+    photo must stay dark): 16-bit and 32-bit integer modes (PNG/TIFF 16-bit) as 0..65535, float as 0..1."""
+    import numpy as np
+    full = 1.0 if mode == "F" else 65535.0
+    return np.clip(np.round(arr / full * 255), 0, 255).astype(np.uint8)
 
 
 def select_images(folder: str | Path, num: int, seed: int, exclude: set[str] = frozenset(),

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-__all__ = ["VARIANTS", "VARIANT_NAMES", "hub_id", "ModelUnavailable", "check_checkpoint_dir"]
+__all__ = ["VARIANTS", "VARIANT_NAMES", "hub_id", "narrowest_linear", "ModelUnavailable", "check_checkpoint_dir"]
 
 # Published Hiera configurations of facebook/sam2.1-hiera-* .
 VARIANTS: dict[str, dict] = {
@@ -30,6 +30,12 @@ VARIANT_NAMES = tuple(VARIANTS)
 
 def hub_id(name: str) -> str:
     return f"facebook/sam2.1-hiera-{name}"
+
+
+def narrowest_linear(name: str, arch: dict | None = None) -> int:
+    """min(in, out) over the trunk's quantized linears: the first stage's width (its attn.proj is width → width; every
+    other linear is at least that wide on both sides)."""
+    return min({**VARIANTS[name], **(arch or {})}["embed_dim_per_stage"])
 
 
 class ModelUnavailable(RuntimeError):

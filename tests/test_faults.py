@@ -1,0 +1,168 @@
+"""Bad input and faults (the 27-case audit): each case gets one clear line, a non-zero exit, nothing half-written."""
+import errno
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+
+from sam2ptq_core.files import DiskFull, atomic_dir, sweep_leftovers
+from sam2ptq_core.pipeline.config import ConfigError, load_config
+from sam2ptq_core.pipeline.preflight import preflight
+from tests.helpers import REDUCED_CFG, ROOT
+
+
+def _cli(*args, env=None, timeout=300):
+    return subprocess.run([sys.executable, str(ROOT / "quantize_sam2.py"), *args], capture_output=True, text=True,
+                          cwd=ROOT, env=env, timeout=timeout)
+
+
+@pytest.mark.parametrize("args,needle", [
+    (["--quant.wgts.low_rank.rank", "100000"], "quant.wgts.low_rank.rank 100000 is not below 96"),
+    (["--quant.wgts.low_rank.rank", "96"], "is not below 96"),
+    (["--output.root", "/etc/hostname"], "output.root /etc/hostname is a file, not a folder"),
+    (["--output.root", "/etc/hostname/sub"], "cannot be created: /etc/hostname is a file"),
+    (["--cache.root", "/etc/hostname"], "cache.root /etc/hostname is a file, not a folder"),
+    (["--quant.calib.num_samples", "11"], "holds 10 images but quant.calib.num_samples is 11"),
+    (["--quant.calib.num_samples", "8"], "fewer than the 8 for calibration plus 3 held out"),
+])
+def test_preflight_refuses_before_any_work(args, needle, tmp_path):
+    r = _cli("--config", "configs/demo.yaml", "--cache.root", str(tmp_path / "c"), "--output.root",
+             str(tmp_path / "o"), *args)
+    assert r.returncode == 2 and needle in r.stderr, r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1, r.stderr
+    assert not any(tmp_path.iterdir())
+
+
+def test_rank_below_every_width_is_accepted():
+    cfg = load_config(REDUCED_CFG, ["quant.wgts.low_rank.rank=47"])  # reduced Hiera: narrowest layers are 48 wide
+    preflight(cfg)
+    with pytest.raises(ConfigError, match="not below 48"):
+        preflight(load_config(REDUCED_CFG, ["quant.wgts.low_rank.rank=48"]))
+
+
+def test_invalid_yaml_names_line_and_column(tmp_path):
+    f = tmp_path / "bad.yaml"
+    f.write_text("model:\n  name: tiny\n bad: [1,\n")
+    with pytest.raises(ConfigError, match=r"is not valid YAML at line 3, column 2: expected <block end>"):
+        load_config(f)
+    with pytest.raises(ConfigError, match=r"override quant.skip has a value that is not valid YAML"):
+        load_config(None, ["quant.skip=[1,"])
+
+
+def _run_dir(tmp_path: Path) -> Path:
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.yaml").write_text("{}\n")
+    return run
+
+
+@pytest.mark.parametrize("point,needle", [
+    ("5000,-20", "--point 5000,-20 is outside the image: "),
+    ("nan,inf", "--point nan,inf is outside the image"),
+    ("ten,3", "--point must be two numbers X,Y in pixels, got 'ten,3'"),
+    ("1,2,3", "--point must be two numbers X,Y"),
+])
+def test_predict_refuses_bad_points(point, needle, tmp_path, capsys):
+    from sam2ptq_core.export.predict import main
+    img = ROOT / "examples/images/coffee.jpg"
+    w, h = Image.open(img).size
+    rc = main(["--run", str(_run_dir(tmp_path)), "--image", str(img), "--point", point,
+               "--out", str(tmp_path / "m.png")])
+    err = capsys.readouterr().err
+    assert rc == 2 and needle in err and len(err.strip().splitlines()) == 1
+    if "outside" in needle:
+        assert f"is {w}×{h} pixels" in err
+
+
+def test_predict_checks_run_and_out_first(tmp_path, capsys):
+    from sam2ptq_core.export.predict import main
+    img = str(ROOT / "examples/images/coffee.jpg")
+    assert main(["--run", str(tmp_path / "nope"), "--image", img, "--point", "1,1"]) == 2
+    err = capsys.readouterr().err
+    assert "--run" in err and "is not a sam2ptq output tree" in err and "--config" not in err
+    assert main(["--run", str(_run_dir(tmp_path)), "--image", img, "--point", "1,1",
+                 "--out", str(tmp_path / "missing" / "m.png")]) == 2
+    assert "folder" in capsys.readouterr().err
+
+
+def test_disk_full_is_named_and_the_old_tree_survives(tmp_path):
+    target = tmp_path / "tree"
+    atomic_dir(target, lambda d: (d / "a").write_text("old"))
+    for exc in (OSError(errno.ENOSPC, "No space left on device"),
+                RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 4096 vs 0")):
+        def build(d, exc=exc):
+            (d / "part").write_bytes(b"x" * 3000)
+            raise exc
+        with pytest.raises(DiskFull, match=r"no space left on .*: 0.0 MiB were written before the disk filled"):
+            atomic_dir(target, build)
+        assert (target / "a").read_text() == "old" and [p.name for p in tmp_path.iterdir()] == ["tree"]
+
+
+def test_disk_full_on_a_real_small_file_system(tmp_path):
+    """A 1 MiB tmpfs (needs root and mount; skipped otherwise): torch's own error becomes one line."""
+    from sam2ptq_core.pipeline.stages import STAGES, run_stage
+    mnt = tmp_path / "small"
+    mnt.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mnt)], capture_output=True).returncode:
+        pytest.skip("cannot mount a tmpfs here")
+    try:
+        cfg = load_config(REDUCED_CFG, [f"cache.root={mnt}"])
+        with pytest.raises(Exception, match=r"stage build_calibration_set failed: no space left on") as e:
+            run_stage(STAGES["build_calibration_set"], cfg, {},
+                      lambda d: torch.save(torch.zeros(1 << 20), d / "images.pt"))
+        assert "finished stages are kept" in str(e.value)
+        assert not any(p.name.startswith(".") for p in (mnt / "build_calibration_set").iterdir())
+    finally:
+        subprocess.run(["umount", str(mnt)], check=False)
+
+
+def test_leftovers_of_dead_writers_are_swept_live_ones_kept(tmp_path):
+    from sam2ptq_core.files import _HOST
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    gone = tmp_path / f".k.tmp-{_HOST}-{dead.pid}-aaaa"
+    live = tmp_path / f".k.tmp-{_HOST}-{os.getpid()}-bbbb"
+    other = tmp_path / f".k.tmp-otherhost-{dead.pid}-cccc"
+    for d in (gone, live, other):
+        d.mkdir()
+        (d / "big").write_bytes(b"x" * 1000)
+    assert sweep_leftovers(tmp_path) == [gone]
+    assert live.is_dir() and other.is_dir() and not gone.exists()
+
+
+def test_stage_failure_without_verbose_is_one_line_with_the_log(tmp_path):
+    imgs = tmp_path / "imgs"
+    shutil.copytree(ROOT / "examples/images", imgs)
+    for i in range(5):
+        (imgs / f"broken{i}.jpg").write_bytes(b"not an image")
+    env = {**os.environ, "PREFECT_HOME": str(tmp_path / "home")}
+    env.pop("PREFECT_API_URL", None)
+    r = _cli("--config", str(REDUCED_CFG), "--quant.calib.path", str(imgs), "--quant.calib.num_samples", "7",
+             "--quant.eval.num_samples", "5", "--cache.root", str(tmp_path / "c"), "--output.root",
+             str(tmp_path / "o"), env=env, timeout=600)
+    assert r.returncode == 1
+    text = [ln for ln in r.stderr.replace("\r", "\n").splitlines() if ln.strip() and "%|" not in ln]
+    assert "Traceback" not in r.stderr and text[-1].startswith("error: stage evaluate failed: "), r.stderr
+    assert [ln for ln in text if not ln.startswith("starting Prefect")] == [text[-1]]
+    log = Path(text[-1].split("(full log: ")[1].rstrip(")"))
+    assert log.is_file() and "Traceback" in log.read_text()
+    assert not (tmp_path / "o").exists()
+    r = _cli("-v", "--config", str(REDUCED_CFG), "--quant.calib.path", str(imgs), "--quant.calib.num_samples", "7",
+             "--quant.eval.num_samples", "5", "--cache.root", str(tmp_path / "c"), "--output.root",
+             str(tmp_path / "o"), env=env, timeout=600)
+    assert r.returncode == 1 and "Traceback" in r.stderr  # -v shows everything
+
+
+def test_metrics_state_rank_and_16bit_share():
+    from sam2ptq_core.pipeline.evaluation import branch_share
+    q = {"l": {"codes": torch.zeros(64, 32), "a": torch.zeros(4, 32), "b": torch.zeros(64, 4)}}
+    got = branch_share(q, "sint4", 4)
+    # 64·32 codes at 4 bits = 1024 B; branch (4·32 + 64·4)·2 B = 768 B → 768 / 1792
+    assert got == {"rank": 4, "lowbit_weight_bytes": 1024, "branch_16bit_bytes": 768, "share_16bit": 768 / 1792}
+    assert json.dumps(got)
