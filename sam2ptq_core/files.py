@@ -82,16 +82,18 @@ def atomic_dir(target: Path, build: Callable[[Path], None]) -> None:
     tmp = target.parent / f".{target.name}.tmp-{tag}"
     tmp.mkdir()
     try:
+        full = None
         try:
             build(tmp)
         except Exception as e:
             if not _is_disk_full(e):
                 raise
-            written = _size(tmp)
+            full = f"{_size(tmp) / 2**20:.1f} MiB"
+        if full is not None:  # raised outside the handler: the failed writer's frames (and open files) are freed
             free = shutil.disk_usage(target.parent).free
-            raise DiskFull(f"no space left on {target.parent.resolve()}: {written / 2**20:.1f} MiB "
-                           f"were written before the disk filled ({free / 2**20:.1f} MiB free now); free space or "
-                           f"point it at a larger disk and rerun: finished stages are kept") from None
+            raise DiskFull(f"no space left on {target.parent.resolve()}: {full} were written before the disk "
+                           f"filled ({free / 2**20:.1f} MiB free now); free space or point it at a larger disk and "
+                           f"rerun: finished stages are kept")
         old = target.parent / f".{target.name}.old-{tag}"
         if target.exists():
             os.replace(target, old)

@@ -13,18 +13,21 @@ STAGE = STAGES["build_calibration_set"]
 
 @task(name=STAGE.name, cache_policy=NO_CACHE)
 def build_calibration_set(cfg: dict) -> Ref:
-    from sam2ptq_core.sam2.images import folder_digest, preprocess, select_images
+    from sam2ptq_core.sam2.images import files_digest, listing_digest, preprocess, select_images
     c = load_config(cfg)
     cache, calib = store_of(c).preprocess_cache(), c.quant.calib
-    digest = {}
+    chosen, digest = [], {}
 
     def key_extra():
-        digest.update(folder_digest(cache, calib.path))
-        return {"files": digest}
+        # the listing and the chosen files' contents: hashing every file of a huge folder is not needed
+        paths, skipped = select_images(calib.path, calib.num_samples, c.seed)
+        chosen.extend([paths, skipped])
+        digest.update(files_digest(cache, paths))
+        return {"listing": listing_digest(calib.path), "files": digest, "skipped": skipped}
 
     def build(tmp):
         import torch
-        paths, skipped = select_images(calib.path, calib.num_samples, c.seed)
+        paths, skipped = chosen
         imgs, records = [], []
         with Progress(STAGE.name, len(paths), "image") as prog:
             for i, p in enumerate(paths):

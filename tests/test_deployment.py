@@ -1,4 +1,4 @@
-"""End to end against a real Prefect server and process worker (DESIGN.md §4): deploy, run, kill -9, retry.
+"""End to end against a real Prefect server and process worker: deploy, run, kill -9, retry.
 
 Starts `prefect server start` on 127.0.0.1 with a temporary PREFECT_HOME, creates the work pool, deploys every
 deployment of prefect.yaml, starts a worker, runs the `smoke` deployment with --watch, then starts a second run,

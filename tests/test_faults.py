@@ -118,8 +118,10 @@ def test_disk_full_on_a_real_small_file_system(tmp_path):
                       lambda d: torch.save(torch.zeros(1 << 20), d / "images.pt"))
         assert "finished stages are kept" in str(e.value)
         assert not any(p.name.startswith(".") for p in (mnt / "build_calibration_set").iterdir())
+        del e
     finally:
-        subprocess.run(["umount", str(mnt)], check=False)
+        r = subprocess.run(["umount", str(mnt)], capture_output=True, text=True)
+    assert r.returncode == 0, f"the failed writer still holds files on the full disk: {r.stderr}"
 
 
 def test_leftovers_of_dead_writers_are_swept_live_ones_kept(tmp_path):

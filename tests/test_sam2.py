@@ -11,7 +11,7 @@ from sam2ptq_core.sam2.loading import (
 )
 from tests.helpers import ARCH
 
-# published image-encoder sizes (DESIGN.md §5) and trunk linear counts
+# published image-encoder sizes of facebook/sam2.1-hiera-* and trunk linear counts
 PUBLISHED = {"tiny": (27.2, 51), "small": (34.3, 67), "base-plus": (69.1, 99), "large": (212.7, 195)}
 
 
@@ -60,3 +60,19 @@ def test_layer_map_names_and_skip():
     assert names[:4] == ["blocks.0.attn.qkv", "blocks.0.attn.proj", "blocks.0.mlp.proj_in", "blocks.0.mlp.proj_out"]
     assert "blocks.1.proj" in names and len(names) == 5 * 4 + 3
     assert not any(n.endswith("qkv") for n in quantizable_linears(m, ["*.qkv"]))
+
+
+def test_seeded_random_model_leaves_cuda_generators_alone(monkeypatch):
+    """Only the CPU generator is seeded (and restored): torch.manual_seed would also reseed every CUDA generator."""
+    def refuse(*a, **k):
+        raise AssertionError("CUDA generators were reseeded")
+    monkeypatch.setattr(torch.cuda, "manual_seed_all", refuse)
+    monkeypatch.setattr(torch.cuda, "manual_seed", refuse)
+    before = torch.random.get_rng_state()
+    a = build_random("tiny", 3, 128, ARCH)
+    assert torch.equal(torch.random.get_rng_state(), before)
+    b = build_random("tiny", 3, 128, ARCH)
+    assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
+    from sam2ptq_core.algorithms.lowrank import top_r_svd
+    R = torch.randn(64, 48, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(top_r_svd(R, 4, randomized=True, seed=5)[0], top_r_svd(R, 4, randomized=True, seed=5)[0])

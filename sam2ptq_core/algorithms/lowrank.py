@@ -11,6 +11,7 @@ keeping the best iterate by output error ||X (W − L − Q)ᵀ||² when a token
 """
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass, field
 
 import torch
@@ -31,14 +32,27 @@ class LowRankResult:
     errors: list[float] = field(default_factory=list)
 
 
+@contextlib.contextmanager
+def _seeded(device: torch.device, seed: int):
+    """Seed the one generator ``device`` draws from (svd_lowrank takes no generator) and restore it afterwards;
+    no other device's generator is touched."""
+    cuda = device.type == "cuda"
+    with torch.random.fork_rng(devices=[device] if cuda else []):
+        if cuda:
+            with torch.cuda.device(device):
+                torch.cuda.manual_seed(seed)
+        else:
+            torch.default_generator.manual_seed(seed)
+        yield
+
+
 def top_r_svd(R: torch.Tensor, rank: int, randomized: bool = False, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
     """Best rank-r factors (a [r, in], b [out, r]) of R [out, in] in float64 (Eckart–Young)."""
     R = R.double()
     if rank <= 0:
         return R.new_zeros(0, R.shape[1]), R.new_zeros(R.shape[0], 0)
     if randomized and rank < min(R.shape) // 2:
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
+        with _seeded(R.device, seed):
             U, S, V = torch.svd_lowrank(R, q=min(rank + 10, min(R.shape)), niter=4)
         return V[:, :rank].T.contiguous(), U[:, :rank] * S[:rank]
     U, S, Vh = torch.linalg.svd(R, full_matrices=False)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..sam2.evaluation import evaluate_images, prompt_ious, summarize
-from ..sam2.images import folder_digest, preprocess, select_images
+from ..sam2.images import files_digest, preprocess, select_images
 from ..sam2.quantized_model import build_quantized
 from .artifacts import CalibrationSet, FetchedModel, QuantizedLayers, SmoothingChoice
 from .config import RunConfig, config_hash, group_size_of
@@ -35,7 +35,7 @@ def run_evaluation(c: RunConfig, fetched: FetchedModel, calib: CalibrationSet, s
     coco = load_coco(c.quant.eval.annotations) if c.quant.eval.annotations else None
     paths = held_out_images(c, {s["path"] for s in calib.sources()}, set(coco[1]) if coco else None)
     cache = store_of(c).preprocess_cache()
-    digest = folder_digest(cache, c.quant.eval.path or c.quant.calib.path)
+    digest = files_digest(cache, paths)
     size = c.quant.calib.image_size
 
     def items():

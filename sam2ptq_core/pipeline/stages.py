@@ -85,7 +85,7 @@ def _evaluate_slice(c: RunConfig) -> dict:
 STAGES: dict[str, Stage] = {s.name: s for s in [
     Stage("fetch_model", 1, (), _fetch_slice, A.FetchedModel,
           "resolve the checkpoint (hub id + revision, local dir, HF cache) or the seeded random model"),
-    Stage("build_calibration_set", 1, (), _calib_slice, A.CalibrationSet,
+    Stage("build_calibration_set", 2, (), _calib_slice, A.CalibrationSet,
           "choose the calibration images and store them resized as uint8"),
     Stage("capture_activations", 1, ("fetch_model", "build_calibration_set"), _capture_slice, A.ActivationStats,
           "run the float encoder and keep per-layer input statistics"),

@@ -21,7 +21,8 @@ if TYPE_CHECKING:
     import torch
 
 __all__ = ["IMAGE_SUFFIXES", "DataError", "ImageRecord", "list_images", "select_images", "load_rgb",
-           "resize_uint8", "normalize", "scale_points", "MEAN", "STD", "folder_digest", "preprocess"]
+           "resize_uint8", "normalize", "scale_points", "MEAN", "STD", "listing_digest", "files_digest",
+           "preprocess"]
 
 log = logging.getLogger(__name__)
 
@@ -132,11 +133,21 @@ def scale_points(points: torch.Tensor, width: int, height: int, size: int) -> to
     return points * f
 
 
-def folder_digest(cache, folder: str | Path) -> dict[str, str]:
-    """Content sha256 of every image in ``folder``, memoised in ``cache`` (a diskcache.Cache or any object with
-    get/set) by (path, size, mtime)."""
-    out = {}
+def listing_digest(folder: str | Path) -> str:
+    """sha256 of the folder's image listing (relative path and size of each file): cheap even for huge folders."""
+    import hashlib
+    root = Path(folder)
+    h = hashlib.sha256()
     for f in list_images(folder):
+        h.update(f"{f.relative_to(root)}\t{f.stat().st_size}\n".encode())
+    return h.hexdigest()
+
+
+def files_digest(cache, paths: list[Path]) -> dict[str, str]:
+    """Content sha256 of each file, memoised in ``cache`` (a diskcache.Cache or any object with get/set) by
+    (path, size, mtime)."""
+    out = {}
+    for f in paths:
         st = f.stat()
         k = ("sha", str(f.resolve()), st.st_size, st.st_mtime_ns)
         h = cache.get(k)

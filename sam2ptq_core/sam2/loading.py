@@ -55,8 +55,8 @@ def build_random(name: str, seed: int, image_size: int = 1024, arch: dict | None
     """The exact architecture of ``name`` with seeded random weights (global RNG state is restored)."""
     from transformers import Sam2Model
     cfg = build_config(name, image_size, arch)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
+    with torch.random.fork_rng(devices=[]):  # seeds and restores the CPU generator only (CUDA's stay untouched)
+        torch.default_generator.manual_seed(seed)
         model = Sam2Model(cfg)
         # transformers initialises pos_embed to zeros; give the random model a non-trivial one like a trained one
         for p in (model.vision_encoder.backbone.pos_embed, model.vision_encoder.backbone.pos_embed_window):
