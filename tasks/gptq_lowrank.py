@@ -18,18 +18,18 @@ def gptq_lowrank(cfg: dict, model_ref: Ref, acts_ref: Ref, rot_ref: Ref, smooth_
 
     def build(tmp):
         from sam2ptq_core.algorithms.model_recipe import all_layer_errors, layer_rotations, quantize_all, saved_layers
-        from sam2ptq_core.pipeline.runtime import layer_spec, load_layer_inputs
+        from sam2ptq_core.pipeline.runtime import device_of, layer_spec, load_layer_inputs
         li = load_layer_inputs(c, *(open_artifact(c, r) for r in (model_ref, acts_ref, rot_ref)))
         sm = open_artifact(c, smooth_ref)
         scales, chosen = sm.scales(), set(sm.rotation_choice()["layers"])
         rots = layer_rotations(li.layers, li.by_width, {k: k in chosen for k in li.layers})
-        spec = layer_spec(c.quant, c.seed)
+        spec, dev = layer_spec(c.quant, c.seed), device_of(c)
         with Progress(STAGE.name, len(li.layers), "layer") as prog:
-            lqs = quantize_all(li.layers, li.stats, scales, rots, spec, prog)
+            lqs = quantize_all(li.layers, li.stats, scales, rots, spec, prog, device=dev)
         fallbacks = {k: lq.fallback for k, lq in lqs.items() if lq.fallback}
         for k, msg in fallbacks.items():
             run_logger().warning("%s: %s", k, msg)
-        rows = all_layer_errors(li.layers, li.stats, lqs, scales, rots, spec)
+        rows = all_layer_errors(li.layers, li.stats, lqs, scales, rots, spec, device=dev)
         STAGE.artifact.write(tmp, saved_layers(lqs, li.layers, spec), {"layers": rows, "fallbacks": fallbacks})
         return {"num_layers": len(lqs), "gptq_fallbacks": len(fallbacks)}
     return run_stage(STAGE, c, refs, build)

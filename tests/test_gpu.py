@@ -30,3 +30,30 @@ def test_fake_quant_hadamard_lowrank_on_cuda():
     W, _ = _wh()
     r = low_rank_decompose(W.cuda(), 32, "sint4", 64)
     assert r.a.device.type == "cuda" and r.weight.shape == W.shape
+
+
+def test_capture_quant_linear_and_evaluate_in_bf16_on_cuda():
+    """What the pipeline runs on the GPU: capture in bf16, the quantized model (QuantLinear) and the evaluation.
+    Statistics agree with a float32 CPU capture; the bf16 quantized model stays close to its float32 CPU twin."""
+    from sam2ptq_core.sam2.capture import capture_stats
+    from sam2ptq_core.sam2.evaluation import evaluate_image
+    from sam2ptq_core.sam2.loading import build_random, quantizable_linears
+    from sam2ptq_core.sam2.quantized_model import LayerArtifacts, quantize_model
+    from tests.helpers import ARCH
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(1, 3, 128, 128, generator=g)
+    m = build_random("tiny", 0, 128, ARCH)
+    ref = capture_stats(m, [x], sample_tokens=64, seed=0)
+    mc = build_random("tiny", 0, 128, ARCH).to("cuda", torch.bfloat16)
+    got = capture_stats(mc, [x.to("cuda", torch.bfloat16)], sample_tokens=64, seed=0)
+    for k in ref:
+        rel = float((got[k].hessian_sum.double() - ref[k].hessian_sum).norm() / ref[k].hessian_sum.norm())
+        assert rel < 0.05, (k, rel)  # bf16 activations: ~1e-2
+    arts = {n: LayerArtifacts(fake_quantize(lin.weight.detach(), "sint8", -1), lin.bias.detach(), None, None, None)
+            for n, lin in quantizable_linears(m).items()}
+    qm = quantize_model(build_random("tiny", 0, 128, ARCH), arts, "sint8", -1)
+    ev_cpu = evaluate_image(m, qm, x, (100, 120), 128, 2)
+    mg, qg = m.to("cuda", torch.bfloat16), qm.to("cuda", torch.bfloat16)
+    ev_gpu = evaluate_image(mg, qg, x.to("cuda", torch.bfloat16), (100, 120), 128, 2)
+    assert all(torch.isfinite(torch.tensor(v)) for v in ev_gpu.sqnr.values())
+    assert abs(ev_gpu.sqnr["embedding"] - ev_cpu.sqnr["embedding"]) < 10  # bf16 noise on top of W8A8

@@ -48,16 +48,25 @@ def layer_rotations(layers: dict[str, nn.Module], by_width: dict[int, Rotation],
             for n, m in layers.items()}
 
 
+def _to(stats: LayerStats, device) -> LayerStats:
+    return LayerStats(stats.absmax.to(device), stats.hessian_sum.to(device), stats.n_tokens, stats.sample.to(device))
+
+
+def _weight(mod: nn.Module, device) -> torch.Tensor:
+    return mod.weight.detach().to(device=device, dtype=torch.float32)
+
+
 def search_all_smoothing(layers: dict[str, nn.Module], stats: dict[str, LayerStats],
                          rots: dict[str, Rotation | None], spec: LayerSpec, candidates: list[tuple[float, float]],
-                         auto_rotate: bool = False, progress: Progress | None = None
+                         auto_rotate: bool = False, progress: Progress | None = None, device="cpu"
                          ) -> dict[str, tuple[SmoothResult, bool]]:
     """Per layer: the best smoothing candidate, and whether the layer is rotated. With ``auto_rotate`` a layer keeps
-    its rotation only when that lowers the best objective (so rotation never makes a layer's error worse)."""
+    its rotation only when that lowers the best objective (so rotation never makes a layer's error worse).
+    The search runs on ``device``; the returned scales are on the CPU."""
     out = {}
     for i, (name, mod) in enumerate(layers.items()):
-        st, R = stats[name], rots.get(name)
-        W = mod.weight.detach().float().cpu()
+        st, R = _to(stats[name], device), rots.get(name)
+        W = _weight(mod, device)
         X = st.sample.float()
         res = search_smoothing(st.absmax, W.abs().amax(0), candidates, smoothing_objective(X, W, R, spec))
         use_r = R is not None
@@ -67,6 +76,7 @@ def search_all_smoothing(layers: dict[str, nn.Module], stats: dict[str, LayerSta
                 res, use_r = plain, False
         if spec.scale_dtype is not None:  # a 16-bit export stores the scales: keep exactly what it will hold
             res.scale = res.scale.to(spec.torch_scale_dtype).float()
+        res.scale = res.scale.cpu()
         out[name] = (res, use_r)
         if progress:
             progress(i + 1, len(layers), name)
@@ -74,25 +84,29 @@ def search_all_smoothing(layers: dict[str, nn.Module], stats: dict[str, LayerSta
 
 
 def quantize_all(layers: dict[str, nn.Module], stats: dict[str, LayerStats], smooth: dict[str, torch.Tensor],
-                 rots: dict[str, Rotation | None], spec: LayerSpec, progress: Progress | None = None
-                 ) -> dict[str, LayerQuant]:
+                 rots: dict[str, Rotation | None], spec: LayerSpec, progress: Progress | None = None,
+                 device="cpu") -> dict[str, LayerQuant]:
+    """Branch + GPTQ (or RTN) of every layer on ``device``; the results stay there (``saved_layers`` moves them)."""
     out = {}
     for i, (name, mod) in enumerate(layers.items()):
-        W = mod.weight.detach().float().cpu()
-        out[name] = quantize_layer(W, stats[name], smooth.get(name), rots.get(name), spec)
+        s = smooth.get(name)
+        out[name] = quantize_layer(_weight(mod, device), _to(stats[name], device), None if s is None else s.to(device),
+                                   rots.get(name), spec)
         if progress:
             progress(i + 1, len(layers), name)
     return out
 
 
 def all_layer_errors(layers: dict[str, nn.Module], stats: dict[str, LayerStats], lqs: dict[str, LayerQuant],
-                     smooth: dict[str, torch.Tensor], rots: dict[str, Rotation | None], spec: LayerSpec) -> list[dict]:
+                     smooth: dict[str, torch.Tensor], rots: dict[str, Rotation | None], spec: LayerSpec,
+                     device="cpu") -> list[dict]:
     rows = []
     for name, mod in layers.items():
-        W = mod.weight.detach().float().cpu()
-        b = None if mod.bias is None else mod.bias.detach().float().cpu()
-        X = stats[name].sample.float()
-        e = layer_errors(W, b, X, lqs[name], smooth.get(name), rots.get(name), spec)
+        b = None if mod.bias is None else mod.bias.detach().to(device=device, dtype=torch.float32)
+        X = stats[name].sample.to(device=device, dtype=torch.float32)
+        s = smooth.get(name)
+        e = layer_errors(_weight(mod, device), b, X, lqs[name], None if s is None else s.to(device), rots.get(name),
+                         spec)
         rows.append({"name": name, **e})
     return rows
 
@@ -109,8 +123,9 @@ def export_bias(mod: nn.Module, spec: LayerSpec) -> torch.Tensor:
 def saved_layers(lqs: dict[str, LayerQuant], layers: dict[str, nn.Module], spec: LayerSpec) -> dict[str, dict]:
     """What the GPTQ stage stores per layer: dequantized residual weight, int16 codes, scale, zero (empty for
     symmetric formats), group size, the branch a/b and the bias the quantized layer uses."""
-    return {k: {"weight": lq.weight.float(), "codes": lq.q.codes.to(torch.int16), "scale": lq.q.qparams.scale,
-                "zero": lq.q.qparams.zero if lq.q.qparams.zero is not None else torch.empty(0),
-                "group_size": torch.tensor(lq.q.qparams.group_size), "a": lq.a, "b": lq.b,
+    return {k: {"weight": lq.weight.float().cpu(), "codes": lq.q.codes.to(torch.int16).cpu(),
+                "scale": lq.q.qparams.scale.cpu(),
+                "zero": lq.q.qparams.zero.cpu() if lq.q.qparams.zero is not None else torch.empty(0),
+                "group_size": torch.tensor(lq.q.qparams.group_size), "a": lq.a.cpu(), "b": lq.b.cpu(),
                 "bias": export_bias(layers[k], spec)}
             for k, lq in lqs.items()}

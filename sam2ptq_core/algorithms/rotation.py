@@ -11,7 +11,7 @@ Hiera width: 96 = 12·8, 112 = 28·4, 144 = 144·1, 288 = 144·2, 576 = 144·4, 
 from __future__ import annotations
 
 import math
-from functools import cache
+from functools import cache, lru_cache
 
 import torch
 
@@ -106,6 +106,21 @@ def _fwht(x: torch.Tensor) -> torch.Tensor:
     return x.reshape(shape)
 
 
+@lru_cache(maxsize=256)
+def _factors(n: int, random: bool, seed: int, transpose: bool, device: torch.device, dtype: torch.dtype):
+    """(signs or None, Kronecker product of the Paley bases (transposed for x·Rᵀ) or None, 2^m) of order n, built
+    once per width, device and dtype rather than on every forward."""
+    bases, p2 = hadamard_factors(n)
+    signs = random_signs(n, seed).to(device=device, dtype=dtype) if random else None
+    B = None
+    if bases:
+        B = torch.ones(1, 1, dtype=torch.float64)
+        for b in bases:
+            B = torch.kron(B, _base(b))
+        B = (B.T if transpose else B).contiguous().to(device=device, dtype=dtype)
+    return signs, B, p2
+
+
 def apply_hadamard(x: torch.Tensor, *, random: bool = False, seed: int = 0, transpose: bool = False) -> torch.Tensor:
     """x·R (or x·Rᵀ) for R = hadamard(n, random, seed), n = x.shape[-1], in O(n·(k + log n)) per row, not O(n²).
 
@@ -113,18 +128,13 @@ def apply_hadamard(x: torch.Tensor, *, random: bool = False, seed: int = 0, tran
     matrices are not symmetric, so x·Rᵀ uses Bᵀ (and applies the ±1 signs after instead of before).
     """
     n = x.shape[-1]
-    bases, p2 = hadamard_factors(n)
-    signs = random_signs(n, seed).to(device=x.device, dtype=x.dtype) if random else None
+    signs, B, p2 = _factors(n, random, seed, transpose, x.device, x.dtype)
     if signs is not None and not transpose:
         x = x * signs
     k = n // p2
     y = _fwht(x.reshape(*x.shape[:-1], k, p2))
-    if bases:
-        B = torch.ones(1, 1, dtype=torch.float64)
-        for b in bases:
-            B = torch.kron(B, _base(b))
-        B = B.T if transpose else B
-        y = torch.einsum("...kp,kj->...jp", y, B.to(device=x.device, dtype=x.dtype))
+    if B is not None:
+        y = torch.einsum("...kp,kj->...jp", y, B)
     y = (y / math.sqrt(n)).reshape(x.shape)
     return y * signs if signs is not None and transpose else y
 
