@@ -19,6 +19,8 @@ def main(argv: list[str]) -> int:
     p.add_argument("--point", action="append", required=True, help="foreground point X,Y in pixels (repeatable)")
     p.add_argument("--format", choices=["cache", "nunchaku"], default="cache", help="which files to load")
     p.add_argument("--out", default="prediction.png", help="overlay PNG to write (default: prediction.png)")
+    p.add_argument("--device", choices=["cuda", "cpu"], default=None,
+                   help="where to run (default: the run's model.device)")
     a = p.parse_args(argv)
     try:
         run, im, pts = _checked_inputs(a)
@@ -36,9 +38,15 @@ def main(argv: list[str]) -> int:
     except (OSError, ValueError) as e:
         print(f"error: {str(e).splitlines()[0]}", file=sys.stderr)
         return 2
+    device = a.device or cfg.model.device
+    if device == "cuda" and not torch.cuda.is_available():
+        print("error: the run was quantized for cuda but no CUDA device is available; add --device cpu",
+              file=sys.stderr)
+        return 2
+    model = model.to(device)
     size = cfg.quant.calib.image_size
     with torch.inference_mode():
-        emb = model.get_image_embeddings(normalize(resize_uint8(im, size))[None])
+        emb = model.get_image_embeddings(normalize(resize_uint8(im, size))[None].to(device))
         masks = predict_masks(model, emb, size, (im.height, im.width), points=pts)
     union = masks.any(0).numpy()
     title = ("RANDOM WEIGHTS — " if cfg.model.random_init else "") + f"{cfg.model.name} quantized ({a.format})"
