@@ -1,3 +1,4 @@
+import pytest
 import torch
 
 from sam2ptq_core.algorithms.layer_recipe import LayerSpec, smoothing_objective
@@ -6,10 +7,24 @@ from sam2ptq_core.algorithms.smoothing import search_smoothing, smooth_candidate
 
 
 def test_candidates_match_deepcompressor_grid():
-    c = smooth_candidates("GridSearch", 0.5, -2, 20)
-    assert len(c) == 39 and c[0] == (0.0, 0.0) and (0.05, 0.95) in c and (0.95, 0.0) in c
+    """Literal lists written out from DeepCompressor's get_alpha_beta_pairs for N = 4 (g = 0.25, 0.5, 0.75)."""
+    g = [0.25, 0.5, 0.75]
+    ident = [(0.0, 0.0)]
+    assert smooth_candidates("GridSearch", 0.5, -2, 4) == ident + [(0.25, 0), (0.5, 0), (0.75, 0), (0.25, 0.75),
+                                                                   (0.5, 0.5), (0.75, 0.25)]
+    assert smooth_candidates("GridSearch", 0.5, -1, 4) == ident + [(0.25, 0.75), (0.5, 0.5), (0.75, 0.25)]
+    assert smooth_candidates("GridSearch", 0.5, 0.3, 4) == ident + [(0.25, 0.25), (0.5, 0.5), (0.75, 0.75)]
+    assert smooth_candidates("GridSearch", 0.5, 0, 4) == ident + [(0.25, 0), (0.5, 0), (0.75, 0)]
+    assert smooth_candidates("GridSearch", 0.5, -3, 4) == ident + [(x, 0) for x in g] + [(x, y) for x in g for y in g]
+    assert smooth_candidates("GridSearch", 0, 0.5, 4) == ident + [(0, x) for x in g]
+    assert smooth_candidates("GridSearch", -1, 0, 4) == ident + [(x, 0) for x in g] + [(x, 1 - x) for x in g]
+    assert smooth_candidates("GridSearch", -3, 0.5, 4) == ident + [(0, x) for x in g] + [(x, y) for x in g for y in g]
+    assert len(smooth_candidates("GridSearch", 0.5, -2, 20)) == 39
     assert smooth_candidates("Manual", 0.5, -2, 20) == [(0.5, 0.5)]
-    assert len(smooth_candidates("GridSearch", 0.5, 0.3, 10)) == 10
+    assert smooth_candidates("Manual", -1, 0.3, 20) == [(0.7, 0.3)]
+    assert smooth_candidates("Manual", 0.4, 0.2, 20) == [(0.4, 0.2)]
+    with pytest.raises(ValueError, match="not a grid setting"):
+        smooth_candidates("GridSearch", -0.5, 0, 4)
 
 
 def test_scales_formula_and_bad_values():

@@ -104,7 +104,7 @@ def gptq_quantize(W: torch.Tensor, H: torch.Tensor, dtype: str, group_size: int 
     zeroed) weight before the sweep. Damping = damp_percentage · mean(diag H); each failed Cholesky adds another
     0.1 · that amount, up to ``num_inv_tries`` tries, then RTN is used and ``fallback`` says so (also logged).
     With ``act_order`` columns are swept by decreasing H_ii; every column keeps the group of its original index.
-    ``scale_dtype`` rounds the group scales to a 16-bit dtype (see quant.compute_qparams).
+    ``scale_dtype`` rounds the group scales to a 16-bit dtype (see quantizers.compute_qparams).
     """
     qd = qdtype(dtype)
     work = torch.float64 if W.dtype == torch.float64 else torch.float32

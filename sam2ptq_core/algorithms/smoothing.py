@@ -3,13 +3,16 @@
 Per input channel j: s_j = max|X_j|^α / max|W_{:,j}|^β, then X ← X / s and W ← W · diag(s), so X·Wᵀ is unchanged.
 A zero, NaN or Inf scale becomes 1.
 
-Candidate grid (DeepCompressor's GridSearch). With ``num_grids`` = N the grid points are a = i/N, i = 1 … N−1, and:
-- ``beta < 0`` (default −2, "search β too"): (0, 0), (a, 0) and (a, 1 − a) for every a → 2N − 1 pairs (39 for N = 20);
-- ``beta ≥ 0``: (0, 0) and (a, beta) for every a → N pairs.
-Strategy ``Manual`` tries the single pair (alpha, 1 − alpha if beta < 0 else beta). (0, 0) is the identity, so the
-search can never pick scales that are worse than no smoothing on its own objective.
+Candidate grid: DeepCompressor's GridSearch (``get_alpha_beta_pairs``), the same pairs in the same order. With
+``num_grids`` = N the grid points are g = i/N, i = 1 … N−1; every list starts with the identity (0, 0), so the search
+never picks scales worse than no smoothing on its own objective. α and β select families (values ≤ 0 are flags):
+- α > 0: β > 0 → (g, g); β = 0 → (g, 0); β = −1 → (g, 1 − g); β = −2 → (g, 0) + (g, 1 − g) (the default: 2N − 1
+  pairs, 39 for N = 20); β < −2 → (g, 0) + every (g, g');
+- α = 0: the same with (0, g) added ahead of the α-led families;
+- α = −1, −2, −3: the remaining rows of the table in ``_FAMILIES``.
+Strategy ``Manual`` tries one pair: (α, 1 − α) if β < 0, (1 − β, β) if α < 0, else (α, β).
 The objective is supplied by the caller: the output error of the fully quantized layer on a token sample with every
-later transform (rotation, low-rank branch, weight and activation quantization) in place — see layerq.py.
+later transform (rotation, low-rank branch, weight and activation quantization) in place — see layer_recipe.py.
 """
 from __future__ import annotations
 
@@ -28,19 +31,37 @@ def smoothing_scales(x_absmax: torch.Tensor, w_absmax: torch.Tensor, alpha: floa
     return s.float()
 
 
+def _kind(v: float) -> str:
+    return "+" if v > 0 else str(int(v)) if v in (0, -1, -2, -3) else "other"
+
+
+# (alpha kind, beta kind) → families after (0, 0); "a": (g, 0), "b": (0, g), "tied": (g, g), "sum1": (g, 1 − g),
+# "all": every (g, g'). Rows follow DeepCompressor's table; a missing beta kind falls back to the row's "else".
+_FAMILIES = {
+    "+": {"+": ["tied"], "0": ["a"], "-1": ["sum1"], "-2": ["a", "sum1"], "else": ["a", "all"]},
+    "0": {"+": ["b"], "0": ["a", "b"], "-1": ["b", "sum1"], "-2": ["a", "b", "sum1"], "else": ["a", "b", "all"]},
+    "-1": {"+": ["sum1"], "-1": ["sum1"], "0": ["a", "sum1"], "-2": ["a", "sum1"], "else": ["a", "all"]},
+    "-2": {"+": ["b", "sum1"], "-1": ["b", "sum1"], "0": ["a", "b", "sum1"], "-2": ["a", "b", "sum1"],
+           "else": ["a", "b", "all"]},
+    "-3": {"+": ["b", "all"], "else": ["b", "a", "all"]},
+}
+
+
 def smooth_candidates(strategy: str, alpha: float, beta: float, num_grids: int) -> list[tuple[float, float]]:
-    """The (α, β) pairs tried; see module docstring."""
+    """The (α, β) pairs tried, in order; see module docstring."""
     if strategy == "Manual":
-        return [(alpha, 1 - alpha if beta < 0 else beta)]
+        if beta < 0:
+            return [(alpha, 1 - alpha)]
+        return [(1 - beta, beta)] if alpha < 0 else [(alpha, beta)]
     if strategy != "GridSearch":
         raise ValueError(f"unknown smoothing strategy {strategy!r}; use GridSearch or Manual")
-    grid = [i / num_grids for i in range(1, num_grids)]
-    pairs = [(0.0, 0.0)]
-    if beta < 0:
-        pairs += [(a, 0.0) for a in grid] + [(a, 1 - a) for a in grid]
-    else:
-        pairs += [(a, float(beta)) for a in grid]
-    return pairs
+    row = _FAMILIES.get(_kind(alpha))
+    if row is None:
+        raise ValueError(f"smoothing alpha {alpha} is not a grid setting; use a value in (0, 1] or 0, -1, -2, -3")
+    g = [i / num_grids for i in range(1, num_grids)]
+    family = {"a": [(x, 0.0) for x in g], "b": [(0.0, x) for x in g], "tied": [(x, x) for x in g],
+              "sum1": [(x, 1 - x) for x in g], "all": [(x, y) for x in g for y in g]}
+    return [(0.0, 0.0)] + [p for name in row.get(_kind(beta), row["else"]) for p in family[name]]
 
 
 @dataclass

@@ -91,7 +91,7 @@ STAGES: dict[str, Stage] = {s.name: s for s in [
           "run the float encoder and keep per-layer input statistics"),
     Stage("rotate", 1, ("capture_activations",), _rotate_slice, A.RotationSpec,
           "the Hadamard rotation of every quantized input width"),
-    Stage("smooth", 2, ("fetch_model", "capture_activations", "rotate"), _smooth_slice, A.SmoothingChoice,
+    Stage("smooth", 3, ("fetch_model", "capture_activations", "rotate"), _smooth_slice, A.SmoothingChoice,
           "per-layer smoothing scales and the per-layer rotation choice"),
     Stage("gptq_lowrank", 1, ("fetch_model", "capture_activations", "rotate", "smooth"), _gptq_slice,
           A.QuantizedLayers, "low-rank branch + GPTQ (or RTN) of every trunk linear, per-layer errors"),
