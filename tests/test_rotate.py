@@ -35,10 +35,11 @@ def test_rotation_object_transpose(n, random):
 
 
 def test_rotation_preserves_linear_output():
+    """Through the fast transform the pipeline uses (not a dense matrix built here)."""
     g = torch.Generator().manual_seed(0)
     x, W = torch.randn(9, 576, generator=g, dtype=torch.float64), torch.randn(40, 576, generator=g, dtype=torch.float64)
-    R = hadamard(576, random=True, seed=3)
-    assert float(((x @ R) @ (W @ R).T - x @ W.T).abs().max()) < 1e-11  # measured 3e-14
+    y = apply_hadamard(x, random=True, seed=3) @ apply_hadamard(W, random=True, seed=3).T
+    assert float((y - x @ W.T).abs().max()) < 1e-11  # measured 1.1e-13
 
 
 def test_random_is_seeded_and_orthogonal():

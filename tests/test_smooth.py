@@ -35,13 +35,20 @@ def test_scales_formula_and_bad_values():
 
 
 def test_smoothing_and_rotation_preserve_output_float64():
+    """The production transforms (fast Hadamard, the pipeline's input/weight transforms) keep X·Wᵀ, and agree with
+    the dense definition X' = (X / s)·R, W' = (W·diag s)·R."""
+    from sam2ptq_core.algorithms.layer_recipe import transform_input, transform_weight
+    from sam2ptq_core.algorithms.rotation import Rotation
     g = torch.Generator().manual_seed(0)
     X = torch.randn(64, 96, generator=g, dtype=torch.float64) * torch.linspace(0.1, 30, 96, dtype=torch.float64)
     W = torch.randn(32, 96, generator=g, dtype=torch.float64)
-    s = smoothing_scales(X.abs().amax(0), W.abs().amax(0), 0.5, 0.5).double()
-    R = hadamard(96)
-    y = ((X / s) @ R) @ ((W * s) @ R).T
-    assert float((y - X @ W.T).abs().max() / (X @ W.T).abs().max()) < 1e-13  # measured 2e-16
+    s = smoothing_scales(X.abs().amax(0), W.abs().amax(0), 0.5, 0.5)
+    R = Rotation(96, random=True, seed=3)
+    Xt, Wt = transform_input(X, s, R), transform_weight(W, s, R)
+    assert float((Xt @ Wt.T - X @ W.T).abs().max() / (X @ W.T).abs().max()) < 1e-13  # measured 5e-16
+    dense = hadamard(96, random=True, seed=3)
+    assert float((Xt - (X / s.double()) @ dense).abs().max()) < 1e-12  # measured 9e-15 (W side 8e-15)
+    assert float((Wt - (W * s.double()) @ dense).abs().max()) < 1e-12
 
 
 def test_search_improves_on_outlier_activations():
