@@ -71,33 +71,40 @@ def transform_input(X: torch.Tensor, s: torch.Tensor | None, R: Rotation | None,
 def quantized_output(Xt: torch.Tensor, lq: LayerQuant, spec: LayerSpec) -> torch.Tensor:
     """y (no bias) of the quantized layer for inputs already in transformed coordinates, in Xt's dtype."""
     dt = Xt.dtype
-    xq = fake_quantize(Xt.float(), spec.a_dtype, spec.a_group).to(dt) if spec.a_dtype else Xt
-    y = xq @ lq.weight.to(dt).T
+    y = _input_quantized(Xt, spec) @ lq.weight.to(dt).T
     if lq.a.numel():
         y = y + (Xt @ lq.a.to(dt).T) @ lq.b.to(dt).T
     return y
 
 
-def _rtn_layer(Wt: torch.Tensor, spec: LayerSpec, X: torch.Tensor | None) -> LayerQuant:
+def _input_quantized(X: torch.Tensor, spec: LayerSpec) -> torch.Tensor:
+    return fake_quantize(X.float(), spec.a_dtype, spec.a_group).to(X.dtype) if spec.a_dtype else X
+
+
+def _rtn_layer(Wt: torch.Tensor, spec: LayerSpec, X: torch.Tensor, Xq: torch.Tensor) -> LayerQuant:
+    """The quick stand-in the smoothing search ranks candidates with: one branch fit (no alternation) and RTN, in
+    the dtype of Wt."""
     if spec.rank > 0:
-        r = low_rank_decompose(Wt, spec.rank, spec.w_dtype, spec.w_group, spec.lowrank_iters, X,
-                               spec.randomized_svd, spec.seed, spec.torch_scale_dtype)
+        r = low_rank_decompose(Wt, spec.rank, spec.w_dtype, spec.w_group, 1, X, spec.randomized_svd, spec.seed,
+                               spec.torch_scale_dtype, Xq=Xq, work_dtype=Wt.dtype)
         return LayerQuant(r.weight.to(Wt.dtype), r.q, r.a, r.b)
     q = quantize(Wt, spec.w_dtype, spec.w_group, scale_dtype=spec.torch_scale_dtype)
     empty = Wt.new_zeros(0, Wt.shape[1]).float()
     return LayerQuant(dequantize(q, Wt.dtype), q, empty, Wt.new_zeros(Wt.shape[0], 0).float())
 
 
-def smoothing_objective(X: torch.Tensor, W: torch.Tensor, R: Rotation | None, spec: LayerSpec):
-    """objective(s) = ||X·Wᵀ − y_q(s)||² with RTN (plus the branch) in place of GPTQ, as DeepCompressor does.
-    Evaluated in float32 (it ranks candidates; the float64 checks live in the tests)."""
-    X, W = X.float(), W.float()
+def smoothing_objective(X: torch.Tensor, W: torch.Tensor, R: Rotation | None, spec: LayerSpec,
+                        dtype: torch.dtype = torch.float32):
+    """objective(s) = ||X·Wᵀ − y_q(s)||² with RTN (plus a one-shot branch) in place of GPTQ, as DeepCompressor
+    does. Evaluated in ``dtype``, float32 by default: it only ranks candidates (benchmarks/RESULTS.md compares it
+    with float64), and the squared error is summed in float64."""
+    X, W = X.to(dtype), W.to(dtype)
     ref = X @ W.T
 
     def objective(s: torch.Tensor) -> float:
-        Xt = transform_input(X, s, R, torch.float32)
-        lq = _rtn_layer(transform_weight(W, s, R, torch.float32), spec, Xt)
-        return float((quantized_output(Xt, lq, spec) - ref).double().pow(2).sum())
+        Xt = transform_input(X, s, R, dtype)
+        lq = _rtn_layer(transform_weight(W, s, R, dtype), spec, Xt, _input_quantized(Xt, spec))
+        return float((quantized_output(Xt, lq, spec) - ref).pow(2).sum(dtype=torch.float64))
     return objective
 
 
@@ -110,7 +117,7 @@ def quantize_layer(W: torch.Tensor, stats: LayerStats, s: torch.Tensor | None, R
     sd = spec.torch_scale_dtype
     if spec.rank > 0:
         lr = low_rank_decompose(Wt, spec.rank, spec.w_dtype, spec.w_group, spec.lowrank_iters, X,
-                                spec.randomized_svd, spec.seed, sd)
+                                spec.randomized_svd, spec.seed, sd, Xq=None if X is None else _input_quantized(X, spec))
         a, b = lr.a, lr.b
         if sd is not None:
             a, b = round_branch(a, b, s, sd)

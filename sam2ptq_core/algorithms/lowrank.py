@@ -4,10 +4,13 @@ W ≈ L + Q(W − L) with L = b·a of rank r kept in 16-bit. Alternating fit (De
 
     Q_0 = 0;  L_t = top-r SVD(W − Q_{t−1});  Q_t = Q(W − L_t)
 
-keeping the best iterate by output error ||X (W − L − Q)ᵀ||² when a token sample X is given (weight error
-||W − L − Q||² otherwise) and stopping at the first iteration that does not improve. ``a`` [r, in] = Vh_r,
-``b`` [out, r] = U_r·S_r. Shapes: W [out, in], X [tokens, in]. SVDs in float64; ``randomized=True`` uses
-``torch.svd_lowrank`` (seeded, global RNG untouched) which is several times faster on large layers.
+keeping the best iterate and stopping at the first iteration that does not improve. The score is the layer's
+output error with a token sample X: the residual runs on the quantized input, the branch on the exact one, so
+score = ||Qa(X)·Qᵀ − X·(W − L)ᵀ||² with ``Xq`` = Qa(X) (``Xq`` = X when activations stay in float); without X
+it is the weight error ||W − L − Q||². ``a`` [r, in] = Vh_r, ``b`` [out, r] = U_r·S_r. Shapes: W [out, in],
+X [tokens, in]. Work in ``dtype`` (float64 for the stored branch; the smoothing search ranks candidates in
+float32); ``randomized=True`` uses ``torch.svd_lowrank`` (seeded, other generators untouched), several times faster
+on large layers.
 """
 from __future__ import annotations
 
@@ -46,9 +49,10 @@ def _seeded(device: torch.device, seed: int):
         yield
 
 
-def top_r_svd(R: torch.Tensor, rank: int, randomized: bool = False, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
-    """Best rank-r factors (a [r, in], b [out, r]) of R [out, in] in float64 (Eckart–Young)."""
-    R = R.double()
+def top_r_svd(R: torch.Tensor, rank: int, randomized: bool = False, seed: int = 0,
+              dtype: torch.dtype = torch.float64) -> tuple[torch.Tensor, torch.Tensor]:
+    """Best rank-r factors (a [r, in], b [out, r]) of R [out, in] in ``dtype`` (Eckart–Young)."""
+    R = R.to(dtype)
     if rank <= 0:
         return R.new_zeros(0, R.shape[1]), R.new_zeros(R.shape[0], 0)
     if randomized and rank < min(R.shape) // 2:
@@ -59,26 +63,31 @@ def top_r_svd(R: torch.Tensor, rank: int, randomized: bool = False, seed: int = 
     return Vh[:rank].contiguous(), U[:, :rank] * S[:rank]
 
 
-def _score(D: torch.Tensor, X: torch.Tensor | None) -> float:
+def _score(res: torch.Tensor, Q: torch.Tensor, X: torch.Tensor | None, Xq: torch.Tensor | None) -> float:
+    """Output error of the quantized residual Q of ``res`` = W − L (see module docstring), summed in float64."""
     if X is None:
-        return float(D.double().pow(2).sum())
-    return float((X.double() @ D.double().T).pow(2).sum())
+        return float((res - Q).pow(2).sum(dtype=torch.float64))
+    return float((Xq @ Q.T - X @ res.T).pow(2).sum(dtype=torch.float64))
 
 
 def low_rank_decompose(W: torch.Tensor, rank: int, dtype: str, group_size: int = -1, num_iters: int = 1,
                        X: torch.Tensor | None = None, randomized: bool = False, seed: int = 0,
-                       scale_dtype: torch.dtype | None = None) -> LowRankResult:
+                       scale_dtype: torch.dtype | None = None, Xq: torch.Tensor | None = None,
+                       work_dtype: torch.dtype = torch.float64) -> LowRankResult:
     """Fit the branch and quantize the residual with RTN (GPTQ may re-quantize W − b·a afterwards)."""
-    Wd = W.detach().double()
+    Wd = W.detach().to(work_dtype)
+    if X is not None:
+        X = X.to(work_dtype)
+        Xq = X if Xq is None else Xq.to(work_dtype)
     Q = torch.zeros_like(Wd)
     best = None
     errors: list[float] = []
     for _ in range(max(num_iters, 1)):
-        a, b = top_r_svd(Wd - Q, rank, randomized, seed)
+        a, b = top_r_svd(Wd - Q, rank, randomized, seed, work_dtype)
         L = b @ a
         q = quantize(Wd - L, dtype, group_size, scale_dtype=scale_dtype)
-        Q = dequantize(q, torch.float64)
-        err = _score(Wd - L - Q, X)
+        Q = dequantize(q, work_dtype)
+        err = _score(Wd - L, Q, X, Xq)
         errors.append(err)
         if best is not None and err >= best[0]:
             break

@@ -66,13 +66,13 @@ class GPTQCfg(_Node):
     damp_percentage: float = Field(0.01, gt=0)
     block_size: int = Field(128, ge=1)
     num_inv_tries: int = Field(250, ge=1)
-    act_order: bool = False
+    act_order: bool = True  # sweep columns by decreasing H_ii, groups static (DeepCompressor); benchmarks/RESULTS.md
 
 
 class LowRankCfg(_Node):
     rank: int = Field(32, ge=0)
     exclusive: bool = False
-    num_iters: int = Field(1, ge=1)
+    num_iters: int = Field(100, ge=1)  # alternating fit, stops at the first iteration that does not improve
     randomized: bool = True
 
 
@@ -109,8 +109,8 @@ class SmoothProjCfg(_Node):
     granularity: Literal["Layer"] = "Layer"
     strategy: Literal["GridSearch", "Manual"] = "GridSearch"
     num_grids: int = Field(20, ge=2)
-    alpha: float = 0.5
-    beta: float = -2.0
+    alpha: float = Field(0.5, ge=-3, le=1)  # values ≤ 0 and β < 0 select grid families (algorithms/smoothing.py)
+    beta: float = Field(-2.0, ge=-3, le=1)
 
 
 class SmoothCfg(_Node):

@@ -58,10 +58,10 @@ def layer_spec(q: QuantCfg, seed: int) -> LayerSpec:
     return LayerSpec(
         w_dtype=w.dtype, w_group=group_size_of(w.group_shapes),
         a_dtype=q.ipts.dtype, a_group=group_size_of(q.ipts.group_shapes),
-        rank=lr.rank if lr else 0, lowrank_iters=lr.num_iters if lr else 1,
+        rank=lr.rank if lr else 0, lowrank_iters=lr.num_iters if lr else 100,
         randomized_svd=lr.randomized if lr else True,
         gptq=g is not None, block_size=g.block_size if g else 128, damp_percentage=g.damp_percentage if g else 0.01,
-        num_inv_tries=g.num_inv_tries if g else 250, act_order=g.act_order if g else False, seed=seed,
+        num_inv_tries=g.num_inv_tries if g else 250, act_order=g.act_order if g else True, seed=seed,
         scale_dtype=w.scale_dtype)
 
 

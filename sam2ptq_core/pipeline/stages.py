@@ -93,7 +93,7 @@ STAGES: dict[str, Stage] = {s.name: s for s in [
           "the Hadamard rotation of every quantized input width"),
     Stage("smooth", 3, ("fetch_model", "capture_activations", "rotate"), _smooth_slice, A.SmoothingChoice,
           "per-layer smoothing scales and the per-layer rotation choice"),
-    Stage("gptq_lowrank", 1, ("fetch_model", "capture_activations", "rotate", "smooth"), _gptq_slice,
+    Stage("gptq_lowrank", 2, ("fetch_model", "capture_activations", "rotate", "smooth"), _gptq_slice,
           A.QuantizedLayers, "low-rank branch + GPTQ (or RTN) of every trunk linear, per-layer errors"),
     Stage("evaluate", 3, ("fetch_model", "build_calibration_set", "smooth", "gptq_lowrank"), _evaluate_slice,
           A.Evaluation, "float vs quantized SAM2 on held-out images: SQNR, mask IoU, report"),
