@@ -54,3 +54,25 @@ def test_transform_stats_is_exact():
     ref = xt.T @ xt
     # measured 2.9e-8 relative
     assert float((t.hessian_sum - ref).norm() / ref.norm()) < 1e-6
+
+
+def test_reservoir_equals_sequential_algorithm_r():
+    """The vectorised reservoir equals the token-by-token Algorithm R fed the same random draws."""
+    g = torch.Generator().manual_seed(0)
+    batches = [torch.randn(n, 8, generator=g) for n in (100, 37, 500, 3)]
+    k, seed = 64, 5
+    acc = StatsAccumulator(8, reservoir_size=k, seed=seed)
+    for b in batches:
+        acc.add(b)
+    draws = torch.Generator().manual_seed(seed)
+    ref, t = torch.zeros(k, 8, dtype=torch.float16), 0
+    for b in batches:
+        u = torch.rand(b.shape[0], generator=draws, dtype=torch.float64)
+        for i in range(b.shape[0]):
+            j = int(torch.floor(u[i] * (t + 1)))
+            if t < k:
+                ref[t] = b[i].half()
+            elif j < k:
+                ref[j] = b[i].half()
+            t += 1
+    assert torch.equal(acc.result().sample, ref)

@@ -48,7 +48,7 @@ class StatsAccumulator:
         self.hessian_sum = torch.zeros(in_features, in_features, dtype=torch.float64, device=device)
         self.n_tokens = 0
         self.sample = torch.zeros(reservoir_size, in_features, dtype=torch.float16, device=device)
-        self.gen = torch.Generator(device="cpu").manual_seed(seed)
+        self.gen = torch.Generator(device=device).manual_seed(seed)  # slots drawn where the data is
 
     def add(self, x: torch.Tensor) -> None:
         x = x.detach().reshape(-1, x.shape[-1]).to(self.hessian_sum.device)
@@ -65,18 +65,18 @@ class StatsAccumulator:
     def _reservoir(self, x: torch.Tensor) -> None:
         """Algorithm R, vectorised: token t (0-based, global) replaces slot j ~ U[0, t] when j < k."""
         n, t0 = x.shape[0], self.n_tokens
-        pos = torch.arange(t0, t0 + n)
-        fill = pos < self.k
-        if fill.any():
-            self.sample[pos[fill]] = x[fill].to(self.sample.dtype)
-        j = torch.floor(torch.rand(n, generator=self.gen, dtype=torch.float64) * (pos + 1).double()).long()
-        take = (~fill) & (j < self.k)
-        if take.any():
-            src = torch.nonzero(take).squeeze(1)
-            last = torch.full((self.k,), -1, dtype=torch.long)
-            last.scatter_reduce_(0, j[take], src, reduce="amax")  # the latest token wins a slot, as in the loop
-            slots = torch.nonzero(last >= 0).squeeze(1)
-            self.sample[slots.to(self.sample.device)] = x[last[slots].to(x.device)].to(self.sample.dtype)
+        dev = self.sample.device
+        if t0 < self.k:  # the first k tokens fill the reservoir in order (host-side counters, no device sync)
+            m = min(self.k - t0, n)
+            self.sample[t0:t0 + m] = x[:m].to(self.sample.dtype)
+        pos = torch.arange(t0, t0 + n, device=dev)
+        j = torch.floor(torch.rand(n, generator=self.gen, dtype=torch.float64, device=dev) * (pos + 1)).long()
+        take = (pos >= self.k) & (j < self.k)
+        # the latest token wins a slot, as in the sequential loop; a slot no token takes keeps its value (-1)
+        last = torch.full((self.k,), -1, dtype=torch.long, device=dev)
+        last.scatter_reduce_(0, torch.where(take, j, 0), torch.where(take, torch.arange(n, device=dev), -1),
+                             reduce="amax")
+        self.sample.copy_(torch.where((last >= 0)[:, None], x[last.clamp_min(0)].to(self.sample.dtype), self.sample))
 
     def result(self) -> LayerStats:
         m = min(self.n_tokens, self.k)

@@ -29,7 +29,7 @@ def plot_layer_errors(rows: list[dict], path: Path, title: str) -> None:
     h = max(3.0, 0.22 * len(names) + 1.2)
     fig, ax = plt.subplots(figsize=(9, h))
     y = np.arange(len(names))
-    ax.barh(y - 0.2, out, 0.4, label="output rel. error (token sample)", color="#d62728")
+    ax.barh(y - 0.2, out, 0.4, label="output rel. error (calibration tokens, in-sample)", color="#d62728")
     ax.barh(y + 0.2, wgt, 0.4, label="weight rel. error", color="#1f77b4")
     ax.set_yticks(y, names, fontsize=7)
     ax.invert_yaxis()
@@ -116,7 +116,8 @@ def write_report(out_dir: Path, metrics: dict, overlays: list[dict], ious: dict[
     plot_agreement(metrics["encoder"]["sqnr_db"], ious, out_dir / "agreement.png", f"Agreement — {title}")
     lines = [banner, "", f"# SAM2 PTQ report: {title}", "",
              f"config hash `{metrics['config_hash'][:16]}`, {metrics['eval_images']} held-out images, "
-             f"{metrics['masks']['num_prompts']} prompts", "", _branch_line(metrics.get("low_rank")), "",
+             f"{metrics['masks']['num_prompts']} prompts, evaluated in {metrics.get('eval_dtype', 'float32')} on "
+             f"{metrics.get('eval_device', 'cpu')}", "", _branch_line(metrics.get("low_rank")), "",
              "## Encoder fidelity (quantized vs float)", "", "| level | SQNR dB | cosine |", "|---|---|---|"]
     for lv, v in metrics["encoder"]["sqnr_db"].items():
         lines.append(f"| {lv} | {_fmt(v)} | {_fmt(metrics['encoder']['cosine'][lv])} |")
@@ -130,7 +131,9 @@ def write_report(out_dir: Path, metrics: dict, overlays: list[dict], ious: dict[
         lines += ["", "## Ground truth", "", f"mIoU float {_fmt(metrics['gt']['miou_fp'])}, "
                   f"quantized {_fmt(metrics['gt']['miou_quant'])} over {metrics['gt']['num']} annotations"]
     worst = sorted(metrics["layers"], key=lambda r: -r["output_rel_err"])[:5]
-    lines += ["", "## Layers that hurt most", "", "| layer | output rel. err | weight rel. err |", "|---|---|---|"]
+    lines += ["", "## Layers that hurt most", "",
+              "Output error on the calibration token sample the choices were fitted on (in-sample).", "",
+              "| layer | output rel. err | weight rel. err |", "|---|---|---|"]
     lines += [f"| {r['name']} | {_fmt(r['output_rel_err'])} | {_fmt(r['weight_rel_err'])} |" for r in worst]
     if metrics.get("gptq_fallbacks"):
         lines += ["", f"**GPTQ fell back to RTN on {len(metrics['gptq_fallbacks'])} layer(s)**: "

@@ -51,7 +51,9 @@ def run_evaluation(c: RunConfig, fetched: FetchedModel, calib: CalibrationSet, s
         "random_weights": fp.random_weights, "model": c.model.name, "source": fp.source,
         "config_hash": config_hash(c),
         "quant": f"W{q.wgts.dtype[-1]}A{a_bits} ({q.wgts.dtype} weights, {q.ipts.dtype or 'float'} activations)",
-        "eval_images": len(paths), "eval_files": [str(p) for p in paths], **summarize(per_img),
+        "eval_images": len(paths), "eval_files": [str(p) for p in paths],
+        "eval_dtype": str(next(qm.parameters()).dtype).replace("torch.", ""), "eval_device": c.model.device,
+        "layer_errors_on": "calibration token sample (in-sample)", **summarize(per_img),
         "low_rank": branch_share(gptq.qlayers(), q.wgts.dtype, q.wgts.low_rank.rank if q.wgts.low_rank else 0),
         "layers": layer_info["layers"], "gptq_fallbacks": sorted(layer_info["fallbacks"]),
     }

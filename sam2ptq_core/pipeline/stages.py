@@ -95,7 +95,7 @@ STAGES: dict[str, Stage] = {s.name: s for s in [
           "per-layer smoothing scales and the per-layer rotation choice"),
     Stage("gptq_lowrank", 2, ("fetch_model", "capture_activations", "rotate", "smooth"), _gptq_slice,
           A.QuantizedLayers, "low-rank branch + GPTQ (or RTN) of every trunk linear, per-layer errors"),
-    Stage("evaluate", 3, ("fetch_model", "build_calibration_set", "smooth", "gptq_lowrank"), _evaluate_slice,
+    Stage("evaluate", 4, ("fetch_model", "build_calibration_set", "smooth", "gptq_lowrank"), _evaluate_slice,
           A.Evaluation, "float vs quantized SAM2 on held-out images: SQNR, mask IoU, report"),
 ]}
 

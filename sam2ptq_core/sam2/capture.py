@@ -53,6 +53,15 @@ def capture_stats(model: nn.Module, batches: Iterable[torch.Tensor], sample_toke
                                    device=next(mod.parameters()).device)
             for i, (name, mod) in enumerate(layers.items())}
     handles = []
+    rows: dict[tuple, torch.Tensor | None] = {}  # indices of the real rows, once per block, layer kind and shape
+
+    def real_rows(bi: int, leaf: str, device) -> torch.Tensor | None:
+        key = (bi, leaf, spatial[bi], device)
+        if key not in rows:
+            mask = _row_mask(blocks[bi], leaf, *spatial[bi], device)
+            rows[key] = None if mask is None else torch.nonzero(mask).squeeze(1)
+        return rows[key]
+
     for bi, block in enumerate(blocks):
         handles.append(block.register_forward_pre_hook(
             lambda m, args, bi=bi: spatial.__setitem__(bi, tuple(args[0].shape[:3]))))
@@ -63,8 +72,8 @@ def capture_stats(model: nn.Module, batches: Iterable[torch.Tensor], sample_toke
         def hook(m, args, name=name, bi=bi, leaf=leaf):
             x = args[0]
             x2 = x.reshape(-1, x.shape[-1])
-            mask = _row_mask(blocks[bi], leaf, *spatial[bi], x.device)
-            accs[name].add(x2[mask] if mask is not None else x2)
+            idx = real_rows(bi, leaf, x.device)
+            accs[name].add(x2 if idx is None else x2.index_select(0, idx))
         handles.append(mod.register_forward_pre_hook(hook))
     enc = getattr(model, "vision_encoder", model)
     try:
