@@ -36,7 +36,7 @@ def test_scales_formula_and_bad_values():
 
 def test_smoothing_and_rotation_preserve_output_float64():
     """The production transforms (fast Hadamard, the pipeline's input/weight transforms) keep X·Wᵀ, and agree with
-    the dense definition X' = (X / s)·R, W' = (W·diag s)·R."""
+    the dense definition X' = (X·R) / s, W' = (W·R)·diag s."""
     from sam2ptq_core.algorithms.layer_recipe import transform_input, transform_weight
     from sam2ptq_core.algorithms.rotation import Rotation
     g = torch.Generator().manual_seed(0)
@@ -47,8 +47,8 @@ def test_smoothing_and_rotation_preserve_output_float64():
     Xt, Wt = transform_input(X, s, R), transform_weight(W, s, R)
     assert float((Xt @ Wt.T - X @ W.T).abs().max() / (X @ W.T).abs().max()) < 1e-13  # measured 5e-16
     dense = hadamard(96, random=True, seed=3)
-    assert float((Xt - (X / s.double()) @ dense).abs().max()) < 1e-12  # measured 9e-15 (W side 8e-15)
-    assert float((Wt - (W * s.double()) @ dense).abs().max()) < 1e-12
+    assert float((Xt - (X @ dense) / s.double()).abs().max()) < 1e-12  # measured 9e-15 (W side 8e-15)
+    assert float((Wt - (W @ dense) * s.double()).abs().max()) < 1e-12
 
 
 def test_search_improves_on_outlier_activations():

@@ -1,6 +1,7 @@
-"""One linear layer through the whole recipe: smooth → rotate → low-rank branch → GPTQ/RTN residual.
+"""One linear layer through the whole recipe: rotate → smooth → low-rank branch → GPTQ/RTN residual.
 
-Transformed coordinates: X' = (X / s)·R and W' = (W·diag(s))·R, so X'·W'ᵀ = X·Wᵀ exactly (R orthogonal).
+Transformed coordinates (DeepCompressor's and QuaRot's order: smoothing acts in the rotated basis):
+X' = (X·R) / s and W' = (W·R)·diag(s), so X'·W'ᵀ = X·Wᵀ exactly (R orthogonal).
 The quantized layer computes  y = Qa(X')·Q(W' − b·a)ᵀ + (X'·aᵀ)·bᵀ + bias,  the branch on the unquantized X'.
 Shapes: W [out, in], X [tokens, in], s [in]; R is a Rotation (fast Hadamard transform).
 """
@@ -55,17 +56,19 @@ class LayerQuant:
 
 
 def transform_weight(W: torch.Tensor, s: torch.Tensor | None, R: Rotation | None, dtype=torch.float64) -> torch.Tensor:
+    """W' = (W·R)·diag(s)."""
     Wd = W.to(dtype)
-    if s is not None:
-        Wd = Wd * s.to(dtype)
-    return R.apply(Wd) if R is not None else Wd
+    if R is not None:
+        Wd = R.apply(Wd)
+    return Wd * s.to(dtype) if s is not None else Wd
 
 
 def transform_input(X: torch.Tensor, s: torch.Tensor | None, R: Rotation | None, dtype=torch.float64) -> torch.Tensor:
+    """X' = (X·R) / s."""
     Xd = X.to(dtype)
-    if s is not None:
-        Xd = Xd / s.to(dtype)
-    return R.apply(Xd) if R is not None else Xd
+    if R is not None:
+        Xd = R.apply(Xd)
+    return Xd / s.to(dtype) if s is not None else Xd
 
 
 def quantized_output(Xt: torch.Tensor, lq: LayerQuant, spec: LayerSpec) -> torch.Tensor:
@@ -148,10 +151,10 @@ def layer_errors(W: torch.Tensor, bias: torch.Tensor | None, X: torch.Tensor, lq
                  s: torch.Tensor | None, R: Rotation | None, spec: LayerSpec) -> dict:
     """Relative weight error of the effective weight and relative output error on the token sample X."""
     w_eff = lq.weight.double() + lq.b.double() @ lq.a.double()
-    if R is not None:
-        w_eff = R.apply_t(w_eff)
     if s is not None:
         w_eff = w_eff / s.double()
+    if R is not None:
+        w_eff = R.apply_t(w_eff)
     w_err = float((w_eff - W.double()).norm() / W.double().norm().clamp_min(1e-30))
     ref = X.double() @ W.double().T
     y = quantized_output(transform_input(X, s, R), lq, spec).double()

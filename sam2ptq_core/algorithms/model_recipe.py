@@ -56,6 +56,17 @@ def _weight(mod: nn.Module, device) -> torch.Tensor:
     return mod.weight.detach().to(device=device, dtype=torch.float32)
 
 
+def _search(X: torch.Tensor, W: torch.Tensor, x_absmax: torch.Tensor, R: Rotation | None, spec: LayerSpec,
+            candidates: list[tuple[float, float]]) -> SmoothResult:
+    """Smoothing acts in the rotated basis: with R the candidate scales come from max|X·R| (over the token sample;
+    the captured max is of X) and max|W·R|."""
+    if R is not None:
+        x_absmax, W_abs = R.apply(X).abs().amax(0), R.apply(W).abs().amax(0)
+    else:
+        W_abs = W.abs().amax(0)
+    return search_smoothing(x_absmax, W_abs, candidates, smoothing_objective(X, W, R, spec))
+
+
 def search_all_smoothing(layers: dict[str, nn.Module], stats: dict[str, LayerStats],
                          rots: dict[str, Rotation | None], spec: LayerSpec, candidates: list[tuple[float, float]],
                          auto_rotate: bool = False, progress: Progress | None = None, device="cpu"
@@ -68,10 +79,10 @@ def search_all_smoothing(layers: dict[str, nn.Module], stats: dict[str, LayerSta
         st, R = _to(stats[name], device), rots.get(name)
         W = _weight(mod, device)
         X = st.sample.float()
-        res = search_smoothing(st.absmax, W.abs().amax(0), candidates, smoothing_objective(X, W, R, spec))
+        res = _search(X, W, st.absmax, R, spec, candidates)
         use_r = R is not None
         if use_r and auto_rotate:
-            plain = search_smoothing(st.absmax, W.abs().amax(0), candidates, smoothing_objective(X, W, None, spec))
+            plain = _search(X, W, st.absmax, None, spec, candidates)
             if min(e for *_, e in plain.log) <= min(e for *_, e in res.log):
                 res, use_r = plain, False
         if spec.scale_dtype is not None:  # a 16-bit export stores the scales: keep exactly what it will hold

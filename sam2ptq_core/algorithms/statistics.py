@@ -84,21 +84,21 @@ class StatsAccumulator:
 
 
 def transform_stats(stats: LayerStats, smooth: torch.Tensor | None, rotation=None) -> LayerStats:
-    """Statistics of the transformed input X' = (X / s) · R, computed analytically (no forward pass).
+    """Statistics of the transformed input X' = (X·R) / s, computed analytically (no forward pass).
 
-    H' = Rᵀ S⁻¹ H S⁻¹ R and sample' = (sample / s) · R exactly; ``absmax`` is recomputed from the sample when a
-    rotation mixes channels (a true max would need the full data) and divided by ``s`` otherwise.
+    H' = S⁻¹ Rᵀ H R S⁻¹ and sample' = (sample·R) / s exactly; ``absmax`` is recomputed from the sample when a
+    rotation mixes channels (a true max would need the full data), then divided by ``s``.
     """
     h = stats.hessian_sum
     x = stats.sample.float()
     absmax = stats.absmax
-    if smooth is not None:
-        inv = (1.0 / smooth.double())
-        h = h * inv[:, None] * inv[None, :]
-        x = x / smooth.float()
-        absmax = absmax / smooth.float()
     if rotation is not None:  # a Rotation (x ↦ x·R); Rᵀ·H·R = ((H·R)ᵀ)·R since H is symmetric
         h = rotation.apply(rotation.apply(h).T.contiguous())
         x = rotation.apply(x.double()).float()
         absmax = x.abs().amax(dim=0) if x.shape[0] else torch.zeros_like(absmax)
+    if smooth is not None:
+        inv = (1.0 / smooth.to(h.device, torch.float64))
+        h = h * inv[:, None] * inv[None, :]
+        x = x / smooth.float()
+        absmax = absmax / smooth.float()
     return LayerStats(absmax.float(), h, stats.n_tokens, x.float())

@@ -5,7 +5,8 @@
 - ``scale.pt``: {"<module>.weight.scale.0": [out, 1, n_groups, 1], "<module>.weight.zero": same (uint only)}, float32.
 - ``smooth.pt``: {module: float32 [in]} (only smoothed layers).
 - ``branch.pt``: {module: {"a.weight": [r, in], "b.weight": [out, r]}} (only with a low-rank branch).
-- ``rotation.json`` (ours; DeepCompressor has no online rotation file): {"random", "seed", "layers": [modules whose
+- ``rotation.json`` (ours; DeepCompressor has no online rotation file; the input of a listed module is rotated first,
+  then divided by its smooth scale): {"random", "seed", "layers": [modules whose
   input is rotated by the Hadamard transform at run time]} (only when some layer is rotated).
 Module names are full Sam2Model paths, e.g. ``vision_encoder.backbone.blocks.3.attn.qkv``. Saved with torch.save
 and read back with ``torch.load(..., weights_only=True)``.

@@ -91,11 +91,11 @@ STAGES: dict[str, Stage] = {s.name: s for s in [
           "run the float encoder and keep per-layer input statistics"),
     Stage("rotate", 1, ("capture_activations",), _rotate_slice, A.RotationSpec,
           "the Hadamard rotation of every quantized input width"),
-    Stage("smooth", 3, ("fetch_model", "capture_activations", "rotate"), _smooth_slice, A.SmoothingChoice,
+    Stage("smooth", 4, ("fetch_model", "capture_activations", "rotate"), _smooth_slice, A.SmoothingChoice,
           "per-layer smoothing scales and the per-layer rotation choice"),
-    Stage("gptq_lowrank", 2, ("fetch_model", "capture_activations", "rotate", "smooth"), _gptq_slice,
+    Stage("gptq_lowrank", 3, ("fetch_model", "capture_activations", "rotate", "smooth"), _gptq_slice,
           A.QuantizedLayers, "low-rank branch + GPTQ (or RTN) of every trunk linear, per-layer errors"),
-    Stage("evaluate", 4, ("fetch_model", "build_calibration_set", "smooth", "gptq_lowrank"), _evaluate_slice,
+    Stage("evaluate", 5, ("fetch_model", "build_calibration_set", "smooth", "gptq_lowrank"), _evaluate_slice,
           A.Evaluation, "float vs quantized SAM2 on held-out images: SQNR, mask IoU, report"),
 ]}
 

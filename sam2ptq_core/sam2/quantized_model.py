@@ -2,7 +2,8 @@
 
 QuantLinear computes, for input x [..., in]:
 
-    x' = (x / smooth) · R                       (R = Hadamard, applied by the fast transform)
+    x' = (x · R) / smooth                       (R = Hadamard, applied by the fast transform; smoothing acts in
+                                                 the rotated basis, as in DeepCompressor)
     y  = Qa(x') · weightᵀ + (x' · aᵀ) · bᵀ + bias
 
 ``weight`` is the dequantized (fake-quant) residual, exactly (code − zero) · scale; the low-rank branch runs on the
@@ -50,10 +51,10 @@ class QuantLinear(nn.Module):
         self.a_dtype, self.a_group = a_dtype, a_group
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.smooth is not None:
-            x = x / self.smooth.to(x.dtype)
         if self.rotate:
             x = apply_hadamard(x, random=self.rotate_random, seed=self.rotate_seed)
+        if self.smooth is not None:
+            x = x / self.smooth.to(x.dtype)
         xq = fake_quantize(x, self.a_dtype, self.a_group) if self.a_dtype else x
         y = nn.functional.linear(xq, self.weight.to(x.dtype), None if self.bias is None else self.bias.to(x.dtype))
         if self.lora_a is not None:
