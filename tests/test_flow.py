@@ -1,6 +1,7 @@
 """The pipeline as users run it: the Prefect flow, resume from the stage store, the output tree and its readers."""
 import hashlib
 import json
+import math
 import os
 import signal
 import subprocess
@@ -272,3 +273,14 @@ def test_shipped_w4a4_configs_have_nunchaku_twins():
         assert twin.quant.wgts.dtype == base.quant.wgts.dtype and twin.quant.wgts.low_rank == base.quant.wgts.low_rank
         # asking for the export keeps the scales in the 16-bit dtype it stores
         assert load_config(f, ["convert_nunchaku=true"]).quant.wgts.scale_dtype == "float16"
+
+
+def test_reduced_pipeline_in_bfloat16(prefect_server, tmp_path):
+    """The dtype GPU workers use, end to end on the CPU: dtype mismatches surface here without a GPU."""
+    out = _run(tmp_path, "model.dtype=bfloat16")
+    m = json.loads((out / "metrics.json").read_text())
+    assert m["eval_dtype"] == "bfloat16" and m["eval_device"] == "cpu"
+    assert all(math.isfinite(v) and v > 3 for v in m["encoder"]["sqnr_db"].values())  # measured 14.8 dB embedding
+    assert 0 < m["masks"]["miou_vs_fp"] <= 1
+    acts = torch.load(next((tmp_path / "cache" / "capture_activations").glob("*/acts.pt")), weights_only=True)
+    assert all(v["hessian_sum"].dtype == torch.float64 for v in acts.values())  # accumulated in float64 from bf16
