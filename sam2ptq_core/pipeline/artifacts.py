@@ -57,8 +57,10 @@ class Artifact:
         return json.loads(self.manifest.path(name).read_text())
 
     def _pt(self, name: str) -> Any:
+        """Memory-mapped (copy-on-write): pages are read as they are used, so host memory does not grow with the
+        size of images.pt or acts.pt (about 4 GB for large)."""
         import torch
-        return torch.load(self.manifest.path(name), weights_only=True)
+        return torch.load(self.manifest.path(name), weights_only=True, mmap=True)
 
 
 class FetchedModel(Artifact):
