@@ -100,9 +100,10 @@ def _server_needed() -> bool:
 
 
 def _log_to_file(cfg) -> Path:
-    """Without -v every log line (Prefect's and ours, warnings included) goes to a file under cache.root/logs; the
-    console keeps the progress bars, the summary or the one error line."""
-    logs = Path(cfg.cache.root) / "logs"
+    """Without -v every log line (Prefect's and ours, warnings included) goes to a file under cache.root/logs
+    (cache.local/logs with a URL root); the console keeps the progress bars, the summary or the one error line."""
+    from sam2ptq_core.pipeline.stages import local_dir
+    logs = local_dir(cfg) / "logs"
     logs.mkdir(parents=True, exist_ok=True)
     path = logs / f"{cfg.job_name()}-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}.log"
     handler = logging.FileHandler(path)

@@ -44,7 +44,9 @@ class ModelCfg(_Node):
 
 
 class CacheCfg(_Node):
-    root: str = "./cache/sam2"
+    root: str = "./cache/sam2"  # a local folder, or an fsspec URL shared by workers: s3://bucket/prefix, gs://, az://
+    local: str = ""             # with a URL root: this worker's read-through cache (default ~/.cache/sam2ptq)
+    local_max_gb: float = Field(50.0, gt=0)  # bound of that cache
 
 
 class CalibCfg(_Node):

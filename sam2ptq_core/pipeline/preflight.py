@@ -14,7 +14,13 @@ __all__ = ["preflight"]
 def preflight(cfg: RunConfig) -> None:
     _check_rank(cfg)
     _check_folder(cfg.output.root, "output.root")
-    _check_folder(cfg.cache.root, "cache.root")
+    from .object_store import is_url
+    if is_url(cfg.cache.root):
+        _check_url(cfg.cache.root)
+        from .stages import local_dir
+        _check_folder(str(local_dir(cfg)), "cache.local")
+    else:
+        _check_folder(cfg.cache.root, "cache.root")
     _check_image_counts(cfg)
     if cfg.quant.eval.annotations and not Path(cfg.quant.eval.annotations).is_file():
         raise StageError(f"quant.eval.annotations file {cfg.quant.eval.annotations} does not exist")
@@ -71,3 +77,29 @@ def _check_image_counts(cfg: RunConfig) -> None:
         raise DataError(f"calibration folder '{calib.path}' holds {n} images, fewer than the {calib.num_samples} for "
                         f"calibration plus {ev.num_samples} held out for evaluation; lower quant.calib.num_samples or "
                         f"quant.eval.num_samples, or set --quant.eval.path to a separate folder")
+
+
+def _check_url(url: str) -> None:
+    """The URL's filesystem package is installed and the location answers (credentials from the environment)."""
+    import fsspec
+    proto = url.split("://", 1)[0]
+    try:
+        fs, root = fsspec.core.url_to_fs(url)
+    except ImportError as e:
+        extra = {"s3": "s3", "gs": "gcs", "gcs": "gcs", "az": "azure", "abfs": "azure"}.get(proto, proto)
+        raise ConfigError(f"cache.root {url} needs the {proto}:// filesystem package ({str(e).splitlines()[0]}); "
+                          f"pip install 'sam2ptq[{extra}]'") from None
+    except ValueError as e:
+        raise ConfigError(f"cache.root {url} is not a URL fsspec knows ({e})") from None
+    try:
+        if proto in ("file", "local"):
+            fs.makedirs(root, exist_ok=True)  # (on S3, s3fs would create a missing bucket: never do that silently)
+        p = root.rstrip("/")
+        while p and not fs.exists(p):  # an empty prefix does not exist on an object store: its bucket must
+            p = p.rsplit("/", 1)[0] if "/" in p else ""
+        if not p:
+            raise FileNotFoundError(f"no bucket or folder {root.split('/')[0]}")
+    except Exception as e:  # every backend raises its own types for auth, network and missing buckets
+        raise ConfigError(f"cache.root {url} cannot be reached ({type(e).__name__}: {str(e).splitlines()[0][:160]}); "
+                          f"check the bucket, the credentials and AWS_ENDPOINT_URL (or your cloud's equivalent)"
+                          ) from None

@@ -7,10 +7,12 @@ Bump ``version`` when a stage's algorithm changes its output: its key and every 
 """
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable
 from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TypedDict
 
 from . import artifacts as A
@@ -18,7 +20,8 @@ from .config import RunConfig
 from .progress import run_logger
 from .store import StageStore, stage_key
 
-__all__ = ["Stage", "STAGES", "StageError", "Ref", "run_stage", "open_artifact", "stage_errors", "store_of"]
+__all__ = ["Stage", "STAGES", "StageError", "Ref", "run_stage", "open_artifact", "stage_errors", "store_of",
+           "local_dir"]
 
 
 class StageError(RuntimeError):
@@ -100,7 +103,20 @@ STAGES: dict[str, Stage] = {s.name: s for s in [
 ]}
 
 
-def store_of(cfg: RunConfig) -> StageStore:
+def local_dir(cfg: RunConfig) -> Path:
+    """Where this process keeps local state: the stage store itself for a local root, else ``cache.local``."""
+    from .object_store import is_url
+    if not is_url(cfg.cache.root):
+        return Path(cfg.cache.root)
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache")
+    return Path(cfg.cache.local or os.path.join(base, "sam2ptq")).expanduser()
+
+
+def store_of(cfg: RunConfig):
+    """The stage store of ``cache.root``: a local directory (flock, atomic rename) or an fsspec URL (object store)."""
+    from .object_store import ObjectStageStore, is_url
+    if is_url(cfg.cache.root):
+        return ObjectStageStore(cfg.cache.root, local_dir(cfg), int(cfg.cache.local_max_gb * 2**30))
     return StageStore(cfg.cache.root)
 
 

@@ -31,7 +31,7 @@ from .. import __version__
 from ..files import atomic_dir, file_sha256
 from .config import canonical_json
 
-__all__ = ["StageStore", "Manifest", "stage_key"]
+__all__ = ["StageStore", "Manifest", "stage_key", "file_listing", "manifest_body", "verified"]
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +45,7 @@ def stage_key(stage: str, version: int, config_slice: Any, upstream: dict[str, s
 _SEEN: dict[str, tuple[int, int, str]] = {}  # path → (size, mtime_ns, sha256) verified by this process
 
 
-def _verified(p: Path, info: dict) -> bool:
+def verified(p: Path, info: dict) -> bool:
     """Size and sha256 match the manifest. A file is hashed once per process: later reads in the same run trust an
     unchanged size and mtime (a new process, e.g. a resumed run, hashes everything again)."""
     st = p.stat()
@@ -75,12 +75,20 @@ class Manifest:
         return self.dir / name
 
 
+def file_listing(d: Path) -> dict[str, dict]:
+    """{relative name: {size, sha256}} of every file below ``d`` but the manifest."""
+    return {str(p.relative_to(d)): {"size": p.stat().st_size, "sha256": file_sha256(p)}
+            for p in sorted(d.rglob("*")) if p.is_file() and p.name != "manifest.json"}
+
+
+def manifest_body(stage: str, key: str, config_slice: Any, upstream: dict[str, str], meta: dict,
+                  t0: float) -> dict:
+    return {"stage": stage, "key": key, "config": config_slice, "upstream": upstream, "code_version": __version__,
+            "meta": meta, "timing": {"started": t0, "seconds": round(time.time() - t0, 3)}}
+
+
 def _write_manifest(tmp: Path, body: dict) -> None:
-    files = {}
-    for p in sorted(tmp.rglob("*")):
-        if p.is_file() and p.name != "manifest.json":
-            files[str(p.relative_to(tmp))] = {"size": p.stat().st_size, "sha256": file_sha256(p)}
-    body = {**body, "files": files}
+    body = {**body, "files": file_listing(tmp)}
     (tmp / "manifest.json.part").write_text(json.dumps(body, indent=1, sort_keys=True))
     os.replace(tmp / "manifest.json.part", tmp / "manifest.json")
 
@@ -110,7 +118,7 @@ class StageStore:
                     break
                 if not p.is_file():
                     problem = f"missing file {name}"
-                elif not _verified(p, info):
+                elif not verified(p, info):
                     problem = f"checksum mismatch in {name}"
         except (OSError, ValueError) as e:
             problem = f"unreadable manifest ({e})"
@@ -132,10 +140,7 @@ class StageStore:
             t0 = time.time()
 
             def _build(tmp: Path) -> None:
-                meta = build(tmp) or {}
-                _write_manifest(tmp, {"stage": stage, "key": key, "config": config_slice, "upstream": upstream,
-                                      "code_version": __version__, "meta": meta,
-                                      "timing": {"started": t0, "seconds": round(time.time() - t0, 3)}})
+                _write_manifest(tmp, manifest_body(stage, key, config_slice, upstream, build(tmp) or {}, t0))
             atomic_dir(d, _build)
             return self.get(stage, key), False
 

@@ -1,0 +1,170 @@
+"""The stage store on an object store or any fsspec URL (``s3://``, ``gs://``, ``az://``, ``file://``).
+
+Layout under the URL: ``<stage>/<key[:24]>/<writer>/<file>`` for a stage's files and
+``<stage>/<key[:24]>/manifest.json`` for its manifest, which names the writer. A stage is built in a local temp
+directory, its files are uploaded under a prefix of their own (``<host>-<pid>-<rand>``), and only then the manifest
+is created with an exclusive write (fsspec ``mode="create"``: S3 ``If-None-Match: *``, ``O_EXCL`` for local files). So:
+
+- a stage becomes visible only when its manifest exists, after all of its files;
+- a crashed or interrupted writer leaves no manifest, so no visible stage (its orphaned prefix is harmless);
+- two writers of one key can never mix: the first manifest wins, the loser deletes its prefix and reuses the winner's;
+- a reader trusts a manifest only when every file it lists verifies (size and sha256); a corrupt stage's manifest is
+  deleted and the stage recomputed.
+
+Files are read through a bounded local cache keyed by sha256 (``cache.local``), so a worker downloads each artifact
+once; a stage is presented to the artifacts as a local directory of hard links into that cache. Credentials and
+endpoints come from each cloud's standard environment (e.g. ``AWS_ENDPOINT_URL`` for MinIO or Ceph).
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import socket
+import time
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import diskcache
+from filelock import FileLock
+
+from ..files import file_sha256
+from .store import Manifest, file_listing, manifest_body, verified
+
+__all__ = ["ObjectStageStore", "is_url"]
+
+log = logging.getLogger(__name__)
+
+
+def is_url(root: str) -> bool:
+    return "://" in str(root)
+
+
+class ObjectStageStore:
+    """Same interface as ``StageStore`` (``get``, ``run``, ``preprocess_cache``, ``ledger``) on an fsspec URL."""
+
+    def __init__(self, url: str, local: str | Path, max_cache_bytes: int = 50 << 30):
+        import fsspec
+        self.url = str(url).rstrip("/")
+        self.fs, self.root = fsspec.core.url_to_fs(self.url)
+        protocols = self.fs.protocol if isinstance(self.fs.protocol, tuple) else (self.fs.protocol,)
+        self.folders = bool({"file", "local"} & set(protocols))  # a file system that needs its folders made
+        self.local = Path(local).expanduser()
+        self.objects = self.local / "objects"
+        for d in (self.objects, self.local / "views", self.local / "staging", self.local / "locks"):
+            d.mkdir(parents=True, exist_ok=True)
+        self.max_cache_bytes = max_cache_bytes
+
+    def _kdir(self, stage: str, key: str) -> str:
+        return f"{self.root}/{stage}/{key[:24]}"
+
+    def _fetch(self, remote: str, info: dict) -> Path:
+        """The verified local copy of ``remote`` in the sha256-keyed cache, downloading it at most once."""
+        obj = self.objects / info["sha256"]
+        if obj.is_file() and verified(obj, info):
+            os.utime(obj)  # recently used: evicted last
+            return obj
+        part = self.objects / f".{info['sha256']}.{uuid.uuid4().hex[:8]}.part"
+        try:
+            self.fs.get_file(remote, str(part))
+            if part.stat().st_size != info["size"] or file_sha256(part) != info["sha256"]:
+                raise ValueError(f"checksum mismatch in {remote}")
+            os.replace(part, obj)
+        finally:
+            part.unlink(missing_ok=True)
+        self._evict(keep=obj)
+        return obj
+
+    def _evict(self, keep: Path) -> None:
+        """Bound the cache: drop the least recently used objects beyond ``max_cache_bytes`` (views hold their own
+        hard links, so a stage in use stays readable)."""
+        objs = sorted((p for p in self.objects.iterdir() if p.is_file() and not p.name.startswith(".")),
+                      key=lambda p: p.stat().st_mtime)
+        total = sum(p.stat().st_size for p in objs)
+        for p in objs:
+            if total <= self.max_cache_bytes:
+                break
+            if p != keep:
+                total -= p.stat().st_size
+                p.unlink(missing_ok=True)
+
+    def _view(self, stage: str, key: str, data: dict) -> Path:
+        """A local directory of hard links to the cached files, as the artifacts expect."""
+        view = self.local / "views" / stage / key[:24]
+        tmp = view.parent / f".{view.name}.{uuid.uuid4().hex[:8]}"
+        tmp.mkdir(parents=True)
+        kdir = self._kdir(stage, key)
+        for name, info in data.get("files", {}).items():
+            dst = tmp / name
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            os.link(self._fetch(f"{kdir}/{data['writer']}/{name}", info), dst)
+        (tmp / "manifest.json").write_text(json.dumps(data, indent=1, sort_keys=True))
+        shutil.rmtree(view, ignore_errors=True)
+        os.replace(tmp, view)
+        return view
+
+    def get(self, stage: str, key: str) -> Manifest | None:
+        """The verified manifest of a finished stage, or None. A corrupt stage loses its manifest (recomputed)."""
+        mpath = f"{self._kdir(stage, key)}/manifest.json"
+        try:
+            data = json.loads(self.fs.cat_file(mpath))
+        except FileNotFoundError:
+            return None
+        try:
+            if data.get("key") != key or "writer" not in data:
+                raise ValueError("manifest does not belong to this key")
+            return Manifest(stage, key, self._view(stage, key, data), data)
+        except (OSError, ValueError) as e:
+            log.warning("stage %s %s in %s is corrupt (%s): deleting and recomputing", stage, key[:12], self.url,
+                        str(e).splitlines()[0])
+            self.fs.rm(mpath)
+            return None
+
+    def run(self, stage: str, key: str, config_slice: Any, upstream: dict[str, str],
+            build: Callable[[Path], dict | None]) -> tuple[Manifest, bool]:
+        """Return (manifest, reused). Builds locally, uploads under a writer prefix, publishes the manifest last."""
+        with FileLock(str(self.local / "locks" / f"{stage}-{key[:24]}.lock")):
+            found = self.get(stage, key)
+            if found is not None:
+                return found, True
+            t0 = time.time()
+            writer = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+            tmp = self.local / "staging" / f"{stage}-{key[:24]}-{writer}"
+            tmp.mkdir(parents=True)
+            kdir = self._kdir(stage, key)
+            try:
+                body = manifest_body(stage, key, config_slice, upstream, build(tmp) or {}, t0)
+                files = file_listing(tmp)
+                for name in files:
+                    dst = f"{kdir}/{writer}/{name}"
+                    if self.folders:
+                        self.fs.makedirs(dst.rsplit("/", 1)[0], exist_ok=True)
+                    self.fs.put_file(str(tmp / name), dst)
+                for name, info in files.items():  # what was just written is cached: no download back
+                    obj = self.objects / info["sha256"]
+                    if not obj.exists():
+                        shutil.copy2(tmp / name, obj)
+                manifest = json.dumps({**body, "writer": writer, "files": files}, indent=1, sort_keys=True)
+                try:
+                    self.fs.pipe_file(f"{kdir}/manifest.json", manifest.encode(), mode="create")
+                    won = True
+                except FileExistsError:  # another machine published this key first: keep its stage
+                    won = False
+                    self.fs.rm(f"{kdir}/{writer}", recursive=True)
+            finally:
+                shutil.rmtree(tmp, ignore_errors=True)
+            m = self.get(stage, key)
+            if m is None:
+                raise RuntimeError(f"stage {stage} {key[:12]} was published to {self.url} but does not verify")
+            return m, not won
+
+    def preprocess_cache(self) -> diskcache.Cache:
+        """Evictable per-worker cache of resized images (local)."""
+        return diskcache.Cache(str(self.local / "diskcache" / "preprocess"), size_limit=4 << 30)
+
+    def ledger(self) -> diskcache.Index:
+        """Run ledger, per worker for now (local under ``cache.local``)."""
+        return diskcache.Index(str(self.local / "diskcache" / "ledger"))
