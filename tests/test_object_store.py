@@ -2,6 +2,7 @@
 pipeline on a real S3-compatible server (moto's standalone server) on loopback."""
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -137,6 +138,11 @@ def test_pipeline_on_s3_two_workers_and_a_corrupt_object(s3_server, tmp_path):
     third = cli("w3")
     assert not third["gptq_lowrank"]["reused"] and third["capture_activations"]["reused"]
     assert (tmp_path / "out-w3" / "reduced_w4a4" / "cache" / "scale.pt").read_bytes() == a  # same numbers again
+    # one regression ledger for all three workers, in the bucket: each run compared with the others' baseline
+    code = ("import json, s3fs; fs = s3fs.S3FileSystem(); "
+            "print(sum(len(json.loads(fs.cat_file(p))['runs']) for p in fs.ls('sam2ptq-test/stages/ledger')))")
+    r = subprocess.run([sys.executable, "-c", code], env=env, check=True, timeout=60, capture_output=True, text=True)
+    assert r.stdout.strip() == "3"
 
 
 def test_unreachable_bucket_is_one_line_before_any_work(s3_server, tmp_path):
@@ -146,3 +152,15 @@ def test_unreachable_bucket_is_one_line_before_any_work(s3_server, tmp_path):
                        text=True, timeout=120)
     assert r.returncode == 2 and "cache.root s3://no-such-bucket/stages cannot be reached" in r.stderr
     assert len(r.stderr.strip().splitlines()) == 1 and not (tmp_path / "o").exists()
+
+
+def test_regression_baseline_is_shared_by_workers(tmp_path):
+    """Worker 2's regression guard sees the baseline worker 1 recorded (the ledger lives in the shared store)."""
+    from sam2ptq_core.pipeline.regression import check_and_record
+    w1, w2 = _store(tmp_path, "w1").ledger(), _store(tmp_path, "w2").ledger()
+    assert check_and_record(w1, "fam", {"miou_vs_fp": 0.95, "run": "r1"}, 0.5).ok
+    assert w2.get("fam") == [{"miou_vs_fp": 0.95, "run": "r1"}] and w2.keys() == ["fam"]
+    v = check_and_record(w2, "fam", {"miou_vs_fp": 0.93, "run": "r2"}, 0.5)
+    assert not v.ok and "0.9500 (run r1)" in v.message
+    shutil.rmtree(tmp_path / "w1")  # a lost worker disk loses nothing
+    assert _store(tmp_path, "w3").ledger().get("fam") == [{"miou_vs_fp": 0.95, "run": "r1"}]

@@ -34,7 +34,7 @@ from filelock import FileLock
 from ..files import file_sha256
 from .store import Manifest, file_listing, manifest_body, verified
 
-__all__ = ["ObjectStageStore", "is_url"]
+__all__ = ["ObjectStageStore", "SharedLedger", "is_url"]
 
 log = logging.getLogger(__name__)
 
@@ -165,6 +165,44 @@ class ObjectStageStore:
         """Evictable per-worker cache of resized images (local)."""
         return diskcache.Cache(str(self.local / "diskcache" / "preprocess"), size_limit=4 << 30)
 
-    def ledger(self) -> diskcache.Index:
-        """Run ledger, per worker for now (local under ``cache.local``)."""
-        return diskcache.Index(str(self.local / "diskcache" / "ledger"))
+    def ledger(self) -> SharedLedger:
+        """The run ledger in the shared store, so every worker compares with the same baseline."""
+        return SharedLedger(self.fs, f"{self.root}/ledger", self.folders)
+
+
+class SharedLedger:
+    """Run ledger on the object store, one JSON object per family (``<root>/ledger/<sha16(family)>.json``), with the
+    mapping interface the regression guard uses. A lost worker disk loses nothing. Two runs of one family finishing
+    in the same instant can race on the read-modify-write; the later write wins and the other run's record is lost
+    (the guard then compares with the remaining best run)."""
+
+    def __init__(self, fs, root: str, folders: bool):
+        self.fs, self.root, self.folders = fs, root, folders
+
+    def _path(self, family: str) -> str:
+        import hashlib
+        return f"{self.root}/{hashlib.sha256(family.encode()).hexdigest()[:16]}.json"
+
+    def get(self, family: str, default=None):
+        try:
+            return json.loads(self.fs.cat_file(self._path(family)))["runs"]
+        except FileNotFoundError:
+            return default
+
+    def __getitem__(self, family: str):
+        runs = self.get(family)
+        if runs is None:
+            raise KeyError(family)
+        return runs
+
+    def __setitem__(self, family: str, runs: list) -> None:
+        if self.folders:
+            self.fs.makedirs(self.root, exist_ok=True)
+        self.fs.pipe_file(self._path(family), json.dumps({"family": family, "runs": runs}, indent=1).encode())
+
+    def keys(self) -> list[str]:
+        try:
+            names = self.fs.ls(self.root, detail=False)
+        except FileNotFoundError:
+            return []
+        return [json.loads(self.fs.cat_file(n))["family"] for n in names if n.endswith(".json")]
