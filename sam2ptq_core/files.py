@@ -17,7 +17,7 @@ import uuid
 from collections.abc import Callable
 from pathlib import Path
 
-__all__ = ["file_sha256", "atomic_dir", "sweep_leftovers", "DiskFull"]
+__all__ = ["file_sha256", "verified", "file_listing", "writer_tag", "atomic_dir", "sweep_leftovers", "DiskFull"]
 
 _HOST = re.sub(r"[^A-Za-z0-9_]", "_", socket.gethostname())
 _DISK_FULL_WORDS = ("No space left", "unexpected pos", "file write failed", "Disk quota exceeded")
@@ -27,12 +27,40 @@ class DiskFull(RuntimeError):
     """The file system filled up while writing; the message names the folder and the sizes."""
 
 
+_SEEN: dict[tuple[int, int], tuple[int, int, str]] = {}  # (device, inode) → (size, mtime_ns, sha256) hashed here
+
+
 def file_sha256(path: Path) -> str:
+    """sha256 of the file's bytes, remembered for this process by inode (a rename or hard link keeps it)."""
+    st = os.stat(path)  # before reading: a write during hashing changes mtime and invalidates the entry
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 22), b""):
             h.update(chunk)
+    _SEEN[(st.st_dev, st.st_ino)] = (st.st_size, st.st_mtime_ns, h.hexdigest())
     return h.hexdigest()
+
+
+def verified(p: Path, info: dict) -> bool:
+    """Size and sha256 match ``info``. Each file is hashed once per process: later checks trust an unchanged size
+    and mtime of the same inode (a new process, e.g. a resumed run, hashes everything again)."""
+    st = p.stat()
+    if st.st_size != info["size"]:
+        return False
+    if _SEEN.get((st.st_dev, st.st_ino)) == (st.st_size, st.st_mtime_ns, info["sha256"]):
+        return True
+    return file_sha256(p) == info["sha256"]
+
+
+def file_listing(d: Path, exclude: str = "manifest.json") -> dict[str, dict]:
+    """{relative name: {size, sha256}} of every file below ``d`` but ``exclude``."""
+    return {str(p.relative_to(d)): {"size": p.stat().st_size, "sha256": file_sha256(p)}
+            for p in sorted(d.rglob("*")) if p.is_file() and p.name != exclude}
+
+
+def writer_tag() -> str:
+    """``<host>-<pid>-<rand>``: names what this process writes, so leftovers of dead writers can be told apart."""
+    return f"{_HOST}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
 
 
 def _writer_gone(name: str) -> bool:
@@ -78,7 +106,7 @@ def atomic_dir(target: Path, build: Callable[[Path], None]) -> None:
     """Build a directory in a temp sibling and swap it into ``target``; the old one survives a failed build."""
     target.parent.mkdir(parents=True, exist_ok=True)
     sweep_leftovers(target.parent)
-    tag = f"{_HOST}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    tag = writer_tag()
     tmp = target.parent / f".{target.name}.tmp-{tag}"
     tmp.mkdir()
     try:

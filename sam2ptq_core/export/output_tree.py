@@ -14,7 +14,7 @@ import shutil
 from collections.abc import Callable
 from pathlib import Path
 
-from ..files import atomic_dir, file_sha256
+from ..files import atomic_dir, file_listing, verified
 
 __all__ = ["EXPORT_VERSION", "export_key", "tree_is_current", "write_tree", "record_stages"]
 
@@ -24,11 +24,6 @@ EXPORT_VERSION = 1
 def export_key(config: dict, stage_keys: dict[str, str]) -> str:
     payload = json.dumps({"version": EXPORT_VERSION, "config": config, "stages": stage_keys}, sort_keys=True)
     return hashlib.sha256(payload.encode()).hexdigest()
-
-
-def _listing(d: Path) -> dict[str, dict]:
-    return {str(p.relative_to(d)): {"size": p.stat().st_size, "sha256": file_sha256(p)}
-            for p in sorted(d.rglob("*")) if p.is_file() and p.name != "stages.json"}
 
 
 def tree_is_current(target: Path, key: str) -> bool:
@@ -41,7 +36,7 @@ def tree_is_current(target: Path, key: str) -> bool:
         return False
     for name, info in exp["files"].items():
         p = target / name
-        if not p.is_file() or p.stat().st_size != info["size"] or file_sha256(p) != info["sha256"]:
+        if not p.is_file() or not verified(p, info):
             return False
     return True
 
@@ -63,5 +58,5 @@ def write_tree(target: Path, write_files: Callable[[Path], None], copy_from: lis
         write_files(tmp)
         for f in copy_from:
             shutil.copy2(f, tmp / f.name)
-        record_stages(tmp, stages, _listing(tmp))
+        record_stages(tmp, stages, file_listing(tmp, exclude="stages.json"))
     atomic_dir(target, build)

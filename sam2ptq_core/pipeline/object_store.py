@@ -21,7 +21,6 @@ import json
 import logging
 import os
 import shutil
-import socket
 import time
 import uuid
 from collections.abc import Callable
@@ -31,8 +30,8 @@ from typing import Any
 import diskcache
 from filelock import FileLock
 
-from ..files import file_sha256
-from .store import Manifest, file_listing, manifest_body, verified
+from ..files import file_listing, verified, writer_tag
+from .store import Manifest, manifest_body
 
 __all__ = ["ObjectStageStore", "SharedLedger", "is_url"]
 
@@ -70,9 +69,9 @@ class ObjectStageStore:
         part = self.objects / f".{info['sha256']}.{uuid.uuid4().hex[:8]}.part"
         try:
             self.fs.get_file(remote, str(part))
-            if part.stat().st_size != info["size"] or file_sha256(part) != info["sha256"]:
+            if not verified(part, info):
                 raise ValueError(f"checksum mismatch in {remote}")
-            os.replace(part, obj)
+            os.replace(part, obj)  # same inode: not hashed again
         finally:
             part.unlink(missing_ok=True)
         self._evict(keep=obj)
@@ -131,7 +130,7 @@ class ObjectStageStore:
             if found is not None:
                 return found, True
             t0 = time.time()
-            writer = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+            writer = writer_tag()
             tmp = self.local / "staging" / f"{stage}-{key[:24]}-{writer}"
             tmp.mkdir(parents=True)
             kdir = self._kdir(stage, key)
@@ -143,10 +142,10 @@ class ObjectStageStore:
                     if self.folders:
                         self.fs.makedirs(dst.rsplit("/", 1)[0], exist_ok=True)
                     self.fs.put_file(str(tmp / name), dst)
-                for name, info in files.items():  # what was just written is cached: no download back
+                for name, info in files.items():  # what was just written is cached: no download back, no rehash
                     obj = self.objects / info["sha256"]
                     if not obj.exists():
-                        shutil.copy2(tmp / name, obj)
+                        os.link(tmp / name, obj)
                 manifest = json.dumps({**body, "writer": writer, "files": files}, indent=1, sort_keys=True)
                 try:
                     self.fs.pipe_file(f"{kdir}/manifest.json", manifest.encode(), mode="create")

@@ -28,10 +28,10 @@ import diskcache
 from filelock import FileLock
 
 from .. import __version__
-from ..files import atomic_dir, file_sha256
+from ..files import atomic_dir, file_listing, verified
 from .config import canonical_json
 
-__all__ = ["StageStore", "Manifest", "stage_key", "file_listing", "manifest_body", "verified"]
+__all__ = ["StageStore", "Manifest", "stage_key", "manifest_body"]
 
 log = logging.getLogger(__name__)
 
@@ -40,24 +40,6 @@ def stage_key(stage: str, version: int, config_slice: Any, upstream: dict[str, s
     """sha256 over (stage, algorithm version, canonical config slice, upstream keys)."""
     payload = canonical_json({"stage": stage, "version": version, "config": config_slice, "upstream": upstream})
     return hashlib.sha256(payload.encode()).hexdigest()
-
-
-_SEEN: dict[str, tuple[int, int, str]] = {}  # path → (size, mtime_ns, sha256) verified by this process
-
-
-def verified(p: Path, info: dict) -> bool:
-    """Size and sha256 match the manifest. A file is hashed once per process: later reads in the same run trust an
-    unchanged size and mtime (a new process, e.g. a resumed run, hashes everything again)."""
-    st = p.stat()
-    if st.st_size != info["size"]:
-        return False
-    key = str(p.resolve())
-    if _SEEN.get(key) == (st.st_size, st.st_mtime_ns, info["sha256"]):
-        return True
-    if file_sha256(p) != info["sha256"]:
-        return False
-    _SEEN[key] = (st.st_size, st.st_mtime_ns, info["sha256"])
-    return True
 
 
 @dataclass(frozen=True)
@@ -73,12 +55,6 @@ class Manifest:
 
     def path(self, name: str) -> Path:
         return self.dir / name
-
-
-def file_listing(d: Path) -> dict[str, dict]:
-    """{relative name: {size, sha256}} of every file below ``d`` but the manifest."""
-    return {str(p.relative_to(d)): {"size": p.stat().st_size, "sha256": file_sha256(p)}
-            for p in sorted(d.rglob("*")) if p.is_file() and p.name != "manifest.json"}
 
 
 def manifest_body(stage: str, key: str, config_slice: Any, upstream: dict[str, str], meta: dict,
