@@ -53,16 +53,15 @@ def to_run_dtype(model: nn.Module, cfg: RunConfig) -> nn.Module:
 
 
 def layer_spec(q: QuantCfg, seed: int) -> LayerSpec:
-    """The flat per-layer view of the wgts / ipts / low_rank / kernel_gptq config."""
+    """The flat per-layer view of the wgts / ipts / low_rank / kernel_gptq config. A switched-off part (no branch,
+    RTN instead of GPTQ) contributes nothing: its settings would not be read."""
     w, g, lr = q.wgts, q.wgts.kernel_gptq, q.wgts.low_rank
-    return LayerSpec(
-        w_dtype=w.dtype, w_group=group_size_of(w.group_shapes),
-        a_dtype=q.ipts.dtype, a_group=group_size_of(q.ipts.group_shapes),
-        rank=lr.rank if lr else 0, lowrank_iters=lr.num_iters if lr else 100,
-        randomized_svd=lr.randomized if lr else True,
-        gptq=g is not None, block_size=g.block_size if g else 128, damp_percentage=g.damp_percentage if g else 0.01,
-        num_inv_tries=g.num_inv_tries if g else 250, act_order=g.act_order if g else True, seed=seed,
-        scale_dtype=w.scale_dtype)
+    branch = dict(rank=lr.rank, lowrank_iters=lr.num_iters, randomized_svd=lr.randomized) if lr else dict(rank=0)
+    gptq = dict(block_size=g.block_size, damp_percentage=g.damp_percentage, num_inv_tries=g.num_inv_tries,
+                act_order=g.act_order) if g else {}
+    return LayerSpec(w_dtype=w.dtype, w_group=group_size_of(w.group_shapes), a_dtype=q.ipts.dtype,
+                     a_group=group_size_of(q.ipts.group_shapes), gptq=g is not None, seed=seed,
+                     scale_dtype=w.scale_dtype, **branch, **gptq)
 
 
 @dataclass
