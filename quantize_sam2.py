@@ -161,7 +161,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     from flows.ablation import run_ablation
     from flows.ptq import sam2_ptq
-    from sam2ptq_core.pipeline.prefect_server import temporary_server
+    from sam2ptq_core.pipeline.prefect_server import ServerDidNotStart, temporary_server
     log_file = None if args.verbose else _log_to_file(cfg)
     where = f" (full log: {log_file})" if log_file else ""
     try:
@@ -170,7 +170,7 @@ def main(argv: list[str] | None = None) -> int:
                 stack.enter_context(temporary_server(int(os.environ["PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS"])))
             flow = run_ablation if args.ablation else sam2_ptq
             out = flow(cfg.model_dump(mode="json"), [])
-    except StageError as e:
+    except (StageError, ServerDidNotStart) as e:
         print(f"error: {e}{where}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

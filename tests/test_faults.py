@@ -168,3 +168,16 @@ def test_metrics_state_rank_and_16bit_share():
     # 64·32 codes at 4 bits = 1024 B; branch (4·32 + 64·4)·2 B = 768 B → 768 / 1792
     assert got == {"rank": 4, "lowbit_weight_bytes": 1024, "branch_16bit_bytes": 768, "share_16bit": 768 / 1792}
     assert json.dumps(got)
+
+
+def test_temporary_server_that_cannot_start_is_one_line(tmp_path):
+    """An unwritable PREFECT_HOME: the server never answers; the CLI ends with one line naming the ways out."""
+    (tmp_path / "file").write_text("")
+    env = {**os.environ, "PREFECT_HOME": str(tmp_path / "file" / "home"),
+           "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "5"}
+    env.pop("PREFECT_API_URL", None)
+    r = _cli("--config", str(REDUCED_CFG), "--cache.root", str(tmp_path / "c"), "--output.root", str(tmp_path / "o"),
+             env=env, timeout=300)
+    last = r.stderr.strip().splitlines()[-1]
+    assert r.returncode == 1 and last.startswith("error: Prefect's temporary server did not start within 5 s"), last
+    assert "PREFECT_HOME" in last and "PREFECT_API_URL" in last and not (tmp_path / "o").exists()

@@ -12,7 +12,11 @@ import subprocess
 import sys
 from collections.abc import Iterator
 
-__all__ = ["temporary_server"]
+__all__ = ["temporary_server", "ServerDidNotStart"]
+
+
+class ServerDidNotStart(RuntimeError):
+    """Prefect's temporary server did not answer in time; the message names PREFECT_HOME and the ways out."""
 
 _GUARD = """
 import os, signal, sys, time
@@ -60,9 +64,16 @@ def _safe(call):
 def temporary_server(timeout_s: int) -> Iterator[str]:
     """Start Prefect's temporary server, point this process at it and yield its API URL; stop both on exit."""
     from prefect.server.api.server import SubprocessASGIServer
-    from prefect.settings import PREFECT_API_URL, temporary_settings
+    from prefect.settings import PREFECT_API_URL, get_current_settings, temporary_settings
     server = SubprocessASGIServer()
-    server.start(timeout=timeout_s)
+    try:
+        server.start(timeout=timeout_s)
+    except RuntimeError as e:
+        server.stop()
+        raise ServerDidNotStart(
+            f"Prefect's temporary server did not start within {timeout_s} s ({str(e).splitlines()[0]}); check that "
+            f"PREFECT_HOME {get_current_settings().home} is writable, raise PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_"
+            f"SECONDS, or set PREFECT_API_URL to a running server") from None
     guard = None
     if sys.platform.startswith("linux") and server.server_process is not None:
         guard = subprocess.Popen([sys.executable, "-c", _GUARD, str(server.server_process.pid)],
