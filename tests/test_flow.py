@@ -18,13 +18,6 @@ from tests.helpers import REDUCED_CFG, ROOT
 pytestmark = pytest.mark.slow
 
 
-@pytest.fixture(scope="session")
-def prefect_server():
-    from prefect.testing.utilities import prefect_test_harness
-    with prefect_test_harness(server_startup_timeout=120):
-        yield
-
-
 def _run(tmp: Path, *overrides: str) -> Path:
     from flows.ptq import sam2_ptq
     ovs = [f"cache.root={tmp / 'cache'}", f"output.root={tmp / 'out'}", *overrides]

@@ -47,6 +47,7 @@ class CacheCfg(_Node):
     root: str = "./cache/sam2"  # a local folder, or an fsspec URL shared by workers: s3://bucket/prefix, gs://, az://
     local: str = ""             # with a URL root: this worker's read-through cache (default ~/.cache/sam2ptq)
     local_max_gb: float = Field(50.0, gt=0)  # bound of that cache
+    lease_seconds: float = Field(60.0, ge=60)  # URL root + Prefect API: a killed builder's stage lease frees after this
 
 
 class CalibCfg(_Node):

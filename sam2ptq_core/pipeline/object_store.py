@@ -24,6 +24,7 @@ import shutil
 import time
 import uuid
 from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -45,7 +46,11 @@ def is_url(root: str) -> bool:
 class ObjectStageStore:
     """Same interface as ``StageStore`` (``get``, ``run``, ``preprocess_cache``, ``ledger``) on an fsspec URL."""
 
-    def __init__(self, url: str, local: str | Path, max_cache_bytes: int = 50 << 30):
+    def __init__(self, url: str, local: str | Path, max_cache_bytes: int = 50 << 30,
+                 lease: Callable[[str, str], AbstractContextManager] | None = None):
+        """``lease(stage, key)``: held while a stage is built, so one machine computes it and the others wait
+        (``leases.stage_lease``, a Prefect global concurrency limit); without it machines may compute a stage
+        twice, and the exclusive manifest write keeps one whole result."""
         import fsspec
         self.url = str(url).rstrip("/")
         self.fs, self.root = fsspec.core.url_to_fs(self.url)
@@ -56,6 +61,7 @@ class ObjectStageStore:
         for d in (self.objects, self.local / "views", self.local / "staging", self.local / "locks"):
             d.mkdir(parents=True, exist_ok=True)
         self.max_cache_bytes = max_cache_bytes
+        self.lease = lease or (lambda stage, key: nullcontext())
 
     def _kdir(self, stage: str, key: str) -> str:
         return f"{self.root}/{stage}/{key[:24]}"
@@ -124,8 +130,13 @@ class ObjectStageStore:
 
     def run(self, stage: str, key: str, config_slice: Any, upstream: dict[str, str],
             build: Callable[[Path], dict | None]) -> tuple[Manifest, bool]:
-        """Return (manifest, reused). Builds locally, uploads under a writer prefix, publishes the manifest last."""
-        with FileLock(str(self.local / "locks" / f"{stage}-{key[:24]}.lock")):
+        """Return (manifest, reused). Builds locally, uploads under a writer prefix, publishes the manifest last.
+        A published stage is reused without taking any lock; otherwise the lease (across machines) and a flock
+        (across processes of this machine) are taken and the store is looked at again before building."""
+        found = self.get(stage, key)
+        if found is not None:
+            return found, True
+        with self.lease(stage, key), FileLock(str(self.local / "locks" / f"{stage}-{key[:24]}.lock")):
             found = self.get(stage, key)
             if found is not None:
                 return found, True

@@ -116,7 +116,12 @@ def store_of(cfg: RunConfig):
     """The stage store of ``cache.root``: a local directory (flock, atomic rename) or an fsspec URL (object store)."""
     from .object_store import ObjectStageStore, is_url
     if is_url(cfg.cache.root):
-        return ObjectStageStore(cfg.cache.root, local_dir(cfg), int(cfg.cache.local_max_gb * 2**30))
+        from .leases import prefect_api_configured, stage_lease
+        lease = None
+        if prefect_api_configured():
+            def lease(stage: str, key: str):
+                return stage_lease(stage, key, cfg.cache.lease_seconds)
+        return ObjectStageStore(cfg.cache.root, local_dir(cfg), int(cfg.cache.local_max_gb * 2**30), lease)
     return StageStore(cfg.cache.root)
 
 

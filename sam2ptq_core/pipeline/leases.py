@@ -1,0 +1,71 @@
+"""One computation per stage across machines: a Prefect global concurrency limit of one slot per stage key.
+
+Used by the object store (``cache.root`` is a URL) whenever a Prefect API is configured, as it is on every worker
+of a pool. A run that must build a stage first takes the limit ``sam2ptq-<stage>-<key[:24]>`` (created with one
+slot if missing); a second run that needs the same stage waits for that slot, then finds the stage published and
+reuses it. The slot is a Prefect *lease*: the holder's client renews it in the background, so a holder killed with
+``kill -9`` frees it when the lease runs out (``cache.lease_seconds``, 60 s at least: Prefect's minimum) and the
+server's repossessor notices (every 15 s by default). The holder deletes the limit once the stage is published, so
+the server keeps no limit per finished stage.
+
+Without a Prefect API there is no lease: two machines may then both compute a stage, and the exclusive manifest
+write still keeps exactly one whole result. Local stores keep their flock (``store.py``).
+"""
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
+
+__all__ = ["prefect_api_configured", "stage_lease", "lease_name"]
+
+log = logging.getLogger(__name__)
+
+
+def prefect_api_configured() -> bool:
+    from prefect.settings import PREFECT_API_URL
+    return bool(PREFECT_API_URL.value())
+
+
+def lease_name(stage: str, key: str) -> str:
+    return f"sam2ptq-{stage}-{key[:24]}"
+
+
+def _ensure_limit(client, name: str) -> None:
+    from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate
+    from prefect.exceptions import ObjectAlreadyExists
+    try:
+        client.create_global_concurrency_limit(GlobalConcurrencyLimitCreate(name=name, limit=1))
+    except ObjectAlreadyExists:
+        pass  # another run created it first: we queue on the same slot
+
+
+@contextmanager
+def stage_lease(stage: str, key: str, seconds: float = 60) -> Iterator[None]:
+    """Hold the one slot of this stage key's global concurrency limit for the block (waiting for it if another
+    run holds it); delete the limit after a block that finished without error."""
+    from prefect.client.orchestration import get_client
+
+    # the public prefect.concurrency.sync.concurrency minus its warning when the limit is gone: a waiter that
+    # finds the holder's limit deleted (the stage is published) proceeds and reuses the stage, which is expected
+    from prefect.concurrency._sync import concurrency as _concurrency
+
+    def concurrency(name: str, **kw):
+        return _concurrency(name, suppress_warnings=True, **kw)
+
+    name = lease_name(stage, key)
+    with get_client(sync_client=True) as client:
+        _ensure_limit(client, name)
+    with ExitStack() as held:
+        try:
+            held.enter_context(concurrency(name, timeout_seconds=1, lease_duration=seconds))
+        except TimeoutError:
+            log.info("stage %s %s is being computed by another run: waiting for its lease (%s)", stage, key[:12],
+                     name)
+            held.enter_context(concurrency(name, lease_duration=seconds))
+        yield
+    with get_client(sync_client=True) as client:  # published: a later run reuses the stage without the lease
+        try:
+            client.delete_global_concurrency_limit_by_name(name)
+        except Exception as e:  # noqa: BLE001 — a leftover limit costs nothing but a row; never fail over it
+            log.debug("could not delete concurrency limit %s: %s", name, e)
