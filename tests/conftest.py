@@ -1,7 +1,11 @@
 import os
+import subprocess
+import sys
 
 import pytest
 from hypothesis import settings
+
+from tests.helpers import free_port, wait_listening
 
 settings.register_profile("ci", max_examples=25, deadline=None, derandomize=True)
 settings.load_profile("ci")
@@ -15,6 +19,27 @@ def prefect_server():
     from prefect.testing.utilities import prefect_test_harness
     with prefect_test_harness(server_startup_timeout=120):
         yield
+
+
+@pytest.fixture
+def s3_server(tmp_path):
+    """moto's standalone S3 server on loopback, as s3fs's own test suite runs it."""
+    pytest.importorskip("s3fs")
+    port = free_port()
+    log = open(tmp_path / "moto.log", "w")
+    p = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)], stdout=log,
+                         stderr=subprocess.STDOUT)
+    try:
+        url = f"http://127.0.0.1:{port}"
+        assert wait_listening(port, 30), (tmp_path / "moto.log").read_text()[-2000:]
+        env = {**os.environ, "AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test",
+               "AWS_DEFAULT_REGION": "us-east-1", "AWS_ENDPOINT_URL": url}
+        subprocess.run([sys.executable, "-c", "import s3fs; s3fs.S3FileSystem().mkdir('sam2ptq-test')"], env=env,
+                       check=True, timeout=60)
+        yield env
+    finally:
+        p.terminate()
+        p.wait(10)
 
 
 def pytest_collection_modifyitems(config, items):

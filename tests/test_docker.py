@@ -40,3 +40,27 @@ def test_pull_step_finds_the_checkout(tmp_path, monkeypatch):
     monkeypatch.setenv("SAM2PTQ_HOME", str(tmp_path))
     with pytest.raises(FileNotFoundError, match="not a sam2ptq checkout"):
         checkout_directory("")
+
+
+def test_compose_pool_topology():
+    """docker/compose.yaml: PostgreSQL-backed Prefect server, an S3-compatible store, a control worker and GPU
+    workers, each on the bucket and the server, each GPU worker on its own device and its own cache volume."""
+    import yaml
+    d = yaml.safe_load((ROOT / "docker" / "compose.yaml").read_text())
+    sv = d["services"]
+    assert sv["prefect-server"]["environment"]["PREFECT_API_DATABASE_CONNECTION_URL"].startswith("postgresql+asyncpg://")
+    assert "postgres" in sv["prefect-server"]["depends_on"]
+    gpus = [n for n in sv if n.startswith("gpu-worker-")]
+    assert len(gpus) >= 2
+    devices = [sv[n]["deploy"]["resources"]["reservations"]["devices"][0]["device_ids"] for n in gpus]
+    assert len({tuple(x) for x in devices}) == len(gpus)  # one GPU each
+    workers = gpus + ["control-worker"]
+    caches = [v.split(":")[0] for n in workers for v in sv[n]["volumes"] if v.endswith("/root/.cache")]
+    assert len(set(caches)) == len(gpus) + 1  # no two workers share a read-through cache
+    for n in gpus + ["control-worker"]:
+        env = sv[n]["environment"]
+        assert env["PREFECT_API_URL"] == "http://prefect-server:4200/api" and env["AWS_ENDPOINT_URL"].startswith("http://minio")
+    assert sv["control-worker"]["environment"]["SAM2PTQ_POOL"] == "sam2-control"
+    assert all(sv[n]["environment"]["SAM2PTQ_POOL"] == "sam2-gpu" for n in gpus)
+    pools = yaml.safe_load((ROOT / "prefect.yaml").read_text())["deployments"]
+    assert {p["work_pool"]["name"] for p in pools} == {"sam2-gpu", "sam2-control"}

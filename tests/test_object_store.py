@@ -1,7 +1,6 @@
 """The stage store on a URL (fsspec): manifest last, no mixed stages, verified reads, a read-through cache; and the
 pipeline on a real S3-compatible server (moto's standalone server) on loopback."""
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -10,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from sam2ptq_core.pipeline.object_store import ObjectStageStore
-from tests.helpers import REDUCED_CFG, ROOT, free_port, wait_healthy
+from tests.helpers import REDUCED_CFG, ROOT
 
 
 def _files(d: Path, data: dict) -> dict:
@@ -90,27 +89,6 @@ def test_corrupt_object_is_detected_and_recomputed(tmp_path):
     assert not reused and m.path("a.bin").read_bytes() == b"good"
 
 
-@pytest.fixture
-def s3_server(tmp_path):
-    """moto's standalone S3 server on loopback, as s3fs's own test suite runs it."""
-    pytest.importorskip("s3fs")
-    port = free_port()
-    log = open(tmp_path / "moto.log", "w")
-    p = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)], stdout=log,
-                         stderr=subprocess.STDOUT)
-    try:
-        url = f"http://127.0.0.1:{port}"
-        assert wait_healthy(url + "/moto-api", 30) or True
-        env = {**os.environ, "AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test",
-               "AWS_DEFAULT_REGION": "us-east-1", "AWS_ENDPOINT_URL": url}
-        subprocess.run([sys.executable, "-c", "import s3fs; s3fs.S3FileSystem().mkdir('sam2ptq-test')"], env=env,
-                       check=True, timeout=60)
-        yield env
-    finally:
-        p.terminate()
-        p.wait(10)
-
-
 @pytest.mark.slow
 def test_pipeline_on_s3_two_workers_and_a_corrupt_object(s3_server, tmp_path):
     env = {**s3_server, "PREFECT_HOME": str(tmp_path / "prefect")}
@@ -164,3 +142,27 @@ def test_regression_baseline_is_shared_by_workers(tmp_path):
     assert not v.ok and "0.9500 (run r1)" in v.message
     shutil.rmtree(tmp_path / "w1")  # a lost worker disk loses nothing
     assert _store(tmp_path, "w3").ledger().get("fam") == [{"miou_vs_fp": 0.95, "run": "r1"}]
+
+
+def test_upload_interrupted_halfway_on_s3_leaves_no_visible_stage(s3_server, tmp_path, monkeypatch):
+    """On a real S3 server: the connection drops after the first file; no manifest, so no stage, for anyone."""
+    for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION", "AWS_ENDPOINT_URL"):
+        monkeypatch.setenv(k, s3_server[k])
+    url = "s3://sam2ptq-test/interrupted"
+    st = ObjectStageStore(url, tmp_path / "w1")
+    st.fs.invalidate_cache()
+    real, n = st.fs.put_file, []
+
+    def flaky(src, dst, **kw):
+        n.append(dst)
+        if len(n) == 2:
+            raise ConnectionError("connection reset halfway through the upload")
+        return real(src, dst, **kw)
+    monkeypatch.setattr(st.fs, "put_file", flaky)
+    with pytest.raises(ConnectionError):
+        st.run("s", "k" * 30, {}, {}, lambda d: _files(d, {"a.bin": b"1" * 5000, "b.bin": b"2", "c.bin": b"3"}))
+    assert len(n) == 2 and st.fs.exists(f"sam2ptq-test/interrupted/s/{'k' * 24}")  # one object did land
+    w2 = ObjectStageStore(url, tmp_path / "w2")
+    assert w2.get("s", "k" * 30) is None and not w2.fs.exists(f"sam2ptq-test/interrupted/s/{'k' * 24}/manifest.json")
+    m, reused = w2.run("s", "k" * 30, {}, {}, lambda d: _files(d, {"a.bin": b"1" * 5000, "b.bin": b"2", "c.bin": b"3"}))
+    assert not reused and m.path("c.bin").read_bytes() == b"3"

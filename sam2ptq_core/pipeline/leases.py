@@ -13,14 +13,12 @@ write still keeps exactly one whole result. Local stores keep their flock (``sto
 """
 from __future__ import annotations
 
-import logging
 from collections.abc import Iterator
-from contextlib import ExitStack, contextmanager
+from contextlib import contextmanager
+
+from .progress import run_logger
 
 __all__ = ["prefect_api_configured", "stage_lease", "lease_name"]
-
-log = logging.getLogger(__name__)
-
 
 def prefect_api_configured() -> bool:
     from prefect.settings import PREFECT_API_URL
@@ -48,24 +46,22 @@ def stage_lease(stage: str, key: str, seconds: float = 60) -> Iterator[None]:
 
     # the public prefect.concurrency.sync.concurrency minus its warning when the limit is gone: a waiter that
     # finds the holder's limit deleted (the stage is published) proceeds and reuses the stage, which is expected
-    from prefect.concurrency._sync import concurrency as _concurrency
-
-    def concurrency(name: str, **kw):
-        return _concurrency(name, suppress_warnings=True, **kw)
+    from prefect.concurrency._sync import concurrency
 
     name = lease_name(stage, key)
     with get_client(sync_client=True) as client:
         _ensure_limit(client, name)
-    with ExitStack() as held:
         try:
-            held.enter_context(concurrency(name, timeout_seconds=1, lease_duration=seconds))
-        except TimeoutError:
-            log.info("stage %s %s is being computed by another run: waiting for its lease (%s)", stage, key[:12],
-                     name)
-            held.enter_context(concurrency(name, lease_duration=seconds))
+            busy = client.read_global_concurrency_limit_by_name(name).active_slots > 0
+        except Exception:  # noqa: BLE001 — deleted meanwhile: the stage was just published
+            busy = False
+    if busy:
+        run_logger().info("stage %s %s is being computed by another run: waiting for its lease (%s)", stage,
+                          key[:12], name)
+    with concurrency(name, lease_duration=seconds, suppress_warnings=True):
         yield
     with get_client(sync_client=True) as client:  # published: a later run reuses the stage without the lease
         try:
             client.delete_global_concurrency_limit_by_name(name)
         except Exception as e:  # noqa: BLE001 — a leftover limit costs nothing but a row; never fail over it
-            log.debug("could not delete concurrency limit %s: %s", name, e)
+            run_logger().debug("could not delete concurrency limit %s: %s", name, e)
