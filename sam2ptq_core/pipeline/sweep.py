@@ -93,6 +93,7 @@ def _plot(rows: list[dict], path: Path, random_weights: bool) -> None:
         ax.set_xlabel("quantized linears (MiB)")
         ax.set_ylabel(label)
         ax.grid(alpha=0.3)
+        ax.margins(0.2)
     failed = [r["job"] for r in rows if r["status"] != "COMPLETED"]
     title = "size vs fidelity per sweep job" + (" — RANDOM WEIGHTS" if random_weights else "")
     if failed:
