@@ -29,7 +29,8 @@ def sam2_ptq(config: dict | str = "", overrides: list[str] | None = None) -> str
     refs["build_calibration_set"] = build_calibration_set(cfg)
     refs["capture_activations"] = capture_activations(cfg, refs["fetch_model"], refs["build_calibration_set"])
     refs["rotate"] = rotate(cfg, refs["capture_activations"])
-    refs["smooth"] = smooth(cfg, refs["fetch_model"], refs["capture_activations"], refs["rotate"])
+    refs["smooth"] = smooth(cfg, refs["fetch_model"], refs["build_calibration_set"], refs["capture_activations"],
+                            refs["rotate"])
     refs["gptq_lowrank"] = gptq_lowrank(cfg, refs["fetch_model"], refs["capture_activations"], refs["rotate"],
                                         refs["smooth"])
     refs["evaluate"] = evaluate(cfg, refs["fetch_model"], refs["build_calibration_set"], refs["smooth"],

@@ -17,6 +17,11 @@ def gptq_lowrank(cfg: dict, model_ref: Ref, acts_ref: Ref, rot_ref: Ref, smooth_
     refs = {"fetch_model": model_ref, "capture_activations": acts_ref, "rotate": rot_ref, "smooth": smooth_ref}
 
     def build(tmp):
+        if c.quant.calib.mode == "sequential":  # done block by block in the smooth stage: gather the blocks
+            from sam2ptq_core.pipeline.sequential import assemble_layers
+            qlayers, report = assemble_layers(c, open_artifact(c, smooth_ref).meta["blocks"])
+            STAGE.artifact.write(tmp, qlayers, report)
+            return {"num_layers": len(qlayers), "gptq_fallbacks": len(report["fallbacks"]), "mode": "sequential"}
         from sam2ptq_core.algorithms.model_recipe import all_layer_errors, layer_rotations, quantize_all, saved_layers
         from sam2ptq_core.pipeline.runtime import device_of, layer_spec, load_layer_inputs
         li = load_layer_inputs(c, *(open_artifact(c, r) for r in (model_ref, acts_ref, rot_ref)))

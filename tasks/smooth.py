@@ -13,9 +13,10 @@ STAGE = STAGES["smooth"]
 
 
 @task(name=STAGE.name, cache_policy=NO_CACHE)
-def smooth(cfg: dict, model_ref: Ref, acts_ref: Ref, rot_ref: Ref) -> Ref:
+def smooth(cfg: dict, model_ref: Ref, calib_ref: Ref, acts_ref: Ref, rot_ref: Ref) -> Ref:
     c = load_config(cfg)
-    refs = {"fetch_model": model_ref, "capture_activations": acts_ref, "rotate": rot_ref}
+    refs = {"fetch_model": model_ref, "build_calibration_set": calib_ref, "capture_activations": acts_ref,
+            "rotate": rot_ref}
 
     def build(tmp):
         from sam2ptq_core.algorithms.model_recipe import search_all_smoothing
@@ -24,10 +25,19 @@ def smooth(cfg: dict, model_ref: Ref, acts_ref: Ref, rot_ref: Ref) -> Ref:
         proj = c.quant.smooth.proj if c.quant.smooth else None
         rot = c.quant.rotation
         choice = {"random": bool(rot and rot.random), "seed": c.seed, "layers": []}
+        if c.quant.calib.mode == "sequential":  # each block its own seq_block stage: a killed run resumes there
+            from sam2ptq_core.pipeline.sequential import assemble_smoothing, run_blocks
+            with Progress(STAGE.name, 1, "block") as prog:
+                keys = [r["key"] for r in run_blocks(c, refs, prog)]
+            scales, choice["layers"], log = assemble_smoothing(c, keys)
+            STAGE.artifact.write(tmp, scales if proj else {}, choice, log)
+            return {"enabled": proj is not None, "mode": "sequential", "blocks": keys,
+                    "rotated_layers": len(choice["layers"])}
         if proj is None and rot is None:
             STAGE.artifact.write(tmp, {}, choice, {})
             return {"enabled": False}
-        li = load_layer_inputs(c, *(open_artifact(c, r) for r in refs.values()))
+        li = load_layer_inputs(c, *(open_artifact(c, refs[k]) for k in ("fetch_model", "capture_activations",
+                                                                          "rotate")))
         # without smoothing only the identity (0, 0) is tried: the search then just decides the rotation
         cands = smooth_candidates(proj.strategy, proj.alpha, proj.beta, proj.num_grids) if proj else [(0.0, 0.0)]
         with Progress(STAGE.name, len(li.layers), "layer") as prog:

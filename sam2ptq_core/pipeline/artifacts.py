@@ -14,7 +14,7 @@ from typing import Any, ClassVar
 from .store import Manifest
 
 __all__ = ["Artifact", "FetchedModel", "CalibrationSet", "ActivationStats", "RotationSpec", "SmoothingChoice",
-           "QuantizedLayers", "Evaluation"]
+           "QuantizedLayers", "BlockQuant", "Evaluation"]
 
 
 def _write(d: Path, files: dict[str, Any]) -> None:
@@ -135,6 +135,20 @@ class QuantizedLayers(Artifact):
     def layer_report(self) -> dict:
         """{"layers": [{name, weight_rel_err, output_rel_err}], "fallbacks": {layer: message}}."""
         return self._json("layers.json")
+
+
+class BlockQuant(Artifact):
+    """Sequential mode, one trunk block: its layers' smoothing scales and quantized layers (``block.pt``), which
+    layers keep the rotation, the search log, per-layer errors and GPTQ fallbacks (``block.json``)."""
+    FILES = ("block.pt", "block.json")
+
+    def tensors(self) -> dict:
+        """{"smooth": {layer: scale}, "qlayers": {layer: saved layer dict}}."""
+        return self._pt("block.pt")
+
+    def info(self) -> dict:
+        """{"block", "rotated": [layers], "log": {layer: search log}, "layers": [error rows], "fallbacks"}."""
+        return self._json("block.json")
 
 
 class Evaluation(Artifact):

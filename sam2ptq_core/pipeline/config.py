@@ -56,6 +56,9 @@ class CalibCfg(_Node):
     batch_size: int = Field(1, ge=1)
     image_size: int = 1024
     sample_tokens: int = Field(4096, ge=0)  # token reservoir per layer (smoothing search, low-rank, errors)
+    # oneshot: every layer calibrated on the float model's inputs; sequential: block i on the inputs the already
+    # quantized blocks 0..i-1 produce (pipeline/sequential.py)
+    mode: Literal["oneshot", "sequential"] = "oneshot"
 
     @field_validator("image_size")
     @classmethod

@@ -40,6 +40,8 @@ class Progress:
     def __call__(self, done: int, total: int | None = None, what: str = "") -> None:
         frac = done / (total or self.total)
         if self.bar is not None:
+            if total and total != self.bar.total:
+                self.bar.total = total
             self.bar.update(done - self.bar.n)
             if what:
                 self.bar.set_postfix_str(what, refresh=False)

@@ -70,13 +70,17 @@ def _rotate_slice(c: RunConfig) -> dict:
 
 
 def _smooth_slice(c: RunConfig) -> dict:
-    q = c.quant  # the smoothing objective uses RTN + the branch, so GPTQ settings do not change it
-    return {"smooth": _dump(q.smooth), "wgts": _dump(q.wgts, exclude={"kernel_gptq"}), "ipts": _dump(q.ipts),
-            "rotation": _dump(q.rotation), "seed": c.seed}
+    q = c.quant  # one-shot: the smoothing objective uses RTN + the branch, so GPTQ settings do not change it
+    sl = {"smooth": _dump(q.smooth), "wgts": _dump(q.wgts, exclude={"kernel_gptq"}), "ipts": _dump(q.ipts),
+          "rotation": _dump(q.rotation), "seed": c.seed}
+    if q.calib.mode == "sequential":  # later blocks see the quantized output of earlier ones: everything counts
+        sl.update(mode="sequential", wgts=_dump(q.wgts), device=c.model.device, dtype=c.model.dtype,
+                  batch_size=q.calib.batch_size, sample_tokens=q.calib.sample_tokens, skip=q.skip)
+    return sl
 
 
 def _gptq_slice(c: RunConfig) -> dict:
-    return {"wgts": _dump(c.quant.wgts), "seed": c.seed}
+    return {"wgts": _dump(c.quant.wgts), "seed": c.seed, "mode": c.quant.calib.mode}
 
 
 def _evaluate_slice(c: RunConfig) -> dict:
@@ -94,8 +98,11 @@ STAGES: dict[str, Stage] = {s.name: s for s in [
           "run the float encoder and keep per-layer input statistics"),
     Stage("rotate", 1, ("capture_activations",), _rotate_slice, A.RotationSpec,
           "the Hadamard rotation of every quantized input width"),
-    Stage("smooth", 4, ("fetch_model", "capture_activations", "rotate"), _smooth_slice, A.SmoothingChoice,
-          "per-layer smoothing scales and the per-layer rotation choice"),
+    Stage("smooth", 5, ("fetch_model", "build_calibration_set", "capture_activations", "rotate"), _smooth_slice,
+          A.SmoothingChoice, "per-layer smoothing scales and the per-layer rotation choice (sequential mode: "
+          "the whole block-by-block calibration, one seq_block stage per block)"),
+    Stage("seq_block", 1, ("fetch_model", "build_calibration_set", "rotate"), _smooth_slice, A.BlockQuant,
+          "sequential mode: one trunk block smoothed and quantized on the quantized earlier blocks' outputs"),
     Stage("gptq_lowrank", 3, ("fetch_model", "capture_activations", "rotate", "smooth"), _gptq_slice,
           A.QuantizedLayers, "low-rank branch + GPTQ (or RTN) of every trunk linear, per-layer errors"),
     Stage("evaluate", 5, ("fetch_model", "build_calibration_set", "smooth", "gptq_lowrank"), _evaluate_slice,
