@@ -23,12 +23,12 @@ def gptq_lowrank(cfg: dict, model_ref: Ref, acts_ref: Ref, rot_ref: Ref, smooth_
             STAGE.artifact.write(tmp, qlayers, report)
             return {"num_layers": len(qlayers), "gptq_fallbacks": len(report["fallbacks"]), "mode": "sequential"}
         from sam2ptq_core.algorithms.model_recipe import all_layer_errors, layer_rotations, quantize_all, saved_layers
-        from sam2ptq_core.pipeline.runtime import device_of, layer_spec, load_layer_inputs
+        from sam2ptq_core.pipeline.runtime import device_of, layer_specs, load_layer_inputs
         li = load_layer_inputs(c, *(open_artifact(c, r) for r in (model_ref, acts_ref, rot_ref)))
         sm = open_artifact(c, smooth_ref)
         scales, chosen = sm.scales(), set(sm.rotation_choice()["layers"])
         rots = layer_rotations(li.layers, li.by_width, {k: k in chosen for k in li.layers})
-        spec, dev = layer_spec(c.quant, c.seed), device_of(c)
+        spec, dev = layer_specs(c.quant, c.seed, li.layers), device_of(c)
         with Progress(STAGE.name, len(li.layers), "layer") as prog:
             lqs = quantize_all(li.layers, li.stats, scales, rots, spec, prog, device=dev)
         fallbacks = {k: lq.fallback for k, lq in lqs.items() if lq.fallback}

@@ -21,7 +21,7 @@ def smooth(cfg: dict, model_ref: Ref, calib_ref: Ref, acts_ref: Ref, rot_ref: Re
     def build(tmp):
         from sam2ptq_core.algorithms.model_recipe import search_all_smoothing
         from sam2ptq_core.algorithms.smoothing import smooth_candidates
-        from sam2ptq_core.pipeline.runtime import device_of, layer_spec, load_layer_inputs
+        from sam2ptq_core.pipeline.runtime import device_of, layer_specs, load_layer_inputs
         proj = c.quant.smooth.proj if c.quant.smooth else None
         rot = c.quant.rotation
         choice = {"random": bool(rot and rot.random), "seed": c.seed, "layers": []}
@@ -41,7 +41,7 @@ def smooth(cfg: dict, model_ref: Ref, calib_ref: Ref, acts_ref: Ref, rot_ref: Re
         # without smoothing only the identity (0, 0) is tried: the search then just decides the rotation
         cands = smooth_candidates(proj.strategy, proj.alpha, proj.beta, proj.num_grids) if proj else [(0.0, 0.0)]
         with Progress(STAGE.name, len(li.layers), "layer") as prog:
-            res = search_all_smoothing(li.layers, li.stats, li.rots, layer_spec(c.quant, c.seed), cands,
+            res = search_all_smoothing(li.layers, li.stats, li.rots, layer_specs(c.quant, c.seed, li.layers), cands,
                                        auto_rotate=bool(rot and rot.mode == "auto"), progress=prog,
                                        device=device_of(c))
         choice["layers"] = [k for k, (_, rotated) in res.items() if rotated]

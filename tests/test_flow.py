@@ -75,7 +75,9 @@ def test_readers_rebuild_the_pipeline_model_exactly(prefect_server, tmp_path):
     from sam2ptq_core.pipeline.stages import open_artifact
     from sam2ptq_core.pipeline.store import StageStore
     from sam2ptq_core.sam2.quantized_model import build_quantized
-    out = _run(tmp_path, "quant.rotation=null", "quant.wgts.scale_dtype=bfloat16", "convert_nunchaku=true")
+    # with SVDQuant's GELU shift: mlp.proj_out reads input + 0.171875 as uint4, its bias holds the correction
+    out = _run(tmp_path, "quant.rotation=null", "quant.wgts.scale_dtype=bfloat16", "convert_nunchaku=true",
+               "quant.ipts.gelu_shift=true")
     cfg = load_config(out / "config.yaml")
     st, store = _stages(out), StageStore(cfg.cache.root)
     art = lambda s: open_artifact(cfg, {"stage": s, "key": st[s]["key"]})  # noqa: E731
@@ -90,7 +92,7 @@ def test_readers_rebuild_the_pipeline_model_exactly(prefect_server, tmp_path):
             got = load_quantized(out, fmt).get_image_embeddings(x)
             assert all(torch.equal(a, b) for a, b in zip(want, got)), fmt  # max abs diff 0
     out2 = _run(tmp_path, "quant.rotation=null", "quant.wgts.scale_dtype=bfloat16", "save_model=true",
-                "output.job=whole")
+                "output.job=whole", "quant.ipts.gelu_shift=true")
     assert any(k.startswith("mask_decoder.") for k in torch.load(out2 / "cache/model.pt", weights_only=True))
     with torch.inference_mode():
         got = load_quantized(out2, "cache").get_image_embeddings(x)  # self-contained: no checkpoint needed
@@ -104,7 +106,11 @@ def test_readers_rebuild_the_pipeline_model_exactly(prefect_server, tmp_path):
         assert torch.equal(r["codes"], q[name]["codes"]) and torch.equal(r["scale"], q[name]["scale"])
         assert torch.equal(r["smooth"], sm[name])
         assert torch.equal(r["a"], q[name]["a"]) and torch.equal(r["b"], q[name]["b"])
-    assert json.loads(meta["quantization_config"])["method"] == "svdquant"
+        assert torch.equal(r["bias"], q[name]["bias"]) and r["act_shift"] == float(q[name]["act_shift"])
+    qc = json.loads(meta["quantization_config"])
+    assert qc["method"] == "svdquant" and qc["activation"]["unsigned"]["shift"] == 0.171875
+    assert qc["activation"]["unsigned"]["layers"] == sorted(n for n in q if n.endswith("mlp.proj_out"))
+    assert {n for n in q if float(q[n]["act_shift"])} == set(qc["activation"]["unsigned"]["layers"])
     # the one-line predict command on both formats
     from sam2ptq_core.export.predict import main as predict_main
     for fmt in ("cache", "nunchaku"):

@@ -18,7 +18,11 @@ from .rotation import Rotation
 from .statistics import LayerStats, transform_stats
 
 __all__ = ["LayerSpec", "LayerQuant", "transform_weight", "transform_input", "quantized_output",
-           "smoothing_objective", "quantize_layer", "layer_errors", "round_branch"]
+           "smoothing_objective", "quantize_layer", "layer_errors", "round_branch", "GELU_SHIFT", "shifted_spec"]
+
+# SVDQuant / nunchaku: the input of the second MLP layer (after GELU, whose minimum is ≈ −0.16997) is shifted by
+# this constant, so it is ≥ 0 and quantized unsigned; the shift is folded into the layer's bias.
+GELU_SHIFT = 0.171875
 
 
 @dataclass(frozen=True)
@@ -38,10 +42,18 @@ class LayerSpec:
     act_order: bool = False
     seed: int = 0
     scale_dtype: str | None = None  # "float16"/"bfloat16": scales, smooth and branch exactly representable in it
+    a_shift: float = 0.0  # input shift before quantization (unsigned activations), folded into the bias
 
     @property
     def torch_scale_dtype(self) -> torch.dtype | None:
         return None if self.scale_dtype is None else getattr(torch, self.scale_dtype)
+
+
+def shifted_spec(spec: LayerSpec, shift: float = GELU_SHIFT) -> LayerSpec:
+    """The spec of a layer whose input is shifted by ``shift`` and quantized unsigned with the same bits."""
+    from dataclasses import replace
+    a = spec.a_dtype
+    return replace(spec, a_shift=shift, a_dtype=None if a is None else "u" + a[1:] if a.startswith("s") else a)
 
 
 @dataclass
@@ -149,7 +161,8 @@ def round_branch(a: torch.Tensor, b: torch.Tensor, s: torch.Tensor | None, dt: t
 
 def layer_errors(W: torch.Tensor, bias: torch.Tensor | None, X: torch.Tensor, lq: LayerQuant,
                  s: torch.Tensor | None, R: Rotation | None, spec: LayerSpec) -> dict:
-    """Relative weight error of the effective weight and relative output error on the token sample X."""
+    """Relative weight error of the effective weight and relative output error on the token sample X (the layer's
+    raw input: a shifted layer sees X + shift and the bias folded by −shift·W·1, as it runs)."""
     w_eff = lq.weight.double() + lq.b.double() @ lq.a.double()
     if s is not None:
         w_eff = w_eff / s.double()
@@ -157,8 +170,10 @@ def layer_errors(W: torch.Tensor, bias: torch.Tensor | None, X: torch.Tensor, lq
         w_eff = R.apply_t(w_eff)
     w_err = float((w_eff - W.double()).norm() / W.double().norm().clamp_min(1e-30))
     ref = X.double() @ W.double().T
-    y = quantized_output(transform_input(X, s, R), lq, spec).double()
+    y = quantized_output(transform_input(X.double() + spec.a_shift, s, R), lq, spec).double()
     if bias is not None:
         ref, y = ref + bias.double(), y + bias.double()
+    if spec.a_shift:
+        y = y - spec.a_shift * W.double().sum(dim=1)
     o_err = float((y - ref).norm() / ref.norm().clamp_min(1e-30))
     return {"weight_rel_err": w_err, "output_rel_err": o_err}

@@ -13,12 +13,23 @@ from torch import nn
 from .layer_recipe import LayerQuant, LayerSpec, layer_errors, quantize_layer, smoothing_objective
 from .rotation import Rotation, hadamard
 from .smoothing import SmoothResult, search_smoothing
-from .statistics import LayerStats
+from .statistics import LayerStats, shift_stats
 
 __all__ = ["rotation_spec", "rotation_matrices", "layer_rotations", "search_all_smoothing", "quantize_all",
-           "all_layer_errors", "export_bias", "saved_layers"]
+           "all_layer_errors", "export_bias", "saved_layers", "spec_of"]
 
 Progress = Callable[[int, int, str], None]
+Specs = LayerSpec | dict[str, LayerSpec]  # one spec for every layer, or one per layer name
+
+
+def spec_of(spec: Specs, name: str) -> LayerSpec:
+    return spec[name] if isinstance(spec, dict) else spec
+
+
+def _inputs(stats: dict[str, LayerStats], name: str, spec: Specs, device) -> tuple[LayerStats, LayerSpec]:
+    """The layer's statistics as its quantizer sees them (shifted for unsigned-activation layers) and its spec."""
+    sp, st = spec_of(spec, name), stats[name].to(device)
+    return (shift_stats(st, sp.a_shift) if sp.a_shift else st), sp
 
 
 def rotation_spec(widths: list[int], enabled: bool, random: bool, seed: int) -> dict:
@@ -48,10 +59,6 @@ def layer_rotations(layers: dict[str, nn.Module], by_width: dict[int, Rotation],
             for n, m in layers.items()}
 
 
-def _to(stats: LayerStats, device) -> LayerStats:
-    return LayerStats(stats.absmax.to(device), stats.hessian_sum.to(device), stats.n_tokens, stats.sample.to(device))
-
-
 def _weight(mod: nn.Module, device) -> torch.Tensor:
     return mod.weight.detach().to(device=device, dtype=torch.float32)
 
@@ -68,7 +75,7 @@ def _search(X: torch.Tensor, W: torch.Tensor, x_absmax: torch.Tensor, R: Rotatio
 
 
 def search_all_smoothing(layers: dict[str, nn.Module], stats: dict[str, LayerStats],
-                         rots: dict[str, Rotation | None], spec: LayerSpec, candidates: list[tuple[float, float]],
+                         rots: dict[str, Rotation | None], spec: Specs, candidates: list[tuple[float, float]],
                          auto_rotate: bool = False, progress: Progress | None = None, device="cpu"
                          ) -> dict[str, tuple[SmoothResult, bool]]:
     """Per layer: the best smoothing candidate, and whether the layer is rotated. With ``auto_rotate`` a layer keeps
@@ -76,17 +83,17 @@ def search_all_smoothing(layers: dict[str, nn.Module], stats: dict[str, LayerSta
     The search runs on ``device``; the returned scales are on the CPU."""
     out = {}
     for i, (name, mod) in enumerate(layers.items()):
-        st, R = _to(stats[name], device), rots.get(name)
+        (st, sp), R = _inputs(stats, name, spec, device), rots.get(name)
         W = _weight(mod, device)
         X = st.sample.float()
-        res = _search(X, W, st.absmax, R, spec, candidates)
+        res = _search(X, W, st.absmax, R, sp, candidates)
         use_r = R is not None
         if use_r and auto_rotate:
-            plain = _search(X, W, st.absmax, None, spec, candidates)
+            plain = _search(X, W, st.absmax, None, sp, candidates)
             if min(e for *_, e in plain.log) <= min(e for *_, e in res.log):
                 res, use_r = plain, False
-        if spec.scale_dtype is not None:  # a 16-bit export stores the scales: keep exactly what it will hold
-            res.scale = res.scale.to(spec.torch_scale_dtype).float()
+        if sp.scale_dtype is not None:  # a 16-bit export stores the scales: keep exactly what it will hold
+            res.scale = res.scale.to(sp.torch_scale_dtype).float()
         res.scale = res.scale.cpu()
         out[name] = (res, use_r)
         if progress:
@@ -95,21 +102,21 @@ def search_all_smoothing(layers: dict[str, nn.Module], stats: dict[str, LayerSta
 
 
 def quantize_all(layers: dict[str, nn.Module], stats: dict[str, LayerStats], smooth: dict[str, torch.Tensor],
-                 rots: dict[str, Rotation | None], spec: LayerSpec, progress: Progress | None = None,
+                 rots: dict[str, Rotation | None], spec: Specs, progress: Progress | None = None,
                  device="cpu") -> dict[str, LayerQuant]:
     """Branch + GPTQ (or RTN) of every layer on ``device``; the results stay there (``saved_layers`` moves them)."""
     out = {}
     for i, (name, mod) in enumerate(layers.items()):
         s = smooth.get(name)
-        out[name] = quantize_layer(_weight(mod, device), _to(stats[name], device), None if s is None else s.to(device),
-                                   rots.get(name), spec)
+        st, sp = _inputs(stats, name, spec, device)
+        out[name] = quantize_layer(_weight(mod, device), st, None if s is None else s.to(device), rots.get(name), sp)
         if progress:
             progress(i + 1, len(layers), name)
     return out
 
 
 def all_layer_errors(layers: dict[str, nn.Module], stats: dict[str, LayerStats], lqs: dict[str, LayerQuant],
-                     smooth: dict[str, torch.Tensor], rots: dict[str, Rotation | None], spec: LayerSpec,
+                     smooth: dict[str, torch.Tensor], rots: dict[str, Rotation | None], spec: Specs,
                      device="cpu") -> list[dict]:
     rows = []
     for name, mod in layers.items():
@@ -117,26 +124,29 @@ def all_layer_errors(layers: dict[str, nn.Module], stats: dict[str, LayerStats],
         X = stats[name].sample.to(device=device, dtype=torch.float32)
         s = smooth.get(name)
         e = layer_errors(_weight(mod, device), b, X, lqs[name], None if s is None else s.to(device), rots.get(name),
-                         spec)
+                         spec_of(spec, name))
         rows.append({"name": name, **e})
     return rows
 
 
 def export_bias(mod: nn.Module, spec: LayerSpec) -> torch.Tensor:
-    """The bias the quantized layer uses: the float bias, rounded to the 16-bit export dtype when one is set
-    (an empty tensor when the layer has none)."""
-    if mod.bias is None:
+    """The bias the quantized layer uses: the float bias, minus shift·W·1 for a shifted input (computed in float64),
+    rounded to the 16-bit export dtype when one is set (an empty tensor when the layer has none and no shift)."""
+    if mod.bias is None and not spec.a_shift:
         return torch.empty(0)
-    b = mod.bias.detach().float().cpu()
+    W = mod.weight.detach().double().cpu()
+    b = mod.bias.detach().double().cpu() if mod.bias is not None else W.new_zeros(W.shape[0])
+    b = (b - spec.a_shift * W.sum(dim=1)).float() if spec.a_shift else b.float()
     return b.to(spec.torch_scale_dtype).float() if spec.scale_dtype is not None else b
 
 
-def saved_layers(lqs: dict[str, LayerQuant], layers: dict[str, nn.Module], spec: LayerSpec) -> dict[str, dict]:
+def saved_layers(lqs: dict[str, LayerQuant], layers: dict[str, nn.Module], spec: Specs) -> dict[str, dict]:
     """What the GPTQ stage stores per layer: dequantized residual weight, int16 codes, scale, zero (empty for
-    symmetric formats), group size, the branch a/b and the bias the quantized layer uses."""
+    symmetric formats), group size, the branch a/b, the bias the quantized layer uses and its input shift."""
     return {k: {"weight": lq.weight.float().cpu(), "codes": lq.q.codes.to(torch.int16).cpu(),
                 "scale": lq.q.qparams.scale.cpu(),
                 "zero": lq.q.qparams.zero.cpu() if lq.q.qparams.zero is not None else torch.empty(0),
                 "group_size": torch.tensor(lq.q.qparams.group_size), "a": lq.a.cpu(), "b": lq.b.cpu(),
-                "bias": export_bias(layers[k], spec)}
+                "bias": export_bias(layers[k], spec_of(spec, k)),
+                "act_shift": torch.tensor(spec_of(spec, k).a_shift, dtype=torch.float32)}
             for k, lq in lqs.items()}

@@ -4,7 +4,9 @@ For every quantized linear we keep, without holding activations:
 
 - ``absmax`` [in] float32: per-input-channel max |X|;
 - ``hessian_sum`` [in, in] float64: Σ XᵀX over all tokens, with ``n_tokens``;
-- ``sample`` [≤k, in] float16: a seeded uniform reservoir (Algorithm R) of at most k tokens.
+- ``sample`` [≤k, in] float16: a seeded uniform reservoir (Algorithm R) of at most k tokens;
+- ``colsum`` [in] float64, ``colmin`` / ``colmax`` [in] float32: per-channel Σ X, min and max, so the statistics
+  of a shifted input X + c follow exactly (``shift_stats``; SVDQuant's unsigned activations after GELU).
 
 Accumulation precision (measured, tests/test_stats.py): each batch's XᵀX is formed in float32 chunks of at most
 ``chunk`` tokens and added into a float64 sum. Against an all-float64 reference the relative Frobenius error was
@@ -17,7 +19,9 @@ from dataclasses import dataclass
 
 import torch
 
-__all__ = ["LayerStats", "StatsAccumulator", "transform_stats"]
+__all__ = ["LayerStats", "StatsAccumulator", "transform_stats", "shift_stats"]
+
+_EXTRA = ("colsum", "colmin", "colmax")
 
 
 @dataclass
@@ -27,14 +31,21 @@ class LayerStats:
     hessian_sum: torch.Tensor
     n_tokens: int
     sample: torch.Tensor
+    colsum: torch.Tensor | None = None
+    colmin: torch.Tensor | None = None
+    colmax: torch.Tensor | None = None
 
     def to_dict(self) -> dict:
-        return {"absmax": self.absmax, "hessian_sum": self.hessian_sum,
-                "n_tokens": torch.tensor(self.n_tokens), "sample": self.sample}
+        return {"absmax": self.absmax, "hessian_sum": self.hessian_sum, "n_tokens": torch.tensor(self.n_tokens),
+                "sample": self.sample, **{k: getattr(self, k) for k in _EXTRA if getattr(self, k) is not None}}
 
     @classmethod
     def from_dict(cls, d: dict) -> "LayerStats":
-        return cls(d["absmax"], d["hessian_sum"], int(d["n_tokens"]), d["sample"])
+        return cls(d["absmax"], d["hessian_sum"], int(d["n_tokens"]), d["sample"], *(d.get(k) for k in _EXTRA))
+
+    def to(self, device) -> "LayerStats":
+        return LayerStats(self.absmax.to(device), self.hessian_sum.to(device), self.n_tokens, self.sample.to(device),
+                          *(None if getattr(self, k) is None else getattr(self, k).to(device) for k in _EXTRA))
 
 
 class StatsAccumulator:
@@ -48,6 +59,9 @@ class StatsAccumulator:
         self.hessian_sum = torch.zeros(in_features, in_features, dtype=torch.float64, device=device)
         self.n_tokens = 0
         self.sample = torch.zeros(reservoir_size, in_features, dtype=torch.float16, device=device)
+        self.colsum = torch.zeros(in_features, dtype=torch.float64, device=device)
+        self.colmin = torch.full((in_features,), float("inf"), dtype=torch.float32, device=device)
+        self.colmax = torch.full((in_features,), float("-inf"), dtype=torch.float32, device=device)
         self.gen = torch.Generator(device=device).manual_seed(seed)  # slots drawn where the data is
 
     def add(self, x: torch.Tensor) -> None:
@@ -56,6 +70,9 @@ class StatsAccumulator:
             return
         xf = x.float()
         self.absmax = torch.maximum(self.absmax, xf.abs().amax(dim=0))
+        self.colmin = torch.minimum(self.colmin, xf.amin(dim=0))
+        self.colmax = torch.maximum(self.colmax, xf.amax(dim=0))
+        self.colsum += xf.sum(dim=0, dtype=torch.float64)
         for i in range(0, xf.shape[0], self.chunk):
             c = xf[i:i + self.chunk]
             self.hessian_sum += (c.T @ c).double()
@@ -80,7 +97,8 @@ class StatsAccumulator:
 
     def result(self) -> LayerStats:
         m = min(self.n_tokens, self.k)
-        return LayerStats(self.absmax.cpu(), self.hessian_sum.cpu(), self.n_tokens, self.sample[:m].cpu().clone())
+        return LayerStats(self.absmax.cpu(), self.hessian_sum.cpu(), self.n_tokens, self.sample[:m].cpu().clone(),
+                          self.colsum.cpu(), self.colmin.cpu(), self.colmax.cpu())
 
 
 def transform_stats(stats: LayerStats, smooth: torch.Tensor | None, rotation=None) -> LayerStats:
@@ -102,3 +120,16 @@ def transform_stats(stats: LayerStats, smooth: torch.Tensor | None, rotation=Non
         x = x / smooth.float()
         absmax = absmax / smooth.float()
     return LayerStats(absmax.float(), h, stats.n_tokens, x.float())
+
+
+def shift_stats(stats: LayerStats, c: float) -> LayerStats:
+    """Statistics of X + c from those of X, exactly: Σ (X+c)ᵀ(X+c) = Σ XᵀX + c·(s·1ᵀ + 1·sᵀ) + n·c²·1·1ᵀ with s = Σ X
+    per channel; min/max shift by c; the token sample is shifted (float32). Needs ``colsum``/``colmin``/``colmax``
+    (captured since capture_activations version 2)."""
+    if stats.colsum is None:
+        raise ValueError("these statistics have no per-channel sums (captured before version 2); recapture")
+    n, s = stats.n_tokens, stats.colsum.to(torch.float64)
+    h = stats.hessian_sum + c * (s[:, None] + s[None, :]) + n * c * c
+    lo, hi = stats.colmin + c, stats.colmax + c
+    absmax = torch.maximum(lo.abs(), hi.abs()) if n else torch.zeros_like(stats.absmax)
+    return LayerStats(absmax.float(), h, n, stats.sample.float() + c, s + n * c, lo, hi)

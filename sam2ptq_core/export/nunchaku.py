@@ -26,6 +26,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
+from ..algorithms.layer_recipe import GELU_SHIFT
 from .nunchaku_support import NunchakuUnsupported, check_supported
 
 __all__ = ["check_supported", "pack_weight", "unpack_weight", "pack_scale", "unpack_scale", "pack_lowrank",
@@ -133,12 +134,19 @@ def write_nunchaku(d: Path, cfg, model, qlayers: dict, smooth: dict) -> None:
         for key, t in _layer_tensors(q, b, smooth.get(name), dt).items():
             blocks[f"{name}.{key}"] = t.contiguous()
         shapes[name] = {"out": int(q["codes"].shape[0]), "in": int(q["codes"].shape[1]), "rank": int(q["a"].shape[0])}
+        shift = float(q["act_shift"]) if "act_shift" in q else 0.0
+        if shift:  # its input arrives shifted (GELU + shift, fused into the kernel before) and is quantized uint4
+            shapes[name]["act_unsigned"], shapes[name]["act_shift"] = True, shift
     rank = max((v["rank"] for v in shapes.values()), default=0)
+    unsigned = sorted(n for n, v in shapes.items() if v.get("act_unsigned"))
     meta = {"model": cfg.model.name, "config_hash": config_hash(cfg), "shapes": json.dumps(shapes),
             "quantization_config": json.dumps({
                 "method": "svdquant", "weight": {"dtype": "int4", "scale_dtype": cfg.quant.wgts.scale_dtype,
                                                  "group_size": 64},
-                "activation": {"dtype": "int4", "scale_dtype": cfg.quant.wgts.scale_dtype, "group_size": 64},
+                "activation": {"dtype": "int4", "scale_dtype": cfg.quant.wgts.scale_dtype, "group_size": 64,
+                               # SVDQuant's second MLP layer: input + shift after GELU, uint4 [0, 15], the bias
+                               # already holds −shift·W·1
+                               "unsigned": {"shift": GELU_SHIFT, "layers": unsigned} if unsigned else None},
                 "rank": rank})}
     save_file(blocks, str(d / "hiera_blocks.safetensors"), metadata=meta)
     quantized = {f"vision_encoder.backbone.{n}.{p}" for n in qlayers for p in ("weight", "bias")}
@@ -148,7 +156,8 @@ def write_nunchaku(d: Path, cfg, model, qlayers: dict, smooth: dict) -> None:
 
 
 def read_nunchaku(d: Path) -> tuple[dict, dict, dict]:
-    """Unpack ``hiera_blocks.safetensors`` → ({layer: {codes, scale, bias, smooth, a, b}}, unquantized state, meta).
+    """Unpack ``hiera_blocks.safetensors`` → ({layer: {codes, scale, bias, smooth, a, b, act_shift}}, unquantized
+    state, meta).
     ``a`` is recovered as lora_down · smooth (exact in float32)."""
     with safe_open(str(d / "hiera_blocks.safetensors"), "pt") as f:
         meta = f.metadata()
@@ -167,6 +176,7 @@ def read_nunchaku(d: Path) -> tuple[dict, dict, dict]:
             down = unpack_lowrank(t[f"{name}.lora_down"], down=True)[:r, :k].float()
             rec["a"] = down * smooth
             rec["b"] = unpack_lowrank(t[f"{name}.lora_up"], down=False)[:n, :r].float()
+        rec["act_shift"] = float(sh.get("act_shift", 0.0))
         layers[name] = rec
     with safe_open(str(d / "unquantized_layers.safetensors"), "pt") as f:
         rest = {k: f.get_tensor(k) for k in f.keys()}

@@ -10,9 +10,10 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from ..algorithms.layer_recipe import GELU_SHIFT
 from ..algorithms.quantizers import QParams, QTensor, dequantize
 from ..pipeline.config import group_size_of, load_config
-from ..sam2.loading import build_config, load_model
+from ..sam2.loading import after_gelu, build_config, load_model
 from ..sam2.quantized_model import LayerArtifacts, quantize_model
 from .cache_files import PREFIX, codes_from_weight, read_cache_files
 
@@ -48,10 +49,12 @@ def _from_cache(out: Path, cfg) -> nn.Module:
         codes_from_weight(w, files["scale"][key], files["scale"].get(f"{full}.weight.zero"),
                           group_size_of(cfg.quant.wgts.group_shapes))  # on-grid check
         br = files["branch"].get(full, {})
-        arts[full[len(PREFIX):]] = LayerArtifacts(w.float(), files["state"].get(f"{full}.bias"),
-                                                  files["smooth"].get(full), br.get("a.weight"), br.get("b.weight"),
-                                                  rotate=full in rotated, rotate_random=rot.get("random", False),
-                                                  rotate_seed=rot.get("seed", 0))
+        name = full[len(PREFIX):]
+        shift = GELU_SHIFT if cfg.quant.ipts.gelu_shift and after_gelu(name) else 0.0  # bias already folded
+        arts[name] = LayerArtifacts(w.float(), files["state"].get(f"{full}.bias"), files["smooth"].get(full),
+                                    br.get("a.weight"), br.get("b.weight"), rotate=full in rotated,
+                                    rotate_random=rot.get("random", False), rotate_seed=rot.get("seed", 0),
+                                    act_shift=shift)
     ip = cfg.quant.ipts
     return quantize_model(model, arts, ip.dtype, group_size_of(ip.group_shapes))
 
@@ -66,7 +69,7 @@ def _from_nunchaku(out: Path, cfg) -> nn.Module:
     arts = {}
     for name, r in layers.items():
         w = dequantize(QTensor(r["codes"], QParams(r["scale"], None, 64), "sint4"))  # nunchaku: groups of 64
-        arts[name] = LayerArtifacts(w, r["bias"], r["smooth"], r.get("a"), r.get("b"))
+        arts[name] = LayerArtifacts(w, r["bias"], r["smooth"], r.get("a"), r.get("b"), act_shift=r["act_shift"])
         rest[f"{PREFIX}{name}.weight"] = w
         rest[f"{PREFIX}{name}.bias"] = r["bias"]
     model.load_state_dict(rest, strict=True, assign=True)

@@ -101,6 +101,9 @@ class IptsCfg(_Node):
     dtype: Literal["sint4", "uint4", "sint8", "uint8"] | None = "uint8"
     group_shapes: list[list[int]] = Field(default_factory=lambda: [[1, -1]])
     static: bool = False
+    # SVDQuant: mlp.proj_out's input (after GELU) + 0.171875, quantized unsigned (uint4 for sint4), shift in the
+    # bias; such layers are never rotated (a rotation would make the input signed again)
+    gelu_shift: bool = False
     _gs = field_validator("group_shapes")(classmethod(lambda cls, v: _group_shapes(v)))
 
     @field_validator("static")
@@ -109,6 +112,13 @@ class IptsCfg(_Node):
         if v:
             raise ValueError("static activation quantization is not supported; use static: false (dynamic per token)")
         return v
+
+    @model_validator(mode="after")
+    def _shift_needs_signed(self):
+        if self.gelu_shift and not (self.dtype or "").startswith("s"):
+            raise ValueError(f"gelu_shift turns signed activations unsigned, but dtype is {self.dtype}; use "
+                             "sint4/sint8 with it, or gelu_shift: false (uint formats have a zero point already)")
+        return self
 
 
 class SmoothProjCfg(_Node):

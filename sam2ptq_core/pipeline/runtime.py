@@ -7,15 +7,16 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from ..algorithms.layer_recipe import LayerSpec
+from ..algorithms.layer_recipe import LayerSpec, shifted_spec
 from ..algorithms.model_recipe import layer_rotations
-from ..sam2.loading import DTYPES, load_model, quantizable_linears, weights_sha256
+from ..sam2.loading import DTYPES, after_gelu, load_model, quantizable_linears, weights_sha256
 from .artifacts import ActivationStats, FetchedModel, RotationSpec
 from .config import QuantCfg, RunConfig, group_size_of
 from .progress import run_logger
 from .stages import StageError
 
-__all__ = ["device_of", "FPModel", "load_fp_model", "to_run_dtype", "layer_spec", "LayerInputs",
+__all__ = ["device_of", "FPModel", "load_fp_model", "to_run_dtype", "layer_spec", "layer_specs", "layer_rots",
+           "LayerInputs",
            "load_layer_inputs"]
 
 
@@ -64,6 +65,20 @@ def layer_spec(q: QuantCfg, seed: int) -> LayerSpec:
                      scale_dtype=w.scale_dtype, **branch, **gptq)
 
 
+def layer_specs(q: QuantCfg, seed: int, names) -> LayerSpec | dict[str, LayerSpec]:
+    """One spec for every layer, or, with ``ipts.gelu_shift``, the shifted unsigned spec for layers after GELU."""
+    spec = layer_spec(q, seed)
+    if not q.ipts.gelu_shift:
+        return spec
+    return {n: shifted_spec(spec) if after_gelu(n) else spec for n in names}
+
+
+def layer_rots(q: QuantCfg, layers: dict, by_width: dict) -> dict:
+    """Each layer's candidate rotation; none for shifted (unsigned-input) layers, which a rotation would spoil."""
+    rots = layer_rotations(layers, by_width)
+    return {k: None if q.ipts.gelu_shift and after_gelu(k) else r for k, r in rots.items()}
+
+
 @dataclass
 class LayerInputs:
     """What the per-layer stages work on: the float model, its trunk linears, their statistics and each layer's
@@ -80,4 +95,4 @@ def load_layer_inputs(cfg: RunConfig, fetched: FetchedModel, acts: ActivationSta
     stats = acts.stats()
     layers = {k: v for k, v in quantizable_linears(fp.model, cfg.quant.skip).items() if k in stats}
     by_width = rot.matrices()
-    return LayerInputs(fp, layers, stats, layer_rotations(layers, by_width), by_width)
+    return LayerInputs(fp, layers, stats, layer_rots(cfg.quant, layers, by_width), by_width)

@@ -95,7 +95,8 @@ class SequentialCalibrator:
 
 
 def quantize_block(layers: dict[str, nn.Module], stats: dict[str, LayerStats], rots: dict[str, Rotation | None],
-                   spec: LayerSpec, candidates: list[tuple[float, float]], smoothing: bool, auto_rotate: bool,
+                   spec: LayerSpec | dict[str, LayerSpec], candidates: list[tuple[float, float]], smoothing: bool,
+                   auto_rotate: bool,
                    device) -> dict:
     """Smoothing search, branch + GPTQ and errors for one block's layers (the one-shot per-layer functions)."""
     searched = smoothing or any(r is not None for r in rots.values())
@@ -115,10 +116,9 @@ def quantize_block(layers: dict[str, nn.Module], stats: dict[str, LayerStats], r
 def run_blocks(c, refs: dict, progress: Callable[[int, int, str], None] | None = None) -> list[dict]:
     """Every trunk block as a ``seq_block`` stage (reused where stored, built in order otherwise); returns the
     blocks' Refs. ``refs``: fetch_model, build_calibration_set and rotate."""
-    from ..algorithms.model_recipe import layer_rotations
     from ..algorithms.smoothing import smooth_candidates
     from ..sam2.images import normalize
-    from .runtime import layer_spec, load_fp_model, to_run_dtype
+    from .runtime import layer_rots, layer_spec, layer_specs, load_fp_model, to_run_dtype
     from .stages import STAGES, local_dir, open_artifact, run_stage
 
     stage = STAGES["seq_block"]
@@ -147,8 +147,9 @@ def run_blocks(c, refs: dict, progress: Callable[[int, int, str], None] | None =
             layers = {k: v for k, v in quantizable_linears(model, q.skip).items() if k.split(".")[1] == str(i)}
 
             def build(tmp, i=i, layers=layers, previous=previous):
-                r = quantize_block(layers, cal.stats(i), layer_rotations(layers, by_width), spec, cands,
-                                   proj is not None, bool(rot and rot.mode == "auto"), dev)
+                r = quantize_block(layers, cal.stats(i), layer_rots(q, layers, by_width),
+                                   layer_specs(q, c.seed, layers), cands, proj is not None,
+                                   bool(rot and rot.mode == "auto"), dev)
                 stage.artifact.write(tmp, {"smooth": r["smooth"], "qlayers": r["qlayers"]},
                                      {"block": i, **{k: r[k] for k in ("rotated", "log", "layers", "fallbacks")}})
                 return {"block": i, "num_layers": len(layers), "previous": previous}

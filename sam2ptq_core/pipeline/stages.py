@@ -94,7 +94,7 @@ STAGES: dict[str, Stage] = {s.name: s for s in [
           "resolve the checkpoint (hub id + revision, local dir, HF cache) or the seeded random model"),
     Stage("build_calibration_set", 2, (), _calib_slice, A.CalibrationSet,
           "choose the calibration images and store them resized as uint8"),
-    Stage("capture_activations", 1, ("fetch_model", "build_calibration_set"), _capture_slice, A.ActivationStats,
+    Stage("capture_activations", 2, ("fetch_model", "build_calibration_set"), _capture_slice, A.ActivationStats,
           "run the float encoder and keep per-layer input statistics"),
     Stage("rotate", 1, ("capture_activations",), _rotate_slice, A.RotationSpec,
           "the Hadamard rotation of every quantized input width"),

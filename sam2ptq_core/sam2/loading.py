@@ -124,6 +124,11 @@ def quantizable_linears(model: nn.Module, skip: list[str] | tuple = ()) -> dict[
     return out
 
 
+def after_gelu(name: str) -> bool:
+    """Whether a trunk linear reads a GELU output: the second layer of every Hiera MLP."""
+    return name.endswith("mlp.proj_out")
+
+
 def weights_sha256(model: nn.Module) -> str:
     """sha256 over the state dict (names, shapes, bytes), to tie artifacts to the exact weights."""
     h = hashlib.sha256()

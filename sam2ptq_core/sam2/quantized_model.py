@@ -2,12 +2,14 @@
 
 QuantLinear computes, for input x [..., in]:
 
-    x' = (x · R) / smooth                       (R = Hadamard, applied by the fast transform; smoothing acts in
-                                                 the rotated basis, as in DeepCompressor)
+    x' = ((x + shift) · R) / smooth             (R = Hadamard, applied by the fast transform; smoothing acts in
+                                                 the rotated basis, as in DeepCompressor; shift ≠ 0 only for an
+                                                 unsigned-activation layer, which is never rotated)
     y  = Qa(x') · weightᵀ + (x' · aᵀ) · bᵀ + bias
 
 ``weight`` is the dequantized (fake-quant) residual, exactly (code − zero) · scale; the low-rank branch runs on the
-unquantized x'; Qa is dynamic per-token group quantization (``ipts``). The module keeps a float ``.weight`` so that
+unquantized x'; Qa is dynamic per-token group quantization (``ipts``; its unsigned twin, e.g. uint4 for sint4, on a
+shifted input, whose bias holds the correction −shift·W·1). The module keeps a float ``.weight`` so that
 code reading ``module.weight.dtype`` keeps working.
 """
 from __future__ import annotations
@@ -35,6 +37,7 @@ class LayerArtifacts:
     rotate: bool = False
     rotate_random: bool = False
     rotate_seed: int = 0
+    act_shift: float = 0.0  # SVDQuant's shift after GELU: input + shift quantized unsigned (bias already folded)
 
 
 class QuantLinear(nn.Module):
@@ -48,9 +51,14 @@ class QuantLinear(nn.Module):
         self.register_buffer("lora_a", art.a.clone() if has_branch else None)
         self.register_buffer("lora_b", art.b.clone() if has_branch else None)
         self.rotate, self.rotate_random, self.rotate_seed = art.rotate, art.rotate_random, art.rotate_seed
+        self.act_shift = float(art.act_shift)
+        if self.act_shift and a_dtype and a_dtype.startswith("s"):
+            a_dtype = "u" + a_dtype[1:]
         self.a_dtype, self.a_group = a_dtype, a_group
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.act_shift:
+            x = x + self.act_shift
         if self.rotate:
             x = apply_hadamard(x, random=self.rotate_random, seed=self.rotate_seed)
         if self.smooth is not None:
@@ -63,6 +71,7 @@ class QuantLinear(nn.Module):
 
     def extra_repr(self) -> str:
         return (f"in={self.in_features}, out={self.out_features}, act={self.a_dtype}/{self.a_group}, "
+                f"shift={self.act_shift}, "
                 f"smooth={self.smooth is not None}, rotate={self.rotate}, "
                 f"rank={0 if self.lora_a is None else self.lora_a.shape[0]}")
 
@@ -93,7 +102,8 @@ def artifacts_from_saved(qlayers: dict[str, dict], smooth: dict[str, torch.Tenso
         bias = d["bias"] if d["bias"].numel() else None
         arts[name] = LayerArtifacts(d["weight"].float(), bias, smooth.get(name), d["a"], d["b"],
                                     rotate=name in rotated, rotate_random=rotation.get("random", False),
-                                    rotate_seed=rotation.get("seed", 0))
+                                    rotate_seed=rotation.get("seed", 0),
+                                    act_shift=float(d["act_shift"]) if "act_shift" in d else 0.0)
     return arts
 
 
