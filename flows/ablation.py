@@ -23,6 +23,10 @@ ABLATION_STEPS = [
     ("full+GELU shift", ["quant.ipts.gelu_shift=true"]),
     ("full+sequential", ["quant.calib.mode=sequential"]),
     ("full+GELU shift+sequential", ["quant.ipts.gelu_shift=true", "quant.calib.mode=sequential"]),
+    # mixed precision at three budgets (average weight bits; the most sensitive layers fall back to W8A8)
+    ("full+mixed 4.25 bits", ["quant.mixed={fallback: w8a8, budget_bits: 4.25}"]),
+    ("full+mixed 4.5 bits", ["quant.mixed={fallback: w8a8, budget_bits: 4.5}"]),
+    ("full+mixed 5 bits", ["quant.mixed={fallback: w8a8, budget_bits: 5.0}"]),
 ]
 SIGNED_ONLY = "quant.ipts.gelu_shift=true"  # steps that need signed activations are skipped for uint configs
 
@@ -42,6 +46,15 @@ def _base_overrides(cfg: dict) -> list[str]:
     return out
 
 
+CALIB_STAGES = ("smooth", "gptq_lowrank", "sensitivity", "mixed")
+
+
+def _build_seconds(cfg, stage: str, key: str) -> float:
+    """How long the stage took when it was built (its manifest's timing), also when this run reused it."""
+    from sam2ptq_core.pipeline.stages import open_artifact
+    return float(open_artifact(cfg, {"stage": stage, "key": key}).manifest.data["timing"]["seconds"])
+
+
 @flow(name="sam2-ptq-ablation")
 def run_ablation(config: dict | str = "", overrides: list[str] | None = None) -> str:
     base = load_config(config or None, overrides or [])
@@ -56,14 +69,13 @@ def run_ablation(config: dict | str = "", overrides: list[str] | None = None) ->
         out = sam2_ptq(cfg.model_dump(mode="json"), ovs + [f"output.job={job}_abl_{tag}", "convert_nunchaku=false"])
         m = json.loads((Path(out) / "metrics.json").read_text())
         st = json.loads((Path(out) / "stages.json").read_text())
-        lr = m["low_rank"]
         rows.append({"variant": name, "sqnr_embedding_db": m["encoder"]["sqnr_db"]["embedding"],
                      "sqnr_fpn0_db": m["encoder"]["sqnr_db"]["fpn0"], "miou_vs_fp": m["masks"]["miou_vs_fp"],
                      "frac_iou_below_0_9": m["masks"]["frac_iou_below_0_9"],
                      "mean_layer_output_err": sum(r["output_rel_err"] for r in m["layers"]) / len(m["layers"]),
-                     "size_mib": (lr["lowbit_weight_bytes"] + lr["branch_16bit_bytes"]) / 2**20,
-                     # seconds of the stages that calibrate (capture is shared by every variant)
-                     "calib_s": sum(st[k]["seconds"] for k in ("smooth", "gptq_lowrank")),
+                     "size_mib": m["size"]["quantized_linears_bytes"] / 2**20,
+                     # build seconds of the stages that calibrate, reused or not (capture is shared by all)
+                     "calib_s": sum(_build_seconds(cfg, k, st[k]["key"]) for k in CALIB_STAGES),
                      "random_weights": m["random_weights"]})
     target = Path(cfg.output.root) / f"{job}_ablation"
     target.mkdir(parents=True, exist_ok=True)
@@ -71,9 +83,33 @@ def run_ablation(config: dict | str = "", overrides: list[str] | None = None) ->
     head = "RANDOM WEIGHTS — not a real SAM2 checkpoint\n\n" if rows[0]["random_weights"] else ""
     lines = [head + f"# Ablation: {cfg.model.name} W{cfg.quant.wgts.dtype}/A{cfg.quant.ipts.dtype}", "",
              "| variant | SQNR embedding dB | SQNR fpn0 dB | mIoU vs FP | IoU<0.9 | mean layer out err | "
-             "quantized linears MiB | smooth+GPTQ s |", "|---|---|---|---|---|---|---|---|"]
+             "quantized linears MiB | calibration s (smooth, GPTQ, sensitivity, mixed) |",
+             "|---|---|---|---|---|---|---|---|"]
     lines += [f"| {r['variant']} | {r['sqnr_embedding_db']:.2f} | {r['sqnr_fpn0_db']:.2f} | {r['miou_vs_fp']:.4f} | "
               f"{r['frac_iou_below_0_9']:.3f} | {r['mean_layer_output_err']:.4f} | {r['size_mib']:.2f} | "
               f"{r['calib_s']:.1f} |" for r in rows]
+    _plot(rows, target / "ablation.png", head.strip())
+    lines += ["", "![size vs fidelity per variant](ablation.png)"]
     (target / "ablation.md").write_text("\n".join(lines) + "\n")
     return str(target)
+
+
+def _plot(rows: list[dict], path: Path, banner: str) -> None:
+    """Quantized size against embedding SQNR and mask mIoU, one point per variant (the mixed budgets among them)."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
+    for ax, col, label in ((axes[0], "sqnr_embedding_db", "embedding SQNR (dB)"),
+                           (axes[1], "miou_vs_fp", "mask mIoU vs float")):
+        for r in rows:
+            ax.scatter(r["size_mib"], r[col], s=30, color="#ff7f0e" if "mixed" in r["variant"] else "#1f77b4")
+            ax.annotate(r["variant"], (r["size_mib"], r[col]), fontsize=6, xytext=(3, 2), textcoords="offset points")
+        ax.set_xlabel("quantized linears (MiB)")
+        ax.set_ylabel(label)
+        ax.grid(alpha=0.3)
+        ax.margins(0.15)
+    fig.suptitle(f"ablation: size vs fidelity (orange: mixed-precision budgets) {banner}", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

@@ -12,8 +12,10 @@ from tasks.evaluate import evaluate
 from tasks.export import export
 from tasks.fetch_model import fetch_model
 from tasks.gptq_lowrank import gptq_lowrank
+from tasks.mixed import mixed
 from tasks.regression import regression_check
 from tasks.rotate import rotate
+from tasks.sensitivity import sensitivity
 from tasks.smooth import smooth
 
 
@@ -33,8 +35,12 @@ def sam2_ptq(config: dict | str = "", overrides: list[str] | None = None) -> str
                             refs["rotate"])
     refs["gptq_lowrank"] = gptq_lowrank(cfg, refs["fetch_model"], refs["capture_activations"], refs["rotate"],
                                         refs["smooth"])
+    refs["sensitivity"] = sensitivity(cfg, refs["fetch_model"], refs["build_calibration_set"], refs["smooth"],
+                                      refs["gptq_lowrank"])
+    refs["mixed"] = mixed(cfg, refs["fetch_model"], refs["capture_activations"], refs["rotate"], refs["smooth"],
+                          refs["gptq_lowrank"], refs["sensitivity"])
     refs["evaluate"] = evaluate(cfg, refs["fetch_model"], refs["build_calibration_set"], refs["smooth"],
-                                refs["gptq_lowrank"])
+                                refs["gptq_lowrank"], refs["mixed"])
     regression_check(cfg, refs["evaluate"])  # fails the flow before a regressed model replaces the output
     out = export(cfg, refs)
     reused = [k for k, r in refs.items() if r["reused"]]

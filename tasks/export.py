@@ -33,7 +33,7 @@ def export(cfg: dict, refs: dict[str, Ref]) -> str:
 
             def write_files(tmp: Path) -> None:
                 from sam2ptq_core.pipeline.export_files import write_model_files
-                write_model_files(tmp, c, art["fetch_model"], art["smooth"], art["gptq_lowrank"])
+                write_model_files(tmp, c, art["fetch_model"], art["smooth"], art["gptq_lowrank"], art["mixed"])
             write_tree(target, write_files, art["evaluate"].files(), stages)
             stages[NAME]["seconds"] = round(time.time() - t0, 2)
             record_stages(target, stages)

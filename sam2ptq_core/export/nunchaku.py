@@ -122,8 +122,9 @@ def _layer_tensors(q: dict, bias: torch.Tensor | None, smooth: torch.Tensor | No
     return out
 
 
-def write_nunchaku(d: Path, cfg, model, qlayers: dict, smooth: dict) -> None:
-    """``hiera_blocks.safetensors`` (every quantized linear) + ``unquantized_layers.safetensors`` (everything else)."""
+def write_nunchaku(d: Path, cfg, model, qlayers: dict, smooth: dict, fallback: list[str] = ()) -> None:
+    """``hiera_blocks.safetensors`` (every quantized linear) + ``unquantized_layers.safetensors`` (everything else,
+    including mixed precision's ``fallback`` layers in 16-bit, which the metadata of both files names)."""
     check_supported(cfg)
     from ..pipeline.config import config_hash
     d.mkdir(parents=True, exist_ok=True)
@@ -147,12 +148,12 @@ def write_nunchaku(d: Path, cfg, model, qlayers: dict, smooth: dict) -> None:
                                # SVDQuant's second MLP layer: input + shift after GELU, uint4 [0, 15], the bias
                                # already holds −shift·W·1
                                "unsigned": {"shift": GELU_SHIFT, "layers": unsigned} if unsigned else None},
-                "rank": rank})}
+                "rank": rank}), "fallback_layers": json.dumps(sorted(fallback))}
     save_file(blocks, str(d / "hiera_blocks.safetensors"), metadata=meta)
     quantized = {f"vision_encoder.backbone.{n}.{p}" for n in qlayers for p in ("weight", "bias")}
     rest = {k: v.detach().cpu().contiguous().clone() for k, v in model.state_dict().items() if k not in quantized}
-    save_file(rest, str(d / "unquantized_layers.safetensors"), metadata={"model": cfg.model.name,
-                                                                          "config_hash": meta["config_hash"]})
+    save_file(rest, str(d / "unquantized_layers.safetensors"), metadata={
+        "model": cfg.model.name, "config_hash": meta["config_hash"], "fallback_layers": meta["fallback_layers"]})
 
 
 def read_nunchaku(d: Path) -> tuple[dict, dict, dict]:

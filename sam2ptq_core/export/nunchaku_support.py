@@ -20,6 +20,8 @@ def check_supported(cfg) -> None:
         need.append("quant.rotation null (nunchaku has no online rotation)")
     if q.wgts.scale_dtype is None:
         need.append("quant.wgts.scale_dtype float16 or bfloat16 (nunchaku stores 16-bit scales)")
+    if q.mixed is not None and q.mixed.fallback != "fp16":
+        need.append("quant.mixed.fallback fp16 (nunchaku keeps fallback layers in 16-bit, it has no int8 path)")
     if need:
         twin = f"configs/hiera_{cfg.model.name.replace('-', '_')}_w4a4_nunchaku.yaml"
         raise NunchakuUnsupported("--convert-nunchaku supports only W4A4 SVDQuant (sint4 weights/activations, group "

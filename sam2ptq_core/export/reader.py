@@ -46,15 +46,17 @@ def _from_cache(out: Path, cfg) -> nn.Module:
             continue
         full = key[: -len(".weight.scale.0")]
         w = files["state"][f"{full}.weight"]
-        codes_from_weight(w, files["scale"][key], files["scale"].get(f"{full}.weight.zero"),
-                          group_size_of(cfg.quant.wgts.group_shapes))  # on-grid check
-        br = files["branch"].get(full, {})
         name = full[len(PREFIX):]
-        shift = GELU_SHIFT if cfg.quant.ipts.gelu_shift and after_gelu(name) else 0.0  # bias already folded
+        mix = cfg.quant.mixed
+        w8 = mix is not None and mix.fallback == "w8a8" and name in mix.layers  # a per-channel W8A8 fallback
+        codes_from_weight(w, files["scale"][key], files["scale"].get(f"{full}.weight.zero"),
+                          -1 if w8 else group_size_of(cfg.quant.wgts.group_shapes))  # on-grid check
+        br = files["branch"].get(full, {})
+        shift = GELU_SHIFT if cfg.quant.ipts.gelu_shift and after_gelu(name) and not w8 else 0.0  # bias folded
         arts[name] = LayerArtifacts(w.float(), files["state"].get(f"{full}.bias"), files["smooth"].get(full),
                                     br.get("a.weight"), br.get("b.weight"), rotate=full in rotated,
                                     rotate_random=rot.get("random", False), rotate_seed=rot.get("seed", 0),
-                                    act_shift=shift)
+                                    act_shift=shift, a_dtype="sint8" if w8 else None, a_group=-1 if w8 else None)
     ip = cfg.quant.ipts
     return quantize_model(model, arts, ip.dtype, group_size_of(ip.group_shapes))
 

@@ -41,6 +41,24 @@ def plot_layer_errors(rows: list[dict], path: Path, title: str) -> None:
     plt.close(fig)
 
 
+def plot_sensitivity(mixed: dict, path: Path, title: str) -> None:
+    """Per layer (forward order): the image embedding's SQNR with that layer alone at the target precision;
+    the layers that fall back are drawn in orange."""
+    sens = mixed["sensitivity_db"]
+    names, fb = list(sens), set(mixed["layers"])
+    vals = [min(sens[n], 99.0) for n in names]  # an identical embedding gives +inf
+    fig, ax = plt.subplots(figsize=(9, max(3.0, 0.22 * len(names) + 1.2)))
+    y = np.arange(len(names))
+    ax.barh(y, vals, 0.7, color=["#ff7f0e" if n in fb else "#1f77b4" for n in names])
+    ax.set_yticks(y, names, fontsize=7)
+    ax.invert_yaxis()
+    ax.set_xlabel(f"embedding SQNR (dB) with only this layer at W{mixed['target_bits']} (lower = more sensitive)")
+    ax.set_title(f"{title}\norange: {len(fb)} layers fall back to {mixed['fallback']}", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 def plot_overlay(image: np.ndarray, fp_mask: np.ndarray, q_mask: np.ndarray, point: np.ndarray, iou: float,
                  path: Path, title: str) -> None:
     """Side by side: FP mask, quantized mask and their disagreement, over the image, with the prompt point."""
@@ -138,7 +156,16 @@ def write_report(out_dir: Path, metrics: dict, overlays: list[dict], ious: dict[
     if metrics.get("gptq_fallbacks"):
         lines += ["", f"**GPTQ fell back to RTN on {len(metrics['gptq_fallbacks'])} layer(s)**: "
                   + ", ".join(metrics["gptq_fallbacks"])]
-    lines += ["", "![per-layer error](layer_errors.png)", "", "## Mask overlays (float | quantized | disagreement)", ""]
+    lines += ["", "![per-layer error](layer_errors.png)"]
+    if metrics.get("mixed"):
+        mx = metrics["mixed"]
+        plot_sensitivity(mx, out_dir / "sensitivity.png", f"Per-layer sensitivity — {title}")
+        lines += ["", "## Mixed precision", "",
+                  f"{len(mx['layers'])} of {len(mx['sensitivity_db'])} layers fall back to {mx['fallback']} "
+                  f"(average {mx['avg_weight_bits']:.2f} weight bits instead of {mx['target_bits']}): "
+                  + (", ".join(mx["layers"]) or "none") + ". The per-layer error table above shows every layer at "
+                  "the target precision.", "", "![per-layer sensitivity](sensitivity.png)"]
+    lines += ["", "## Mask overlays (float | quantized | disagreement)", ""]
     for i, ov in enumerate(overlays):
         name = f"overlay_{i}.png"
         plot_overlay(ov["image"], ov["fp"], ov["q"], ov["point"], ov["iou"], out_dir / name, ov["title"])

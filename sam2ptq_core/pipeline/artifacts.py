@@ -14,7 +14,7 @@ from typing import Any, ClassVar
 from .store import Manifest
 
 __all__ = ["Artifact", "FetchedModel", "CalibrationSet", "ActivationStats", "RotationSpec", "SmoothingChoice",
-           "QuantizedLayers", "BlockQuant", "Evaluation"]
+           "QuantizedLayers", "BlockQuant", "Sensitivity", "MixedChoice", "final_qlayers", "Evaluation"]
 
 
 def _write(d: Path, files: dict[str, Any]) -> None:
@@ -149,6 +149,43 @@ class BlockQuant(Artifact):
     def info(self) -> dict:
         """{"block", "rotated": [layers], "log": {layer: search log}, "layers": [error rows], "fallbacks"}."""
         return self._json("block.json")
+
+
+class Sensitivity(Artifact):
+    """Per layer, that layer alone quantized at the target precision: embedding SQNR, block output error and its
+    weight parameters (``{"layers": {}}`` without ``quant.mixed``)."""
+    FILES = ("sensitivity.json",)
+
+    def layers(self) -> dict:
+        return self._json("sensitivity.json")["layers"]
+
+
+class MixedChoice(Artifact):
+    """Which layers fall back and to what (``mixed.json``), and the re-quantized w8a8 fallback layers
+    (``fallback.pt``, saved-layer dicts with their own activation format; empty for fp16 and without mixed)."""
+    FILES = ("fallback.pt", "mixed.json")
+
+    def choice(self) -> dict:
+        """{"fallback": "w8a8" | "fp16" | None, "layers": [...], "avg_weight_bits", "order": [...]}."""
+        return self._json("mixed.json")
+
+    def fallback_layers(self) -> dict:
+        return self._pt("fallback.pt")
+
+
+def final_qlayers(gptq: "QuantizedLayers", mixed: MixedChoice | None) -> dict:
+    """The quantized layers a run ships: the GPTQ stage's, with mixed precision's fallbacks swapped in (w8a8) or
+    left out, so they stay float (fp16)."""
+    q = dict(gptq.qlayers())
+    if mixed is None:
+        return q
+    ch = mixed.choice()
+    if ch.get("fallback") == "fp16":
+        for k in ch["layers"]:
+            q.pop(k, None)
+    elif ch.get("fallback") == "w8a8":
+        q.update(mixed.fallback_layers())
+    return q
 
 
 class Evaluation(Artifact):

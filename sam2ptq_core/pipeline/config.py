@@ -150,6 +150,24 @@ class EvalCfg(_Node):
     regression_threshold: float = Field(0.5, ge=0)  # allowed drop of mIoU vs FP (points) against the last run
 
 
+class MixedCfg(_Node):
+    """Mixed precision from measured sensitivity: the most sensitive layers fall back to ``fallback``."""
+    fallback: Literal["w8a8", "fp16"] = "w8a8"
+    budget_bits: float | None = Field(None, gt=0)  # average weight bits over the quantized layers (by parameters)
+    num_layers: int | None = Field(None, ge=0)     # or: this many most sensitive layers fall back
+    layers: list[str] = Field(default_factory=list)  # or: exactly these (the export records the choice here)
+    num_images: int = Field(2, ge=1)               # calibration images the sensitivity stage runs
+
+    @model_validator(mode="after")
+    def _one_policy(self):
+        given = [k for k in ("budget_bits", "num_layers") if getattr(self, k) is not None] + (
+            ["layers"] if self.layers else [])
+        if len(given) != 1:
+            raise ValueError("set exactly one of budget_bits (average weight bits), num_layers or layers, got "
+                             + (", ".join(given) or "none"))
+        return self
+
+
 class QuantCfg(_Node):
     calib: CalibCfg = Field(default_factory=CalibCfg)
     wgts: WgtsCfg = Field(default_factory=WgtsCfg)
@@ -158,6 +176,7 @@ class QuantCfg(_Node):
     rotation: RotationCfg | None = None
     eval: EvalCfg = Field(default_factory=EvalCfg)
     skip: list[str] = Field(default_factory=list)  # fnmatch patterns of trunk linears kept in 16-bit
+    mixed: MixedCfg | None = None  # mixed precision from the sensitivity stage (pipeline/stages.py)
 
 
 class OutputCfg(_Node):

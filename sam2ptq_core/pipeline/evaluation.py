@@ -6,8 +6,9 @@ from pathlib import Path
 
 from ..sam2.evaluation import evaluate_images, prompt_ious, summarize
 from ..sam2.images import files_digest, preprocess, select_images
+from ..sam2.loading import trunk
 from ..sam2.quantized_model import build_quantized
-from .artifacts import CalibrationSet, FetchedModel, QuantizedLayers, SmoothingChoice
+from .artifacts import CalibrationSet, FetchedModel, MixedChoice, QuantizedLayers, SmoothingChoice, final_qlayers
 from .config import RunConfig, config_hash, group_size_of
 from .runtime import load_fp_model, to_run_dtype
 from .stages import store_of
@@ -25,12 +26,13 @@ def held_out_images(c: RunConfig, calib_paths: set[str], only_names: set[str] | 
 
 
 def run_evaluation(c: RunConfig, fetched: FetchedModel, calib: CalibrationSet, smooth: SmoothingChoice,
-                   gptq: QuantizedLayers, progress=None) -> tuple[dict, list[dict], dict]:
+                   gptq: QuantizedLayers, mixed: MixedChoice, progress=None) -> tuple[dict, list[dict], dict]:
     """(metrics, overlays, per-prompt IoUs by kind) of the quantized model against the float one."""
     from ..sam2.coco import gt_prompts, load_coco
     fp = load_fp_model(c, fetched)
     ip = c.quant.ipts
-    qm = build_quantized(fp.model, gptq.qlayers(), smooth.scales(), smooth.rotation_choice(), ip.dtype,
+    qlayers = final_qlayers(gptq, mixed)
+    qm = build_quantized(fp.model, qlayers, smooth.scales(), smooth.rotation_choice(), ip.dtype,
                          group_size_of(ip.group_shapes))
     coco = load_coco(c.quant.eval.annotations) if c.quant.eval.annotations else None
     paths = held_out_images(c, {s["path"] for s in calib.sources()}, set(coco[1]) if coco else None)
@@ -54,17 +56,26 @@ def run_evaluation(c: RunConfig, fetched: FetchedModel, calib: CalibrationSet, s
         "eval_images": len(paths), "eval_files": [str(p) for p in paths],
         "eval_dtype": str(next(qm.parameters()).dtype).replace("torch.", ""), "eval_device": c.model.device,
         "layer_errors_on": "calibration token sample (in-sample)", **summarize(per_img),
-        "low_rank": branch_share(gptq.qlayers(), q.wgts.dtype, q.wgts.low_rank.rank if q.wgts.low_rank else 0),
+        "low_rank": branch_share(qlayers, q.wgts.dtype, q.wgts.low_rank.rank if q.wgts.low_rank else 0),
         "layers": layer_info["layers"], "gptq_fallbacks": sorted(layer_info["fallbacks"]),
     }
+    ch = mixed.choice()
+    fp16 = {k: int(m.weight.numel()) for k, m in trunk(fp.model).named_modules()
+            if ch.get("fallback") == "fp16" and k in ch["layers"]}
+    lr = metrics["low_rank"]
+    metrics["size"] = {"quantized_linears_bytes": lr["lowbit_weight_bytes"] + lr["branch_16bit_bytes"]
+                       + 2 * sum(fp16.values()), "fallback_16bit_bytes": 2 * sum(fp16.values())}
+    if ch.get("fallback"):
+        metrics["mixed"] = {k: ch[k] for k in ("fallback", "layers", "avg_weight_bits", "target_bits",
+                                               "sensitivity_db")}
     return metrics, overlays, prompt_ious(per_img)
 
 
 def branch_share(qlayers: dict[str, dict], w_dtype: str, rank: int) -> dict:
     """The branch's rank and the share of the quantized layers' weight bytes it holds in 16-bit (codes at their
     bit width, branch factors a [r, in] and b [out, r] at 2 bytes; scales not counted)."""
-    bits = int(w_dtype[-1])
-    low = sum(q["codes"].numel() * bits / 8 for q in qlayers.values())
+    bits = int(w_dtype[-1])  # a mixed-precision fallback layer carries its own ("bits")
+    low = sum(q["codes"].numel() * int(q.get("bits", bits)) / 8 for q in qlayers.values())
     hi = sum(2 * (q["a"].numel() + q["b"].numel()) for q in qlayers.values())
     return {"rank": rank, "lowbit_weight_bytes": int(low), "branch_16bit_bytes": int(hi),
             "share_16bit": hi / (hi + low) if hi + low else 0.0}

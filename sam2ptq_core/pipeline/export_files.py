@@ -6,7 +6,7 @@ from pathlib import Path
 
 import yaml
 
-from .artifacts import FetchedModel, QuantizedLayers, SmoothingChoice
+from .artifacts import FetchedModel, MixedChoice, QuantizedLayers, SmoothingChoice, final_qlayers
 from .config import RunConfig
 from .runtime import load_fp_model
 
@@ -14,13 +14,19 @@ __all__ = ["write_model_files"]
 
 
 def write_model_files(d: Path, c: RunConfig, fetched: FetchedModel, smooth: SmoothingChoice,
-                      gptq: QuantizedLayers) -> None:
+                      gptq: QuantizedLayers, mixed: MixedChoice) -> None:
+    """The cache files, nunchaku's files (``convert_nunchaku``) and ``config.yaml``; with mixed precision the
+    config records the chosen fallback layers as ``quant.mixed.layers``, so it reproduces the choice."""
     from ..export.cache_files import write_cache_files
     fp = load_fp_model(c, fetched)
-    qlayers, scales = gptq.qlayers(), smooth.scales()
+    qlayers, scales = final_qlayers(gptq, mixed), smooth.scales()
+    ch = mixed.choice()
     write_cache_files(d / "cache", fp.model.state_dict(), qlayers, scales, smooth.rotation_choice(),
                       whole_model=c.save_model)
     if c.convert_nunchaku:
         from ..export.nunchaku import write_nunchaku
-        write_nunchaku(d / "nunchaku", c, fp.model, qlayers, scales)
-    (d / "config.yaml").write_text(yaml.safe_dump(c.model_dump(mode="json"), sort_keys=False))
+        write_nunchaku(d / "nunchaku", c, fp.model, qlayers, scales, fallback=ch["layers"])
+    cfg = c.model_dump(mode="json")
+    if ch.get("fallback"):
+        cfg["quant"]["mixed"].update(layers=ch["layers"], budget_bits=None, num_layers=None)
+    (d / "config.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))

@@ -77,11 +77,10 @@ def publish_summary(target, log: logging.Logger) -> None:
         create_markdown_artifact((target / "report.md").read_text(), key="sam2-ptq-report",
                                  description=f"SAM2 PTQ report, output in {target}")
         rows = [{"metric": f"SQNR {k} (dB)", "value": round(v, 3)} for k, v in m["encoder"]["sqnr_db"].items()]
-        lr = m["low_rank"]
         rows += [{"metric": "mask mIoU vs float", "value": round(m["masks"]["miou_vs_fp"], 4)},
                  {"metric": "prompts with IoU < 0.9", "value": round(m["masks"]["frac_iou_below_0_9"], 4)},
-                 {"metric": "quantized linears (MiB)",  # low-bit codes + 16-bit low-rank branch
-                  "value": round((lr["lowbit_weight_bytes"] + lr["branch_16bit_bytes"]) / 2**20, 3)},
+                 {"metric": "quantized linears (MiB)",  # codes + 16-bit branch + 16-bit mixed-precision fallbacks
+                  "value": round(m["size"]["quantized_linears_bytes"] / 2**20, 3)},
                  {"metric": "random weights", "value": m["random_weights"]}]
         create_table_artifact(rows, key="sam2-ptq-metrics", description="SAM2 PTQ metrics")
     except Exception as e:  # artifacts are a convenience: never fail an export over them

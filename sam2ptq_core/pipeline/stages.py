@@ -83,6 +83,18 @@ def _gptq_slice(c: RunConfig) -> dict:
     return {"wgts": _dump(c.quant.wgts), "seed": c.seed, "mode": c.quant.calib.mode}
 
 
+def _sensitivity_slice(c: RunConfig) -> dict:
+    m = c.quant.mixed  # without mixed precision the stage records nothing and needs nothing
+    return {"num_images": m.num_images, "device": c.model.device, "dtype": c.model.dtype, "ipts": _dump(c.quant.ipts),
+            "seed": c.seed} if m else {"mixed": None}
+
+
+def _mixed_slice(c: RunConfig) -> dict:
+    m = c.quant.mixed
+    return {"mixed": _dump(m, exclude={"num_images"}), "wgts": _dump(c.quant.wgts), "seed": c.seed} if m else {
+        "mixed": None}
+
+
 def _evaluate_slice(c: RunConfig) -> dict:
     q = c.quant
     return {"ipts": _dump(q.ipts), "eval": _dump(q.eval, exclude={"regression_threshold"}),
@@ -105,8 +117,14 @@ STAGES: dict[str, Stage] = {s.name: s for s in [
           "sequential mode: one trunk block smoothed and quantized on the quantized earlier blocks' outputs"),
     Stage("gptq_lowrank", 3, ("fetch_model", "capture_activations", "rotate", "smooth"), _gptq_slice,
           A.QuantizedLayers, "low-rank branch + GPTQ (or RTN) of every trunk linear, per-layer errors"),
-    Stage("evaluate", 5, ("fetch_model", "build_calibration_set", "smooth", "gptq_lowrank"), _evaluate_slice,
-          A.Evaluation, "float vs quantized SAM2 on held-out images: SQNR, mask IoU, report"),
+    Stage("sensitivity", 1, ("fetch_model", "build_calibration_set", "smooth", "gptq_lowrank"), _sensitivity_slice,
+          A.Sensitivity, "quant.mixed: each layer alone at the target precision, its effect on its block's output "
+          "and on the image embedding"),
+    Stage("mixed", 1, ("fetch_model", "capture_activations", "rotate", "smooth", "gptq_lowrank", "sensitivity"),
+          _mixed_slice, A.MixedChoice, "quant.mixed: the layers that fall back (budget policy) and their w8a8 "
+          "re-quantization"),
+    Stage("evaluate", 6, ("fetch_model", "build_calibration_set", "smooth", "gptq_lowrank", "mixed"),
+          _evaluate_slice, A.Evaluation, "float vs quantized SAM2 on held-out images: SQNR, mask IoU, report"),
 ]}
 
 

@@ -14,6 +14,7 @@ code reading ``module.weight.dtype`` keeps working.
 """
 from __future__ import annotations
 
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -23,7 +24,7 @@ from ..algorithms.quantizers import fake_quantize
 from ..algorithms.rotation import apply_hadamard
 from .loading import quantizable_linears, trunk
 
-__all__ = ["QuantLinear", "LayerArtifacts", "quantize_model", "artifacts_from_saved", "build_quantized"]
+__all__ = ["QuantLinear", "LayerArtifacts", "quantize_model", "artifacts_from_saved", "build_quantized", "swapped"]
 
 
 @dataclass
@@ -38,6 +39,8 @@ class LayerArtifacts:
     rotate_random: bool = False
     rotate_seed: int = 0
     act_shift: float = 0.0  # SVDQuant's shift after GELU: input + shift quantized unsigned (bias already folded)
+    a_dtype: str | None = None  # this layer's own activation format (a mixed-precision fallback), else the model's
+    a_group: int | None = None
 
 
 class QuantLinear(nn.Module):
@@ -52,6 +55,8 @@ class QuantLinear(nn.Module):
         self.register_buffer("lora_b", art.b.clone() if has_branch else None)
         self.rotate, self.rotate_random, self.rotate_seed = art.rotate, art.rotate_random, art.rotate_seed
         self.act_shift = float(art.act_shift)
+        if art.a_dtype is not None:
+            a_dtype, a_group = art.a_dtype, art.a_group if art.a_group is not None else -1
         if self.act_shift and a_dtype and a_dtype.startswith("s"):
             a_dtype = "u" + a_dtype[1:]
         self.a_dtype, self.a_group = a_dtype, a_group
@@ -103,7 +108,8 @@ def artifacts_from_saved(qlayers: dict[str, dict], smooth: dict[str, torch.Tenso
         arts[name] = LayerArtifacts(d["weight"].float(), bias, smooth.get(name), d["a"], d["b"],
                                     rotate=name in rotated, rotate_random=rotation.get("random", False),
                                     rotate_seed=rotation.get("seed", 0),
-                                    act_shift=float(d["act_shift"]) if "act_shift" in d else 0.0)
+                                    act_shift=float(d["act_shift"]) if "act_shift" in d else 0.0,
+                                    a_dtype=d.get("a_dtype"), a_group=int(d["a_group"]) if "a_group" in d else None)
     return arts
 
 
@@ -112,3 +118,16 @@ def build_quantized(fp_model: nn.Module, qlayers: dict[str, dict], smooth: dict[
     """A deep copy of the float model with its trunk linears swapped for QuantLinear from the stored artifacts."""
     import copy
     return quantize_model(copy.deepcopy(fp_model), artifacts_from_saved(qlayers, smooth, rotation), a_dtype, a_group)
+
+
+@contextmanager
+def swapped(model: nn.Module, name: str, art: LayerArtifacts, a_dtype: str | None, a_group: int):
+    """Trunk linear ``name`` of ``model`` replaced by its QuantLinear for the block, then restored."""
+    parent_name, leaf = name.rsplit(".", 1)
+    parent = trunk(model).get_submodule(parent_name)
+    old = getattr(parent, leaf)
+    setattr(parent, leaf, QuantLinear(art, a_dtype, a_group).to(device=old.weight.device, dtype=old.weight.dtype))
+    try:
+        yield
+    finally:
+        setattr(parent, leaf, old)
