@@ -23,14 +23,15 @@ def gptq_lowrank(cfg: dict, model_ref: Ref, acts_ref: Ref, rot_ref: Ref, smooth_
             STAGE.artifact.write(tmp, qlayers, report)
             return {"num_layers": len(qlayers), "gptq_fallbacks": len(report["fallbacks"]), "mode": "sequential"}
         from sam2ptq_core.algorithms.model_recipe import all_layer_errors, layer_rotations, quantize_all, saved_layers
-        from sam2ptq_core.pipeline.runtime import device_of, layer_specs, load_layer_inputs
+        from sam2ptq_core.pipeline.runtime import device_of, layer_groups, layer_specs, load_layer_inputs
         li = load_layer_inputs(c, *(open_artifact(c, r) for r in (model_ref, acts_ref, rot_ref)))
         sm = open_artifact(c, smooth_ref)
         scales, chosen = sm.scales(), set(sm.rotation_choice()["layers"])
         rots = layer_rotations(li.layers, li.by_width, {k: k in chosen for k in li.layers})
         spec, dev = layer_specs(c.quant, c.seed, li.layers), device_of(c)
         with Progress(STAGE.name, len(li.layers), "layer") as prog:
-            lqs = quantize_all(li.layers, li.stats, scales, rots, spec, prog, device=dev)
+            lqs = quantize_all(li.layers, li.stats, scales, rots, spec, prog, device=dev,
+                               groups=layer_groups(c.quant, li.layers))
         fallbacks = {k: lq.fallback for k, lq in lqs.items() if lq.fallback}
         for k, msg in fallbacks.items():
             run_logger().warning("%s: %s", k, msg)

@@ -21,7 +21,7 @@ def smooth(cfg: dict, model_ref: Ref, calib_ref: Ref, acts_ref: Ref, rot_ref: Re
     def build(tmp):
         from sam2ptq_core.algorithms.model_recipe import search_all_smoothing
         from sam2ptq_core.algorithms.smoothing import smooth_candidates
-        from sam2ptq_core.pipeline.runtime import device_of, layer_specs, load_layer_inputs
+        from sam2ptq_core.pipeline.runtime import device_of, layer_groups, layer_specs, load_layer_inputs
         proj = c.quant.smooth.proj if c.quant.smooth else None
         rot = c.quant.rotation
         choice = {"random": bool(rot and rot.random), "seed": c.seed, "layers": []}
@@ -43,7 +43,7 @@ def smooth(cfg: dict, model_ref: Ref, calib_ref: Ref, acts_ref: Ref, rot_ref: Re
         with Progress(STAGE.name, len(li.layers), "layer") as prog:
             res = search_all_smoothing(li.layers, li.stats, li.rots, layer_specs(c.quant, c.seed, li.layers), cands,
                                        auto_rotate=bool(rot and rot.mode == "auto"), progress=prog,
-                                       device=device_of(c))
+                                       device=device_of(c), groups=layer_groups(c.quant, li.layers))
         choice["layers"] = [k for k, (_, rotated) in res.items() if rotated]
         log = {k: {"alpha": r.alpha, "beta": r.beta, "rotated": rd, "candidates": r.log} for k, (r, rd) in res.items()}
         STAGE.artifact.write(tmp, {k: r.scale for k, (r, _) in res.items()} if proj else {}, choice, log)

@@ -107,6 +107,11 @@ def test_readers_rebuild_the_pipeline_model_exactly(prefect_server, tmp_path):
         assert torch.equal(r["smooth"], sm[name])
         assert torch.equal(r["a"], q[name]["a"]) and torch.equal(r["b"], q[name]["b"])
         assert torch.equal(r["bias"], q[name]["bias"]) and r["act_shift"] == float(q[name]["act_shift"])
+    # low_rank.exclusive false (default): a transition block's qkv and proj share the down-projection, in the
+    # stage artifact and in the nunchaku file
+    for i in (1, 2, 4):
+        assert torch.equal(q[f"blocks.{i}.attn.qkv"]["a"], q[f"blocks.{i}.proj"]["a"])
+        assert torch.equal(layers[f"blocks.{i}.attn.qkv"]["a"], layers[f"blocks.{i}.proj"]["a"])
     qc = json.loads(meta["quantization_config"])
     assert qc["method"] == "svdquant" and qc["activation"]["unsigned"]["shift"] == 0.171875
     assert qc["activation"]["unsigned"]["layers"] == sorted(n for n in q if n.endswith("mlp.proj_out"))

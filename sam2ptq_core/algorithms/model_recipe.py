@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from .layer_recipe import LayerQuant, LayerSpec, layer_errors, quantize_layer, smoothing_objective
+from .quantizers import QParams, QTensor
 from .rotation import Rotation, hadamard
 from .smoothing import SmoothResult, search_smoothing
 from .statistics import LayerStats, shift_stats
@@ -74,17 +75,39 @@ def _search(X: torch.Tensor, W: torch.Tensor, x_absmax: torch.Tensor, R: Rotatio
     return search_smoothing(x_absmax, W_abs, candidates, smoothing_objective(X, W, R, spec))
 
 
+def _units(layers: dict[str, nn.Module], groups) -> list[tuple[str, ...]]:
+    """The layers in order, with each group of layers that read one input (``groups``, all members present) as one
+    unit led by its first member."""
+    member = {n: tuple(g) for g in groups if all(m in layers for m in g) for n in g}
+    units, seen = [], set()
+    for name in layers:
+        if name not in seen:
+            unit = member.get(name, (name,))
+            seen.update(unit)
+            units.append(unit)
+    return units
+
+
+def _stacked(layers: dict[str, nn.Module], unit: tuple[str, ...], device) -> torch.Tensor:
+    """The unit's weights stacked along the output dimension (one layer: its weight)."""
+    return torch.cat([_weight(layers[n], device) for n in unit]) if len(unit) > 1 else _weight(layers[unit[0]], device)
+
+
 def search_all_smoothing(layers: dict[str, nn.Module], stats: dict[str, LayerStats],
                          rots: dict[str, Rotation | None], spec: Specs, candidates: list[tuple[float, float]],
-                         auto_rotate: bool = False, progress: Progress | None = None, device="cpu"
-                         ) -> dict[str, tuple[SmoothResult, bool]]:
+                         auto_rotate: bool = False, progress: Progress | None = None, device="cpu",
+                         groups=()) -> dict[str, tuple[SmoothResult, bool]]:
     """Per layer: the best smoothing candidate, and whether the layer is rotated. With ``auto_rotate`` a layer keeps
     its rotation only when that lowers the best objective (so rotation never makes a layer's error worse).
+    Layers of one group of ``groups`` (they read the same input and share a branch down-projection) are searched
+    together on their stacked weights and get one scale and one rotation choice.
     The search runs on ``device``; the returned scales are on the CPU."""
     out = {}
-    for i, (name, mod) in enumerate(layers.items()):
-        (st, sp), R = _inputs(stats, name, spec, device), rots.get(name)
-        W = _weight(mod, device)
+    done = 0
+    for unit in _units(layers, groups):
+        lead = unit[0]
+        (st, sp), R = _inputs(stats, lead, spec, device), rots.get(lead)
+        W = _stacked(layers, unit, device)
         X = st.sample.float()
         res = _search(X, W, st.absmax, R, sp, candidates)
         use_r = R is not None
@@ -95,23 +118,44 @@ def search_all_smoothing(layers: dict[str, nn.Module], stats: dict[str, LayerSta
         if sp.scale_dtype is not None:  # a 16-bit export stores the scales: keep exactly what it will hold
             res.scale = res.scale.to(sp.torch_scale_dtype).float()
         res.scale = res.scale.cpu()
-        out[name] = (res, use_r)
+        for name in unit:
+            out[name] = (res, use_r)
+        done += len(unit)
         if progress:
-            progress(i + 1, len(layers), name)
+            progress(done, len(layers), lead)
     return out
+
+
+def _rows(lq: LayerQuant, start: int, stop: int) -> LayerQuant:
+    """Output rows [start, stop) of a stacked unit's result; the down-projection ``a`` is shared as it is."""
+    qp = lq.q.qparams
+    q = QTensor(lq.q.codes[start:stop], QParams(qp.scale[start:stop], None if qp.zero is None else qp.zero[start:stop],
+                                                qp.group_size), lq.q.dtype)
+    return LayerQuant(lq.weight[start:stop], q, lq.a, lq.b[start:stop], lq.fallback)
 
 
 def quantize_all(layers: dict[str, nn.Module], stats: dict[str, LayerStats], smooth: dict[str, torch.Tensor],
                  rots: dict[str, Rotation | None], spec: Specs, progress: Progress | None = None,
-                 device="cpu") -> dict[str, LayerQuant]:
-    """Branch + GPTQ (or RTN) of every layer on ``device``; the results stay there (``saved_layers`` moves them)."""
+                 device="cpu", groups=()) -> dict[str, LayerQuant]:
+    """Branch + GPTQ (or RTN) of every layer on ``device``; the results stay there (``saved_layers`` moves them).
+    A group of ``groups`` is one stacked problem: one branch fit, so its layers share the down-projection ``a``
+    bit for bit, and GPTQ on the stacked rows with the input's Hessian (rows are independent given it)."""
     out = {}
-    for i, (name, mod) in enumerate(layers.items()):
-        s = smooth.get(name)
-        st, sp = _inputs(stats, name, spec, device)
-        out[name] = quantize_layer(_weight(mod, device), st, None if s is None else s.to(device), rots.get(name), sp)
+    done = 0
+    for unit in _units(layers, groups):
+        lead = unit[0]
+        s = smooth.get(lead)
+        st, sp = _inputs(stats, lead, spec, device)
+        lq = quantize_layer(_stacked(layers, unit, device), st, None if s is None else s.to(device), rots.get(lead),
+                            sp)
+        start = 0
+        for name in unit:
+            rows = layers[name].weight.shape[0]
+            out[name] = lq if len(unit) == 1 else _rows(lq, start, start + rows)
+            start += rows
+        done += len(unit)
         if progress:
-            progress(i + 1, len(layers), name)
+            progress(done, len(layers), lead)
     return out
 
 

@@ -9,14 +9,14 @@ from torch import nn
 
 from ..algorithms.layer_recipe import LayerSpec, shifted_spec
 from ..algorithms.model_recipe import layer_rotations
-from ..sam2.loading import DTYPES, after_gelu, load_model, quantizable_linears, weights_sha256
+from ..sam2.loading import DTYPES, after_gelu, load_model, quantizable_linears, shared_input_groups, weights_sha256
 from .artifacts import ActivationStats, FetchedModel, RotationSpec
 from .config import QuantCfg, RunConfig, group_size_of
 from .progress import run_logger
 from .stages import StageError
 
 __all__ = ["device_of", "FPModel", "load_fp_model", "to_run_dtype", "layer_spec", "layer_specs", "layer_rots",
-           "LayerInputs",
+           "layer_groups", "LayerInputs",
            "load_layer_inputs"]
 
 
@@ -71,6 +71,13 @@ def layer_specs(q: QuantCfg, seed: int, names) -> LayerSpec | dict[str, LayerSpe
     if not q.ipts.gelu_shift:
         return spec
     return {n: shifted_spec(spec) if after_gelu(n) else spec for n in names}
+
+
+def layer_groups(q: QuantCfg, names) -> list[tuple[str, str]]:
+    """Layers that share one branch down-projection (``low_rank.exclusive: false``, as DeepCompressor): those that
+    read the same input; none without a branch or with ``exclusive: true``."""
+    lr = q.wgts.low_rank
+    return shared_input_groups(names) if lr is not None and lr.rank > 0 and not lr.exclusive else []
 
 
 def layer_rots(q: QuantCfg, layers: dict, by_width: dict) -> dict:

@@ -96,16 +96,15 @@ class SequentialCalibrator:
 
 def quantize_block(layers: dict[str, nn.Module], stats: dict[str, LayerStats], rots: dict[str, Rotation | None],
                    spec: LayerSpec | dict[str, LayerSpec], candidates: list[tuple[float, float]], smoothing: bool,
-                   auto_rotate: bool,
-                   device) -> dict:
+                   auto_rotate: bool, device, groups=()) -> dict:
     """Smoothing search, branch + GPTQ and errors for one block's layers (the one-shot per-layer functions)."""
     searched = smoothing or any(r is not None for r in rots.values())
     found = search_all_smoothing(layers, stats, rots, spec, candidates, auto_rotate=auto_rotate,
-                                 device=device) if searched else {}
+                                 device=device, groups=groups) if searched else {}
     scales = {k: r.scale for k, (r, _) in found.items()} if smoothing else {}
     rotated = [k for k, (_, rd) in found.items() if rd]
     chosen = {k: (rots.get(k) if k in rotated else None) for k in layers}
-    lqs = quantize_all(layers, stats, scales, chosen, spec, device=device)
+    lqs = quantize_all(layers, stats, scales, chosen, spec, device=device, groups=groups)
     rows = all_layer_errors(layers, stats, lqs, scales, chosen, spec, device=device)
     return {"smooth": scales, "qlayers": saved_layers(lqs, layers, spec), "rotated": rotated,
             "log": {k: {"alpha": r.alpha, "beta": r.beta, "rotated": rd, "candidates": r.log}
@@ -118,7 +117,7 @@ def run_blocks(c, refs: dict, progress: Callable[[int, int, str], None] | None =
     blocks' Refs. ``refs``: fetch_model, build_calibration_set and rotate."""
     from ..algorithms.smoothing import smooth_candidates
     from ..sam2.images import normalize
-    from .runtime import layer_rots, layer_spec, layer_specs, load_fp_model, to_run_dtype
+    from .runtime import layer_groups, layer_rots, layer_spec, layer_specs, load_fp_model, to_run_dtype
     from .stages import STAGES, local_dir, open_artifact, run_stage
 
     stage = STAGES["seq_block"]
@@ -149,7 +148,7 @@ def run_blocks(c, refs: dict, progress: Callable[[int, int, str], None] | None =
             def build(tmp, i=i, layers=layers, previous=previous):
                 r = quantize_block(layers, cal.stats(i), layer_rots(q, layers, by_width),
                                    layer_specs(q, c.seed, layers), cands, proj is not None,
-                                   bool(rot and rot.mode == "auto"), dev)
+                                   bool(rot and rot.mode == "auto"), dev, layer_groups(q, layers))
                 stage.artifact.write(tmp, {"smooth": r["smooth"], "qlayers": r["qlayers"]},
                                      {"block": i, **{k: r[k] for k in ("rotated", "log", "layers", "fallbacks")}})
                 return {"block": i, "num_layers": len(layers), "previous": previous}
