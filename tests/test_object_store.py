@@ -45,16 +45,23 @@ def test_another_worker_downloads_each_object_once(tmp_path, monkeypatch):
     assert len(got) == 1  # then served from the sha256-keyed cache of worker 2
 
 
-def test_interrupted_upload_leaves_no_visible_stage(tmp_path, monkeypatch):
-    st = _store(tmp_path, "w1")
+def _drop_second_upload(st: ObjectStageStore, monkeypatch) -> list[str]:
+    """Make the store's second file upload fail as a dropped connection; returns the destinations tried."""
     real, n = st.fs.put_file, []
 
     def flaky(src, dst, **kw):
         n.append(dst)
         if len(n) == 2:
-            raise ConnectionError("upload interrupted")
+            raise ConnectionError("connection reset halfway through the upload")
         return real(src, dst, **kw)
     monkeypatch.setattr(st.fs, "put_file", flaky)
+    return n
+
+
+def test_interrupted_upload_leaves_no_visible_stage(tmp_path, monkeypatch):
+    st = _store(tmp_path, "w1")
+    real = st.fs.put_file
+    _drop_second_upload(st, monkeypatch)
     with pytest.raises(ConnectionError):
         st.run("s", "k" * 30, {}, {}, lambda d: _files(d, {"a.bin": b"1", "b.bin": b"2", "c.bin": b"3"}))
     assert st.get("s", "k" * 30) is None
@@ -151,14 +158,7 @@ def test_upload_interrupted_halfway_on_s3_leaves_no_visible_stage(s3_server, tmp
     url = "s3://sam2ptq-test/interrupted"
     st = ObjectStageStore(url, tmp_path / "w1")
     st.fs.invalidate_cache()
-    real, n = st.fs.put_file, []
-
-    def flaky(src, dst, **kw):
-        n.append(dst)
-        if len(n) == 2:
-            raise ConnectionError("connection reset halfway through the upload")
-        return real(src, dst, **kw)
-    monkeypatch.setattr(st.fs, "put_file", flaky)
+    n = _drop_second_upload(st, monkeypatch)
     with pytest.raises(ConnectionError):
         st.run("s", "k" * 30, {}, {}, lambda d: _files(d, {"a.bin": b"1" * 5000, "b.bin": b"2", "c.bin": b"3"}))
     assert len(n) == 2 and st.fs.exists(f"sam2ptq-test/interrupted/s/{'k' * 24}")  # one object did land
