@@ -39,7 +39,9 @@ start)
         sleep 0.5
     done
     curl -fsS "$PREFECT_API_URL/health" >/dev/null || { echo "server did not start; see $DIR/server.log" >&2; exit 1; }
-    $PREFECT work-pool inspect sam2-gpu >/dev/null 2>&1 || $PREFECT work-pool create sam2-gpu --type process >/dev/null
+    for pool in sam2-gpu sam2-control; do  # GPU jobs; sweep parents (they only wait on their children)
+        $PREFECT work-pool inspect $pool >/dev/null 2>&1 || $PREFECT work-pool create $pool --type process >/dev/null
+    done
     $PREFECT --no-prompt deploy --all >"$DIR/deploy.log" 2>&1 \
         || { echo "prefect deploy failed; see $DIR/deploy.log" >&2; exit 1; }
     setsid $PREFECT worker start --pool sam2-gpu --limit 1 >"$DIR/worker.log" 2>&1 < /dev/null &

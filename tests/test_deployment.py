@@ -39,6 +39,7 @@ def test_deploy_run_kill_retry(tmp_path):
         TIMINGS["server_start_s"] = time.time() - t0
         t = time.time()
         prefect_cli(env, "work-pool", "create", "sam2-gpu", "--type", "process")
+        prefect_cli(env, "work-pool", "create", "sam2-control", "--type", "process")
         prefect_cli(env, "--no-prompt", "deploy", "--all", timeout=180)
         ls = prefect_cli(env, "deployment", "ls").stdout
         assert "large-w4a8-svdquant-nightly" in ls and "tiny-w8a8-nightly" in ls and "smoke" in ls
