@@ -58,8 +58,14 @@ def _client_call(api_url: str, fn):
 
 def _logs(client, run_id) -> str:
     from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
-    logs = client.read_logs(log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[run_id])), limit=200)
-    return "\n".join(x.message for x in logs)
+    out, offset = [], 0
+    while True:  # the API returns at most 200 per call
+        page = client.read_logs(log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[run_id])), limit=200,
+                                offset=offset)
+        out += [x.message for x in page]
+        offset += len(page)
+        if len(page) < 200:
+            return "\n".join(out)
 
 
 def _s3(env):
