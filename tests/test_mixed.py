@@ -79,6 +79,14 @@ def test_fallback_layers_in_both_exports(prefect_server, tmp_path):
     m = json.loads((out / "metrics.json").read_text())
     assert m["mixed"]["layers"] == cfg.quant.mixed.layers and "Mixed precision" in (out / "report.md").read_text()
     assert (out / "sensitivity.png").stat().st_size > 10_000
+    # the per-layer table shows the fallbacks as shipped (W8A8), with less error than at W4
+    from sam2ptq_core.pipeline.stages import open_artifact
+    st = json.loads((out / "stages.json").read_text())
+    w4 = {r["name"]: r for r in open_artifact(cfg, {"stage": "gptq_lowrank", "key": st["gptq_lowrank"]["key"]})
+          .layer_report()["layers"]}
+    rows = {r["name"]: r for r in m["layers"]}
+    assert all(rows[k]["output_rel_err"] < 0.5 * w4[k]["output_rel_err"] for k in cfg.quant.mixed.layers)
+    assert all(rows[k] == w4[k] for k in rows if k not in cfg.quant.mixed.layers)
     model = load_quantized(out, "cache")
     fb = {n: mod for n, mod in model.vision_encoder.backbone.named_modules() if n in cfg.quant.mixed.layers}
     assert all(mod.a_dtype == "sint8" for mod in fb.values()) and len(fb) == 4

@@ -163,8 +163,8 @@ def write_report(out_dir: Path, metrics: dict, overlays: list[dict], ious: dict[
         lines += ["", "## Mixed precision", "",
                   f"{len(mx['layers'])} of {len(mx['sensitivity_db'])} layers fall back to {mx['fallback']} "
                   f"(average {mx['avg_weight_bits']:.2f} weight bits instead of {mx['target_bits']}): "
-                  + (", ".join(mx["layers"]) or "none") + ". The per-layer error table above shows every layer at "
-                  "the target precision.", "", "![per-layer sensitivity](sensitivity.png)"]
+                  + (", ".join(mx["layers"]) or "none") + ". The per-layer errors above show each layer as shipped "
+                  "(fallbacks at their fallback precision).", "", "![per-layer sensitivity](sensitivity.png)"]
     lines += ["", "## Mask overlays (float | quantized | disagreement)", ""]
     for i, ov in enumerate(overlays):
         name = f"overlay_{i}.png"

@@ -49,6 +49,9 @@ def run_evaluation(c: RunConfig, fetched: FetchedModel, calib: CalibrationSet, s
     q = c.quant
     a_bits = q.ipts.dtype[-1] if q.ipts.dtype else "16"
     layer_info = gptq.layer_report()
+    ch = mixed.choice()
+    shipped = {r["name"]: r for r in ch.get("layer_errors", [])}  # mixed-precision fallbacks as shipped
+    layer_info["layers"] = [shipped.get(r["name"], r) for r in layer_info["layers"]]
     metrics = {  # random_weights first: whoever opens the file sees it before any number
         "random_weights": fp.random_weights, "model": c.model.name, "source": fp.source,
         "config_hash": config_hash(c),
@@ -59,7 +62,6 @@ def run_evaluation(c: RunConfig, fetched: FetchedModel, calib: CalibrationSet, s
         "low_rank": branch_share(qlayers, q.wgts.dtype, q.wgts.low_rank.rank if q.wgts.low_rank else 0),
         "layers": layer_info["layers"], "gptq_fallbacks": sorted(layer_info["fallbacks"]),
     }
-    ch = mixed.choice()
     fp16 = {k: int(m.weight.numel()) for k, m in trunk(fp.model).named_modules()
             if ch.get("fallback") == "fp16" and k in ch["layers"]}
     lr = metrics["low_rank"]

@@ -49,17 +49,20 @@ def choose_and_requantize(c: RunConfig, arts: dict, progress=None) -> tuple[dict
     info = {"fallback": m.fallback, "layers": chosen, "order": fallback_order(loss, params),
             "avg_weight_bits": average_bits(params, set(chosen), bits, fb_bits), "target_bits": bits,
             "sensitivity_db": {k: v["embedding_sqnr_db"] for k, v in sens.items()}}
+    if m.fallback == "fp16":  # shipped as the float layers: no error
+        info["layer_errors"] = [{"name": k, "weight_rel_err": 0.0, "output_rel_err": 0.0} for k in chosen]
     if m.fallback != "w8a8" or not chosen:
         return {}, info
-    return _requantize_w8a8(c, arts, chosen, progress), info
+    saved, info["layer_errors"] = _requantize_w8a8(c, arts, chosen, progress)
+    return saved, info
 
 
-def _requantize_w8a8(c: RunConfig, arts: dict, names: list[str], progress) -> dict:
+def _requantize_w8a8(c: RunConfig, arts: dict, names: list[str], progress) -> tuple[dict, list[dict]]:
     """The fallback layers at W8A8 (sint8 per-channel weights with GPTQ when it is on, per-token sint8 activations),
-    with the run's smoothing scales and rotation choice, on the captured float statistics."""
+    with the run's smoothing scales and rotation choice, on the captured float statistics; and their errors."""
     from dataclasses import replace
 
-    from ..algorithms.model_recipe import layer_rotations, quantize_all, saved_layers
+    from ..algorithms.model_recipe import all_layer_errors, layer_rotations, quantize_all, saved_layers
     from .runtime import device_of, layer_spec, load_layer_inputs
     li = load_layer_inputs(c, arts["fetch_model"], arts["capture_activations"], arts["rotate"])
     layers = {k: li.layers[k] for k in names}
@@ -71,4 +74,4 @@ def _requantize_w8a8(c: RunConfig, arts: dict, names: list[str], progress) -> di
     saved = saved_layers(lqs, layers, spec)
     for d in saved.values():
         d.update(a_dtype="sint8", a_group=-1, bits=8)
-    return saved
+    return saved, all_layer_errors(layers, li.stats, lqs, sm.scales(), rots, spec, device=device_of(c))
