@@ -10,8 +10,8 @@ from pathlib import Path
 
 from prefect import flow
 
-from sam2ptq_core.pipeline.progress import Progress, run_logger
-from sam2ptq_core.pipeline.sweep import METRIC_ROWS, plan_jobs, shared_captures, write_comparison
+from sam2ptq_core.pipeline.progress import METRIC_ROWS, Progress, run_logger
+from sam2ptq_core.pipeline.sweep import plan_jobs, shared_captures, write_comparison
 
 
 def _child_metrics(client, run_id) -> dict | None:

@@ -22,20 +22,17 @@ def gptq_lowrank(cfg: dict, model_ref: Ref, acts_ref: Ref, rot_ref: Ref, smooth_
             qlayers, report = assemble_layers(c, open_artifact(c, smooth_ref).meta["blocks"])
             STAGE.artifact.write(tmp, qlayers, report)
             return {"num_layers": len(qlayers), "gptq_fallbacks": len(report["fallbacks"]), "mode": "sequential"}
-        from sam2ptq_core.algorithms.model_recipe import all_layer_errors, layer_rotations, quantize_all, saved_layers
-        from sam2ptq_core.pipeline.runtime import device_of, layer_groups, layer_specs, load_layer_inputs
-        li = load_layer_inputs(c, *(open_artifact(c, r) for r in (model_ref, acts_ref, rot_ref)))
+        from sam2ptq_core.algorithms.model_recipe import quantize_and_report
+        from sam2ptq_core.pipeline import runtime as rt
+        li = rt.load_layer_inputs(c, *(open_artifact(c, r) for r in (model_ref, acts_ref, rot_ref)))
         sm = open_artifact(c, smooth_ref)
-        scales, chosen = sm.scales(), set(sm.rotation_choice()["layers"])
-        rots = layer_rotations(li.layers, li.by_width, {k: k in chosen for k in li.layers})
-        spec, dev = layer_specs(c.quant, c.seed, li.layers), device_of(c)
+        spec = rt.layer_specs(c.quant, c.seed, li.layers)
         with Progress(STAGE.name, len(li.layers), "layer") as prog:
-            lqs = quantize_all(li.layers, li.stats, scales, rots, spec, prog, device=dev,
-                               groups=layer_groups(c.quant, li.layers))
-        fallbacks = {k: lq.fallback for k, lq in lqs.items() if lq.fallback}
+            saved, rows, fallbacks = quantize_and_report(li.layers, li.stats, sm.scales(), rt.chosen_rotations(li, sm),
+                                                         spec, prog, device=rt.device_of(c),
+                                                         groups=rt.layer_groups(c.quant, li.layers))
         for k, msg in fallbacks.items():
             run_logger().warning("%s: %s", k, msg)
-        rows = all_layer_errors(li.layers, li.stats, lqs, scales, rots, spec, device=dev)
-        STAGE.artifact.write(tmp, saved_layers(lqs, li.layers, spec), {"layers": rows, "fallbacks": fallbacks})
-        return {"num_layers": len(lqs), "gptq_fallbacks": len(fallbacks)}
+        STAGE.artifact.write(tmp, saved, {"layers": rows, "fallbacks": fallbacks})
+        return {"num_layers": len(saved), "gptq_fallbacks": len(fallbacks)}
     return run_stage(STAGE, c, refs, build)

@@ -19,7 +19,7 @@ def smooth(cfg: dict, model_ref: Ref, calib_ref: Ref, acts_ref: Ref, rot_ref: Re
             "rotate": rot_ref}
 
     def build(tmp):
-        from sam2ptq_core.algorithms.model_recipe import search_all_smoothing
+        from sam2ptq_core.algorithms.model_recipe import search_all_smoothing, smoothing_record
         from sam2ptq_core.algorithms.smoothing import smooth_candidates
         from sam2ptq_core.pipeline.runtime import device_of, layer_groups, layer_specs, load_layer_inputs
         proj = c.quant.smooth.proj if c.quant.smooth else None
@@ -44,8 +44,7 @@ def smooth(cfg: dict, model_ref: Ref, calib_ref: Ref, acts_ref: Ref, rot_ref: Re
             res = search_all_smoothing(li.layers, li.stats, li.rots, layer_specs(c.quant, c.seed, li.layers), cands,
                                        auto_rotate=bool(rot and rot.mode == "auto"), progress=prog,
                                        device=device_of(c), groups=layer_groups(c.quant, li.layers))
-        choice["layers"] = [k for k, (_, rotated) in res.items() if rotated]
-        log = {k: {"alpha": r.alpha, "beta": r.beta, "rotated": rd, "candidates": r.log} for k, (r, rd) in res.items()}
-        STAGE.artifact.write(tmp, {k: r.scale for k, (r, _) in res.items()} if proj else {}, choice, log)
+        scales, choice["layers"], log = smoothing_record(res)
+        STAGE.artifact.write(tmp, scales if proj else {}, choice, log)
         return {"enabled": proj is not None, "num_candidates": len(cands), "rotated_layers": len(choice["layers"])}
     return run_stage(STAGE, c, refs, build)

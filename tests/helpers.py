@@ -116,3 +116,11 @@ def start_worker(env: dict, pool: str, cwd: Path, log: Path) -> subprocess.Popen
     cwd.mkdir(parents=True, exist_ok=True)
     return subprocess.Popen([PY, "-m", "prefect", "worker", "start", "--pool", pool, "--limit", "1"], env=env,
                             cwd=cwd, stdout=open(log, "a"), stderr=subprocess.STDOUT, start_new_session=True)
+
+
+def deploy_all(env: dict) -> None:
+    """Create every work pool prefect.yaml's deployments name (process pools), then ``prefect deploy --all``."""
+    pools = sorted({d["work_pool"]["name"] for d in yaml.safe_load((ROOT / "prefect.yaml").read_text())["deployments"]})
+    for pool in pools:
+        prefect_cli(env, "work-pool", "create", pool, "--type", "process")
+    prefect_cli(env, "--no-prompt", "deploy", "--all", timeout=180)

@@ -14,6 +14,7 @@ import time
 import pytest
 
 from tests.helpers import (
+    deploy_all,
     digest_tree,
     flow_pid,
     free_port,
@@ -38,9 +39,7 @@ def test_deploy_run_kill_retry(tmp_path):
         procs.append(start_server(env, port, tmp_path / "server.log"))
         TIMINGS["server_start_s"] = time.time() - t0
         t = time.time()
-        prefect_cli(env, "work-pool", "create", "sam2-gpu", "--type", "process")
-        prefect_cli(env, "work-pool", "create", "sam2-control", "--type", "process")
-        prefect_cli(env, "--no-prompt", "deploy", "--all", timeout=180)
+        deploy_all(env)  # both pools (sam2-gpu, sam2-control) and every deployment
         ls = prefect_cli(env, "deployment", "ls").stdout
         assert "large-w4a8-svdquant-nightly" in ls and "tiny-w8a8-nightly" in ls and "smoke" in ls
         insp = prefect_cli(env, "deployment", "inspect", "sam2-ptq/large-w4a8-svdquant-nightly").stdout

@@ -22,6 +22,7 @@ from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
 
 from tests.helpers import (
     REDUCED_CFG,
+    deploy_all,
     digest_tree,
     flow_pid,
     free_port,
@@ -84,9 +85,7 @@ def test_two_workers_one_bucket(s3_server, tmp_path):
     procs, t0 = {}, time.time()
     try:
         procs["server"] = start_server(env, port, tmp_path / "server.log")
-        prefect_cli(env, "work-pool", "create", "sam2-gpu", "--type", "process")
-        prefect_cli(env, "work-pool", "create", "sam2-control", "--type", "process")
-        prefect_cli(env, "--no-prompt", "deploy", "--all", timeout=180)
+        deploy_all(env)  # both pools (sam2-gpu, sam2-control) and every deployment
         procs["w1"] = start_worker(wenv("w1"), "sam2-gpu", tmp_path / "w1", tmp_path / "w1.log")
         TIMINGS["setup_s"] = time.time() - t0
 

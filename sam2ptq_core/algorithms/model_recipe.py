@@ -16,8 +16,8 @@ from .rotation import Rotation, hadamard
 from .smoothing import SmoothResult, search_smoothing
 from .statistics import LayerStats, shift_stats
 
-__all__ = ["rotation_spec", "rotation_matrices", "layer_rotations", "search_all_smoothing", "quantize_all",
-           "all_layer_errors", "export_bias", "saved_layers", "spec_of"]
+__all__ = ["rotation_spec", "rotation_matrices", "layer_rotations", "search_all_smoothing", "smoothing_record",
+           "quantize_all", "quantize_and_report", "all_layer_errors", "export_bias", "saved_layers", "spec_of"]
 
 Progress = Callable[[int, int, str], None]
 Specs = LayerSpec | dict[str, LayerSpec]  # one spec for every layer, or one per layer name
@@ -126,6 +126,12 @@ def search_all_smoothing(layers: dict[str, nn.Module], stats: dict[str, LayerSta
     return out
 
 
+def smoothing_record(found: dict[str, tuple[SmoothResult, bool]]) -> tuple[dict, list[str], dict]:
+    """What a smoothing search leaves: (scales by layer, the layers that keep their rotation, the search log)."""
+    return ({k: r.scale for k, (r, _) in found.items()}, [k for k, (_, rd) in found.items() if rd],
+            {k: {"alpha": r.alpha, "beta": r.beta, "rotated": rd, "candidates": r.log} for k, (r, rd) in found.items()})
+
+
 def _rows(lq: LayerQuant, start: int, stop: int) -> LayerQuant:
     """Output rows [start, stop) of a stacked unit's result; the down-projection ``a`` is shared as it is."""
     qp = lq.q.qparams
@@ -171,6 +177,15 @@ def all_layer_errors(layers: dict[str, nn.Module], stats: dict[str, LayerStats],
                          spec_of(spec, name))
         rows.append({"name": name, **e})
     return rows
+
+
+def quantize_and_report(layers: dict[str, nn.Module], stats: dict[str, LayerStats], smooth: dict[str, torch.Tensor],
+                        rots: dict[str, Rotation | None], spec: Specs, progress: Progress | None = None,
+                        device="cpu", groups=()) -> tuple[dict[str, dict], list[dict], dict[str, str]]:
+    """``quantize_all``, then what a stage stores of it: (saved layers, per-layer error rows, GPTQ fallbacks)."""
+    lqs = quantize_all(layers, stats, smooth, rots, spec, progress, device=device, groups=groups)
+    rows = all_layer_errors(layers, stats, lqs, smooth, rots, spec, device=device)
+    return saved_layers(lqs, layers, spec), rows, {k: lq.fallback for k, lq in lqs.items() if lq.fallback}
 
 
 def export_bias(mod: nn.Module, spec: LayerSpec) -> torch.Tensor:

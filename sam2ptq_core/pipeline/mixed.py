@@ -62,16 +62,14 @@ def _requantize_w8a8(c: RunConfig, arts: dict, names: list[str], progress) -> tu
     with the run's smoothing scales and rotation choice, on the captured float statistics; and their errors."""
     from dataclasses import replace
 
-    from ..algorithms.model_recipe import all_layer_errors, layer_rotations, quantize_all, saved_layers
-    from .runtime import device_of, layer_spec, load_layer_inputs
+    from ..algorithms.model_recipe import quantize_and_report
+    from .runtime import chosen_rotations, device_of, layer_spec, load_layer_inputs
     li = load_layer_inputs(c, arts["fetch_model"], arts["capture_activations"], arts["rotate"])
     layers = {k: li.layers[k] for k in names}
-    sm = arts["smooth"]
-    chosen_rot = set(sm.rotation_choice()["layers"])
-    rots = layer_rotations(layers, li.by_width, {k: k in chosen_rot for k in layers})
     spec = replace(layer_spec(c.quant, c.seed), w_dtype="sint8", w_group=-1, a_dtype="sint8", a_group=-1, rank=0)
-    lqs = quantize_all(layers, li.stats, sm.scales(), rots, spec, progress, device=device_of(c))
-    saved = saved_layers(lqs, layers, spec)
+    saved, rows, _ = quantize_and_report(layers, li.stats, arts["smooth"].scales(),
+                                         chosen_rotations(li, arts["smooth"], names), spec, progress,
+                                         device=device_of(c))
     for d in saved.values():
         d.update(a_dtype="sint8", a_group=-1, bits=8)
-    return saved, all_layer_errors(layers, li.stats, lqs, sm.scales(), rots, spec, device=device_of(c))
+    return saved, rows

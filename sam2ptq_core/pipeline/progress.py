@@ -4,7 +4,16 @@ from __future__ import annotations
 import logging
 import os
 
-__all__ = ["in_prefect_run", "run_logger", "Progress", "publish_summary"]
+__all__ = ["in_prefect_run", "run_logger", "Progress", "publish_summary", "METRIC_ROWS"]
+
+
+def _sqnr_label(level: str) -> str:
+    return f"SQNR {level} (dB)"
+
+
+# rows of the "sam2-ptq-metrics" table artifact (publish_summary) that a sweep reads back (flows/sweep.py)
+METRIC_ROWS = {"sqnr_db": _sqnr_label("embedding"), "miou": "mask mIoU vs float", "size_mib": "quantized linears (MiB)",
+               "random": "random weights"}
 
 
 def in_prefect_run() -> bool:
@@ -76,12 +85,12 @@ def publish_summary(target, log: logging.Logger) -> None:
         m = json.loads((target / "metrics.json").read_text())
         create_markdown_artifact((target / "report.md").read_text(), key="sam2-ptq-report",
                                  description=f"SAM2 PTQ report, output in {target}")
-        rows = [{"metric": f"SQNR {k} (dB)", "value": round(v, 3)} for k, v in m["encoder"]["sqnr_db"].items()]
-        rows += [{"metric": "mask mIoU vs float", "value": round(m["masks"]["miou_vs_fp"], 4)},
+        rows = [{"metric": _sqnr_label(k), "value": round(v, 3)} for k, v in m["encoder"]["sqnr_db"].items()]
+        rows += [{"metric": METRIC_ROWS["miou"], "value": round(m["masks"]["miou_vs_fp"], 4)},
                  {"metric": "prompts with IoU < 0.9", "value": round(m["masks"]["frac_iou_below_0_9"], 4)},
-                 {"metric": "quantized linears (MiB)",  # codes + 16-bit branch + 16-bit mixed-precision fallbacks
+                 {"metric": METRIC_ROWS["size_mib"],  # codes + 16-bit branch + 16-bit mixed-precision fallbacks
                   "value": round(m["size"]["quantized_linears_bytes"] / 2**20, 3)},
-                 {"metric": "random weights", "value": m["random_weights"]}]
+                 {"metric": METRIC_ROWS["random"], "value": m["random_weights"]}]
         create_table_artifact(rows, key="sam2-ptq-metrics", description="SAM2 PTQ metrics")
     except Exception as e:  # artifacts are a convenience: never fail an export over them
         log.warning("could not create the Prefect summary artifacts: %s", e)

@@ -10,13 +10,13 @@ from torch import nn
 from ..algorithms.layer_recipe import LayerSpec, shifted_spec
 from ..algorithms.model_recipe import layer_rotations
 from ..sam2.loading import DTYPES, after_gelu, load_model, quantizable_linears, shared_input_groups, weights_sha256
-from .artifacts import ActivationStats, FetchedModel, RotationSpec
+from .artifacts import ActivationStats, FetchedModel, RotationSpec, SmoothingChoice
 from .config import QuantCfg, RunConfig, group_size_of
 from .progress import run_logger
 from .stages import StageError
 
 __all__ = ["device_of", "FPModel", "load_fp_model", "to_run_dtype", "layer_spec", "layer_specs", "layer_rots",
-           "layer_groups", "LayerInputs",
+           "layer_groups", "LayerInputs", "chosen_rotations",
            "load_layer_inputs"]
 
 
@@ -103,3 +103,10 @@ def load_layer_inputs(cfg: RunConfig, fetched: FetchedModel, acts: ActivationSta
     layers = {k: v for k, v in quantizable_linears(fp.model, cfg.quant.skip).items() if k in stats}
     by_width = rot.matrices()
     return LayerInputs(fp, layers, stats, layer_rots(cfg.quant, layers, by_width), by_width)
+
+
+def chosen_rotations(li: LayerInputs, smooth: SmoothingChoice, names=None) -> dict:
+    """The rotation of each layer (of ``names``, default all) as the smooth stage chose it."""
+    layers = li.layers if names is None else {k: li.layers[k] for k in names}
+    chosen = set(smooth.rotation_choice()["layers"])
+    return layer_rotations(layers, li.by_width, {k: k in chosen for k in layers})

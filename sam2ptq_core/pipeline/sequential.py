@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from ..algorithms.layer_recipe import LayerSpec
-from ..algorithms.model_recipe import all_layer_errors, quantize_all, saved_layers, search_all_smoothing
+from ..algorithms.model_recipe import quantize_and_report, search_all_smoothing, smoothing_record
 from ..algorithms.rotation import Rotation
 from ..algorithms.statistics import LayerStats
 from ..sam2.capture import block_stats, trunk_input
@@ -101,15 +101,12 @@ def quantize_block(layers: dict[str, nn.Module], stats: dict[str, LayerStats], r
     searched = smoothing or any(r is not None for r in rots.values())
     found = search_all_smoothing(layers, stats, rots, spec, candidates, auto_rotate=auto_rotate,
                                  device=device, groups=groups) if searched else {}
-    scales = {k: r.scale for k, (r, _) in found.items()} if smoothing else {}
-    rotated = [k for k, (_, rd) in found.items() if rd]
+    scales, rotated, log = smoothing_record(found)
+    scales = scales if smoothing else {}
     chosen = {k: (rots.get(k) if k in rotated else None) for k in layers}
-    lqs = quantize_all(layers, stats, scales, chosen, spec, device=device, groups=groups)
-    rows = all_layer_errors(layers, stats, lqs, scales, chosen, spec, device=device)
-    return {"smooth": scales, "qlayers": saved_layers(lqs, layers, spec), "rotated": rotated,
-            "log": {k: {"alpha": r.alpha, "beta": r.beta, "rotated": rd, "candidates": r.log}
-                    for k, (r, rd) in found.items()},
-            "layers": rows, "fallbacks": {k: lq.fallback for k, lq in lqs.items() if lq.fallback}}
+    saved, rows, fallbacks = quantize_and_report(layers, stats, scales, chosen, spec, device=device, groups=groups)
+    return {"smooth": scales, "qlayers": saved, "rotated": rotated, "log": log, "layers": rows,
+            "fallbacks": fallbacks}
 
 
 def run_blocks(c, refs: dict, progress: Callable[[int, int, str], None] | None = None) -> list[dict]:

@@ -13,11 +13,7 @@ from pathlib import Path
 from ..sam2.variants import VARIANT_NAMES
 from .config import ConfigError, RunConfig, canonical_json, load_config
 
-__all__ = ["SweepJob", "plan_jobs", "shared_captures", "write_comparison", "METRIC_ROWS"]
-
-# the rows of each run's "sam2-ptq-metrics" table artifact that a sweep reads back (progress.publish_summary)
-METRIC_ROWS = {"sqnr_db": "SQNR embedding (dB)", "miou": "mask mIoU vs float", "size_mib": "quantized linears (MiB)",
-               "random": "random weights"}
+__all__ = ["SweepJob", "plan_jobs", "shared_captures", "write_comparison"]
 
 
 @dataclass(frozen=True)
