@@ -31,8 +31,9 @@ def sizes(name: str) -> dict:
     for n, mod in layers.items():
         q = quantize(mod.weight.detach(), "sint4", 64, scale_dtype=torch.float16)
         out_f, in_f = mod.weight.shape
+        bias = mod.bias.detach().half().float()
         qlayers[n] = {"weight": dequantize(q), "codes": q.codes, "scale": q.qparams.scale, "zero": torch.empty(0),
-                      "bias": mod.bias.detach().half().float(), "a": torch.randn(32, in_f, generator=g).half().float(),
+                      "bias": bias, "kernel_bias": bias, "a": torch.randn(32, in_f, generator=g).half().float(),
                       "b": torch.randn(out_f, 32, generator=g).half().float()}
         smooth[n] = torch.ones(in_f)
     tmp = Path(tempfile.mkdtemp())

@@ -61,7 +61,7 @@ def _audit(device: str) -> set[str]:
         scales = {k: r.scale for k, (r, _) in res.items()}
         lqs = quantize_all(layers, stats, scales, rots, spec, device=device)
         rows = all_layer_errors(layers, stats, lqs, scales, rots, spec, device=device)
-    saved = saved_layers(lqs, layers, spec)
+    saved = saved_layers(lqs, layers, spec, scales)
     assert all(t.device.type == "cpu" for d in saved.values() for t in d.values())
     assert all(r.scale.device.type == "cpu" for r, _ in res.values())
     assert all(0 <= r["output_rel_err"] < 1 for r in rows)

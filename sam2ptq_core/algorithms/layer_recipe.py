@@ -18,7 +18,8 @@ from .rotation import Rotation
 from .statistics import LayerStats, transform_stats
 
 __all__ = ["LayerSpec", "LayerQuant", "transform_weight", "transform_input", "quantized_output",
-           "smoothing_objective", "quantize_layer", "layer_errors", "round_branch", "GELU_SHIFT", "shifted_spec"]
+           "smoothing_objective", "quantize_layer", "layer_errors", "round_branch", "GELU_SHIFT", "shifted_spec",
+           "kernel_bias"]
 
 # SVDQuant / nunchaku: the input of the second MLP layer (after GELU, whose minimum is ≈ −0.16997) is shifted by
 # this constant, so it is ≥ 0 and quantized unsigned; the shift is folded into the layer's bias.
@@ -157,6 +158,21 @@ def round_branch(a: torch.Tensor, b: torch.Tensor, s: torch.Tensor | None, dt: t
     s32 = s.float()
     down = (a.float() / s32).to(dt).float()
     return down * s32, b16
+
+
+def kernel_bias(bias: torch.Tensor, a: torch.Tensor | None, b: torch.Tensor | None, s: torch.Tensor | None,
+                shift: float, dt: torch.dtype | None = None) -> torch.Tensor:
+    """The bias of a shifted layer as nunchaku's kernel adds it. The kernel quantizes (x + shift) / s but feeds the
+    branch the unshifted input through lora_down = a / s, so the branch's share of the shift moves into the bias:
+    bias + b·(a / s)·(shift·1), in float64 in the order DeepCompressor's converter uses ((b·down)·shift), then
+    rounded to the 16-bit export dtype ``dt`` when given. ``bias`` is the folded bias b − shift·W·1 (what
+    DeepCompressor's ShiftedLinear holds); without a shift or a branch it is returned unchanged."""
+    if not shift or a is None or not a.numel():
+        return bias
+    down = a.double() / s.double() if s is not None else a.double()
+    base = bias.double() if bias is not None and bias.numel() else torch.zeros(b.shape[0], dtype=torch.float64)
+    t = base + ((b.double() @ down) @ torch.full((down.shape[1], 1), float(shift), dtype=torch.float64)).view(-1)
+    return t.float() if dt is None else t.to(dt).float()
 
 
 def layer_errors(W: torch.Tensor, bias: torch.Tensor | None, X: torch.Tensor, lq: LayerQuant,

@@ -10,7 +10,7 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from .layer_recipe import LayerQuant, LayerSpec, layer_errors, quantize_layer, smoothing_objective
+from .layer_recipe import LayerQuant, LayerSpec, kernel_bias, layer_errors, quantize_layer, smoothing_objective
 from .quantizers import QParams, QTensor
 from .rotation import Rotation, hadamard
 from .smoothing import SmoothResult, search_smoothing
@@ -185,7 +185,7 @@ def quantize_and_report(layers: dict[str, nn.Module], stats: dict[str, LayerStat
     """``quantize_all``, then what a stage stores of it: (saved layers, per-layer error rows, GPTQ fallbacks)."""
     lqs = quantize_all(layers, stats, smooth, rots, spec, progress, device=device, groups=groups)
     rows = all_layer_errors(layers, stats, lqs, smooth, rots, spec, device=device)
-    return saved_layers(lqs, layers, spec), rows, {k: lq.fallback for k, lq in lqs.items() if lq.fallback}
+    return saved_layers(lqs, layers, spec, smooth), rows, {k: lq.fallback for k, lq in lqs.items() if lq.fallback}
 
 
 def export_bias(mod: nn.Module, spec: LayerSpec) -> torch.Tensor:
@@ -199,13 +199,22 @@ def export_bias(mod: nn.Module, spec: LayerSpec) -> torch.Tensor:
     return b.to(spec.torch_scale_dtype).float() if spec.scale_dtype is not None else b
 
 
-def saved_layers(lqs: dict[str, LayerQuant], layers: dict[str, nn.Module], spec: Specs) -> dict[str, dict]:
+def saved_layers(lqs: dict[str, LayerQuant], layers: dict[str, nn.Module], spec: Specs,
+                 smooth: dict[str, torch.Tensor]) -> dict[str, dict]:
     """What the GPTQ stage stores per layer: dequantized residual weight, int16 codes, scale, zero (empty for
-    symmetric formats), group size, the branch a/b, the bias the quantized layer uses and its input shift."""
-    return {k: {"weight": lq.weight.float().cpu(), "codes": lq.q.codes.to(torch.int16).cpu(),
-                "scale": lq.q.qparams.scale.cpu(),
-                "zero": lq.q.qparams.zero.cpu() if lq.q.qparams.zero is not None else torch.empty(0),
-                "group_size": torch.tensor(lq.q.qparams.group_size), "a": lq.a.cpu(), "b": lq.b.cpu(),
-                "bias": export_bias(layers[k], spec_of(spec, k)),
-                "act_shift": torch.tensor(spec_of(spec, k).a_shift, dtype=torch.float32)}
-            for k, lq in lqs.items()}
+    symmetric formats), group size, the branch a/b, the folded bias (b − shift·W·1, DeepCompressor's
+    ShiftedLinear bias, what model.pt holds), the bias the kernel adds (``kernel_bias``: with a shift and a branch,
+    the branch's share of the shift included) and the input shift."""
+    out = {}
+    for k, lq in lqs.items():
+        sp, a, b = spec_of(spec, k), lq.a.cpu(), lq.b.cpu()
+        bias = export_bias(layers[k], sp)
+        s = smooth.get(k)
+        out[k] = {"weight": lq.weight.float().cpu(), "codes": lq.q.codes.to(torch.int16).cpu(),
+                  "scale": lq.q.qparams.scale.cpu(),
+                  "zero": lq.q.qparams.zero.cpu() if lq.q.qparams.zero is not None else torch.empty(0),
+                  "group_size": torch.tensor(lq.q.qparams.group_size), "a": a, "b": b, "bias": bias,
+                  "kernel_bias": kernel_bias(bias, a, b, None if s is None else s.cpu(), sp.a_shift,
+                                             sp.torch_scale_dtype),
+                  "act_shift": torch.tensor(sp.a_shift, dtype=torch.float32)}
+    return out

@@ -1,7 +1,11 @@
 """DeepCompressor-style checkpoint files (shared/notes/nunchaku-format.md, "Checkpoint files") and their reader.
 
 - ``model.pt``: the vision-encoder state dict (Sam2Model keys, ``vision_encoder.…``) after quantization; every
-  quantized linear's ``weight`` is its fake-quantized residual, exactly (code − zero) · scale in float32.
+  quantized linear's ``weight`` is its fake-quantized residual, exactly (code − zero) · scale in float32. A layer
+  whose input is shifted (SVDQuant's unsigned activations after GELU) is stored as DeepCompressor's
+  ``ShiftedLinear`` stores it: its ``bias`` is b − shift·W·1 and ``<module>.shift`` (float32 [1]) sits beside it,
+  which DeepCompressor's nunchaku converter reads (``split_shift`` takes these entries out before loading the state
+  into a Sam2Model).
 - ``scale.pt``: {"<module>.weight.scale.0": [out, 1, n_groups, 1], "<module>.weight.zero": same (uint only)}, float32.
 - ``smooth.pt``: {module: float32 [in]} (only smoothed layers).
 - ``branch.pt``: {module: {"a.weight": [r, in], "b.weight": [out, r]}} (only with a low-rank branch).
@@ -20,7 +24,7 @@ import torch
 
 from ..algorithms.quantizers import expand_groups, num_groups
 
-__all__ = ["PREFIX", "write_cache_files", "read_cache_files", "codes_from_weight"]
+__all__ = ["PREFIX", "write_cache_files", "read_cache_files", "codes_from_weight", "split_shift"]
 
 PREFIX = "vision_encoder.backbone."
 
@@ -40,6 +44,8 @@ def write_cache_files(d: Path, model_state: dict[str, torch.Tensor], qlayers: di
         state[f"{full}.weight"] = q["weight"].float().clone()
         if q["bias"].numel():
             state[f"{full}.bias"] = q["bias"].float().clone()
+        if "act_shift" in q and float(q["act_shift"]):
+            state[f"{full}.shift"] = q["act_shift"].float().reshape(1).clone()
         out, ng = q["scale"].shape
         scales[f"{full}.weight.scale.0"] = q["scale"].float().reshape(out, 1, ng, 1).clone()
         if q["zero"].numel():
@@ -70,6 +76,15 @@ def read_cache_files(d: Path) -> dict:
     rot = json.loads((d / "rotation.json").read_text()) if (d / "rotation.json").is_file() else {}
     return {"state": load("model.pt"), "scale": load("scale.pt"), "smooth": load("smooth.pt"),
             "branch": load("branch.pt"), "rotation": rot}
+
+
+def split_shift(state: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], dict[str, float]]:
+    """(the state without its ``<module>.shift`` entries, {module: shift}); a shift entry is a float [1] beside a
+    quantized linear's ``weight``."""
+    shifts = {k[: -len(".shift")]: float(v.reshape(-1)[0]) for k, v in state.items()
+              if k.endswith(".shift") and f"{k[: -len('.shift')]}.weight" in state}
+    rest = {k: v for k, v in state.items() if not (k.endswith(".shift") and k[: -len(".shift")] in shifts)}
+    return rest, shifts
 
 
 def codes_from_weight(weight: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor | None,

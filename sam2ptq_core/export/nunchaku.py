@@ -11,8 +11,11 @@ Per quantized linear ``<block>.<name>.`` (N = out, K = in, both padded to 128; r
   (n_tile, k_tile, k_pack, n_pack, n_lane, k_lane, n_pack_sz, k_pack_sz, reg_n, reg_k), 8 nibbles per int32 (lowest
   k in the low bits), stored little-endian as int8.
 - ``wscales`` [K/64, N] 16-bit, ``bias`` [N], ``smooth`` and ``smooth_orig`` [K]: 128-lane permuted order,
-  view (N/128, 1, 8, 2, 4, 2, G) → permute (0, 6, 1, 2, 4, 3, 5). Padding: scales and smooth with 1, bias with 0.
-  (DeepCompressor pads ``smooth`` with 0; we use 1 so the padded channels' x / smooth stays 0 instead of 0/0.)
+  view (N/128, 1, 8, 2, 4, 2, G) → permute (0, 6, 1, 2, 4, 3, 5). Padding: scales, smooth and bias with 1, as
+  deepcompressor-toolkit 0.1.0's converter pads them (padded channels are dropped by the kernel's caller).
+- ``bias``: for a shifted layer (input + 0.171875 after GELU, quantized uint4) the kernel feeds the branch the
+  *unshifted* input, so the bias is b − shift·W·1 + lora_up·lora_down·shift·1 (``layer_recipe.kernel_bias``), the
+  term DeepCompressor's ``convert_to_nunchaku_w4x4y16_linear_state_dict`` adds for its ``shift`` argument.
 - ``lora_down`` [K, r] = (a / smooth)ᵀ packed (the kernel feeds the branch the unsmoothed input),
   ``lora_up`` [N, r] = b packed: 16×16 fragments, view (c/16, r/16, 8, 4, 2, 2, 2) order described in _pack_lowrank.
 Only sint4 weights and activations in groups of 64 without rotation can be represented.
@@ -111,7 +114,7 @@ def _layer_tensors(q: dict, bias: torch.Tensor | None, smooth: torch.Tensor | No
     s = torch.ones(k) if smooth is None else smooth.float()
     b = torch.zeros(n) if bias is None else bias.float()
     out = {"qweight": pack_weight(codes), "wscales": pack_scale(scale.to(dt)),
-           "bias": pack_scale(_pad(b, 0, 128).to(dt)[:, None]).view(-1),
+           "bias": pack_scale(_pad(b, 0, 128, 1.0).to(dt)[:, None]).view(-1),
            "smooth": pack_scale(_pad(s, 0, 128, 1.0).to(dt)[:, None]).view(-1)}
     out["smooth_orig"] = out["smooth"].clone()
     if q["a"].numel():
@@ -131,7 +134,7 @@ def write_nunchaku(d: Path, cfg, model, qlayers: dict, smooth: dict, fallback: l
     dt = getattr(torch, cfg.quant.wgts.scale_dtype)
     blocks, shapes = {}, {}
     for name, q in qlayers.items():
-        b = q["bias"] if q["bias"].numel() else None
+        b = q["kernel_bias"] if q["kernel_bias"].numel() else None
         for key, t in _layer_tensors(q, b, smooth.get(name), dt).items():
             blocks[f"{name}.{key}"] = t.contiguous()
         shapes[name] = {"out": int(q["codes"].shape[0]), "in": int(q["codes"].shape[1]), "rank": int(q["a"].shape[0])}
@@ -146,7 +149,7 @@ def write_nunchaku(d: Path, cfg, model, qlayers: dict, smooth: dict, fallback: l
                                                  "group_size": 64},
                 "activation": {"dtype": "int4", "scale_dtype": cfg.quant.wgts.scale_dtype, "group_size": 64,
                                # SVDQuant's second MLP layer: input + shift after GELU, uint4 [0, 15], the bias
-                               # already holds −shift·W·1
+                               # already holds −shift·W·1 (+ the branch share, see ``bias`` above)
                                "unsigned": {"shift": GELU_SHIFT, "layers": unsigned} if unsigned else None},
                 "rank": rank}), "fallback_layers": json.dumps(sorted(fallback))}
     save_file(blocks, str(d / "hiera_blocks.safetensors"), metadata=meta)
@@ -158,7 +161,7 @@ def write_nunchaku(d: Path, cfg, model, qlayers: dict, smooth: dict, fallback: l
 
 def read_nunchaku(d: Path) -> tuple[dict, dict, dict]:
     """Unpack ``hiera_blocks.safetensors`` → ({layer: {codes, scale, bias, smooth, a, b, act_shift}}, unquantized
-    state, meta).
+    state, meta). ``bias`` is the kernel's (with a shift and a branch it holds the branch's share of the shift).
     ``a`` is recovered as lora_down · smooth (exact in float32)."""
     with safe_open(str(d / "hiera_blocks.safetensors"), "pt") as f:
         meta = f.metadata()

@@ -10,12 +10,12 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ..algorithms.layer_recipe import GELU_SHIFT
+from ..algorithms.layer_recipe import kernel_bias
 from ..algorithms.quantizers import QParams, QTensor, dequantize
 from ..pipeline.config import group_size_of, load_config
-from ..sam2.loading import after_gelu, build_config, load_model
+from ..sam2.loading import build_config, load_model
 from ..sam2.quantized_model import LayerArtifacts, quantize_model
-from .cache_files import PREFIX, codes_from_weight, read_cache_files
+from .cache_files import PREFIX, codes_from_weight, read_cache_files, split_shift
 
 __all__ = ["load_quantized"]
 
@@ -24,6 +24,7 @@ def _from_cache(out: Path, cfg) -> nn.Module:
     files = read_cache_files(out / "cache")
     if not files["state"] or not files["scale"]:
         raise FileNotFoundError(f"{out}/cache has no model.pt/scale.pt: not a sam2ptq output tree")
+    files["state"], shifts = split_shift(files["state"])
     if any(k.startswith("mask_decoder.") for k in files["state"]):  # written with --save-model: self-contained
         from transformers import Sam2Model
         with torch.device("meta"):
@@ -52,10 +53,14 @@ def _from_cache(out: Path, cfg) -> nn.Module:
         codes_from_weight(w, files["scale"][key], files["scale"].get(f"{full}.weight.zero"),
                           -1 if w8 else group_size_of(cfg.quant.wgts.group_shapes))  # on-grid check
         br = files["branch"].get(full, {})
-        shift = GELU_SHIFT if cfg.quant.ipts.gelu_shift and after_gelu(name) and not w8 else 0.0  # bias folded
-        arts[name] = LayerArtifacts(w.float(), files["state"].get(f"{full}.bias"), files["smooth"].get(full),
-                                    br.get("a.weight"), br.get("b.weight"), rotate=full in rotated,
-                                    rotate_random=rot.get("random", False), rotate_seed=rot.get("seed", 0),
+        shift, bias, sm = shifts.get(full, 0.0), files["state"].get(f"{full}.bias"), files["smooth"].get(full)
+        if shift:  # model.pt: the folded bias (DeepCompressor's ShiftedLinear); the kernel adds the branch's share
+            sd = cfg.quant.wgts.scale_dtype
+            bias = kernel_bias(bias, br.get("a.weight"), br.get("b.weight"), sm, shift,
+                               None if sd is None else getattr(torch, sd))
+        arts[name] = LayerArtifacts(w.float(), bias, sm, br.get("a.weight"), br.get("b.weight"),
+                                    rotate=full in rotated, rotate_random=rot.get("random", False),
+                                    rotate_seed=rot.get("seed", 0),
                                     act_shift=shift, a_dtype="sint8" if w8 else None, a_group=-1 if w8 else None)
     ip = cfg.quant.ipts
     return quantize_model(model, arts, ip.dtype, group_size_of(ip.group_shapes))
@@ -73,7 +78,7 @@ def _from_nunchaku(out: Path, cfg) -> nn.Module:
         w = dequantize(QTensor(r["codes"], QParams(r["scale"], None, 64), "sint4"))  # nunchaku: groups of 64
         arts[name] = LayerArtifacts(w, r["bias"], r["smooth"], r.get("a"), r.get("b"), act_shift=r["act_shift"])
         rest[f"{PREFIX}{name}.weight"] = w
-        rest[f"{PREFIX}{name}.bias"] = r["bias"]
+        rest[f"{PREFIX}{name}.bias"] = r["bias"]  # the kernel's bias (the float model's slot only holds it)
     model.load_state_dict(rest, strict=True, assign=True)
     ip = cfg.quant.ipts
     return quantize_model(model.eval(), arts, ip.dtype, group_size_of(ip.group_shapes))

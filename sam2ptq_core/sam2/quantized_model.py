@@ -5,12 +5,14 @@ QuantLinear computes, for input x [..., in]:
     x' = ((x + shift) · R) / smooth             (R = Hadamard, applied by the fast transform; smoothing acts in
                                                  the rotated basis, as in DeepCompressor; shift ≠ 0 only for an
                                                  unsigned-activation layer, which is never rotated)
-    y  = Qa(x') · weightᵀ + (x' · aᵀ) · bᵀ + bias
+    y  = Qa(x') · weightᵀ + ((x · R) / smooth · aᵀ) · bᵀ + bias
 
 ``weight`` is the dequantized (fake-quant) residual, exactly (code − zero) · scale; the low-rank branch runs on the
-unquantized x'; Qa is dynamic per-token group quantization (``ipts``; its unsigned twin, e.g. uint4 for sint4, on a
-shifted input, whose bias holds the correction −shift·W·1). The module keeps a float ``.weight`` so that
-code reading ``module.weight.dtype`` keeps working.
+unquantized input, *unshifted*, as nunchaku's kernel feeds it (its GELU kernel adds the shift only to what it
+quantizes); Qa is dynamic per-token group quantization (``ipts``; its unsigned twin, e.g. uint4 for sint4, on a
+shifted input). ``bias`` is the bias the kernel adds: for a shifted layer −shift·W·1 is folded in and, with a
+branch, +b·(a / smooth)·shift·1 (``layer_recipe.kernel_bias``), so the output equals the shifted layer's exactly in
+real arithmetic. The module keeps a float ``.weight`` so that code reading ``module.weight.dtype`` keeps working.
 """
 from __future__ import annotations
 
@@ -29,7 +31,8 @@ __all__ = ["QuantLinear", "LayerArtifacts", "quantize_model", "artifacts_from_sa
 
 @dataclass
 class LayerArtifacts:
-    """Everything one quantized linear needs (tensors on CPU, float32)."""
+    """Everything one quantized linear needs (tensors on CPU, float32). ``bias`` is the bias the kernel adds
+    (``kernel_bias`` of the stored layer)."""
     weight: torch.Tensor
     bias: torch.Tensor | None
     smooth: torch.Tensor | None
@@ -61,17 +64,18 @@ class QuantLinear(nn.Module):
             a_dtype = "u" + a_dtype[1:]
         self.a_dtype, self.a_group = a_dtype, a_group
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.act_shift:
-            x = x + self.act_shift
+    def _transform(self, x: torch.Tensor) -> torch.Tensor:
         if self.rotate:
             x = apply_hadamard(x, random=self.rotate_random, seed=self.rotate_seed)
-        if self.smooth is not None:
-            x = x / self.smooth.to(x.dtype)
-        xq = fake_quantize(x, self.a_dtype, self.a_group) if self.a_dtype else x
+        return x / self.smooth.to(x.dtype) if self.smooth is not None else x
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        xt = self._transform(x + self.act_shift) if self.act_shift else self._transform(x)
+        xq = fake_quantize(xt, self.a_dtype, self.a_group) if self.a_dtype else xt
         y = nn.functional.linear(xq, self.weight.to(x.dtype), None if self.bias is None else self.bias.to(x.dtype))
         if self.lora_a is not None:
-            y = y + nn.functional.linear(nn.functional.linear(x, self.lora_a.to(x.dtype)), self.lora_b.to(x.dtype))
+            xb = self._transform(x) if self.act_shift else xt  # the branch reads the unshifted input
+            y = y + nn.functional.linear(nn.functional.linear(xb, self.lora_a.to(x.dtype)), self.lora_b.to(x.dtype))
         return y
 
     def extra_repr(self) -> str:
@@ -99,12 +103,12 @@ def quantize_model(model: nn.Module, layers: dict[str, LayerArtifacts], a_dtype:
 
 def artifacts_from_saved(qlayers: dict[str, dict], smooth: dict[str, torch.Tensor],
                          rotation: dict) -> dict[str, LayerArtifacts]:
-    """LayerArtifacts from the stored per-layer dicts (weight, bias, a, b). ``rotation``: {"random", "seed",
+    """LayerArtifacts from the stored per-layer dicts (weight, kernel_bias, a, b). ``rotation``: {"random", "seed",
     "layers": [names of the rotated layers]}."""
     arts = {}
     rotated = set(rotation.get("layers", []))
     for name, d in qlayers.items():
-        bias = d["bias"] if d["bias"].numel() else None
+        bias = d["kernel_bias"] if d["kernel_bias"].numel() else None
         arts[name] = LayerArtifacts(d["weight"].float(), bias, smooth.get(name), d["a"], d["b"],
                                     rotate=name in rotated, rotate_random=rotation.get("random", False),
                                     rotate_seed=rotation.get("seed", 0),
