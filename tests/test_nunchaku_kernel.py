@@ -7,7 +7,6 @@
   run on our packed tensors computes what QuantLinear computes, for every layer kind: plain, smoothed, branch,
   shifted (unsigned after GELU, smoothed, branch) and a shared branch (two layers with one down-projection).
 """
-import pytest
 import torch
 
 from sam2ptq_core.algorithms.layer_recipe import GELU_SHIFT, LayerSpec, shifted_spec
@@ -88,7 +87,6 @@ def test_deepcompressor_converter_gives_our_tensors(tmp_path):
     packed tensors. Measured: every tensor bit-identical, the shifted layer's bias included (the converter adds the
     branch's share of the shift in float64 to the 16-bit folded bias, and so do we). The bias is allowed one fp16
     ulp (float64 summation order), the rest must be equal."""
-    pytest.importorskip("deepcompressor", reason="deepcompressor-toolkit is installed by scripts/setup.sh")
     from sam2ptq_core.export.cache_files import PREFIX
     lin, x, smooth, saved = _quantized()
     model_state = {f"{PREFIX}{k}.{p}": getattr(m, p).detach() for k, m in lin.items() for p in ("weight", "bias")}
