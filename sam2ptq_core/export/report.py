@@ -162,7 +162,9 @@ def write_report(out_dir: Path, metrics: dict, overlays: list[dict], ious: dict[
         plot_sensitivity(mx, out_dir / "sensitivity.png", f"Per-layer sensitivity — {title}")
         lines += ["", "## Mixed precision", "",
                   f"{len(mx['layers'])} of {len(mx['sensitivity_db'])} layers fall back to {mx['fallback']} "
-                  f"(average {mx['avg_weight_bits']:.2f} weight bits instead of {mx['target_bits']}): "
+                  f"(average {mx['avg_weight_bits']:.2f} weight bits instead of {mx['base_weight_bits']:.2f} at "
+                  f"{mx['target_bits']}-bit codes; bits count codes, 16-bit scales and zero points and the 16-bit "
+                  f"branch): "
                   + (", ".join(mx["layers"]) or "none") + ". The per-layer errors above show each layer as shipped "
                   "(fallbacks at their fallback precision).", "", "![per-layer sensitivity](sensitivity.png)"]
     lines += ["", "## Mask overlays (float | quantized | disagreement)", ""]

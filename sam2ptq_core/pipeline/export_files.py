@@ -28,5 +28,7 @@ def write_model_files(d: Path, c: RunConfig, fetched: FetchedModel, smooth: Smoo
         write_nunchaku(d / "nunchaku", c, fp.model, qlayers, scales, fallback=ch["layers"])
     cfg = c.model_dump(mode="json")
     if ch.get("fallback"):
-        cfg["quant"]["mixed"].update(layers=ch["layers"], budget_bits=None, num_layers=None)
+        # the choice itself, so a reader rebuilds these fallbacks (none chosen: num_layers 0, still one valid policy)
+        cfg["quant"]["mixed"].update(layers=ch["layers"], budget_bits=None,
+                                     num_layers=None if ch["layers"] else 0)
     (d / "config.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))

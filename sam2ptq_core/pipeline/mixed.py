@@ -4,16 +4,33 @@ from __future__ import annotations
 
 import fnmatch
 
-from ..algorithms.mixed_precision import average_bits, choose_fallback, fallback_order
-from .config import RunConfig, group_size_of
+from ..algorithms.mixed_precision import WeightFormat, average_bits, choose_fallback, fallback_order, weight_bytes
+from .config import QuantCfg, RunConfig, group_size_of
 
-__all__ = ["measure_sensitivity", "choose_and_requantize"]
+__all__ = ["measure_sensitivity", "choose_and_requantize", "weight_formats", "layer_costs"]
 
-FALLBACK_BITS = {"w8a8": 8, "fp16": 16}
+FALLBACK_FORMATS = {"w8a8": WeightFormat(8), "fp16": WeightFormat(16)}
+
+
+def weight_formats(q: QuantCfg) -> tuple[WeightFormat, WeightFormat]:
+    """(the run's weight format, its mixed-precision fallback's) as shipped: codes, 16-bit scales/zeros, branch."""
+    lr = q.wgts.low_rank
+    base = WeightFormat(int(q.wgts.dtype[-1]), group_size_of(q.wgts.group_shapes), q.wgts.dtype.startswith("u"),
+                        lr.rank if lr is not None else 0)
+    return base, FALLBACK_FORMATS[q.mixed.fallback if q.mixed is not None else "w8a8"]
+
+
+def layer_costs(q: QuantCfg, shapes: dict[str, tuple[int, int]]) -> tuple[dict, dict, dict]:
+    """({layer: parameters}, {layer: bytes at the run's format}, {layer: bytes at the fallback}) for (in, out)
+    shapes."""
+    base, fb = weight_formats(q)
+    return ({k: i * o for k, (i, o) in shapes.items()}, {k: weight_bytes(i, o, base) for k, (i, o) in shapes.items()},
+            {k: weight_bytes(i, o, fb) for k, (i, o) in shapes.items()})
 
 
 def measure_sensitivity(c: RunConfig, arts: dict, progress=None) -> dict:
-    """{"layers": {layer: {embedding_sqnr_db, block_rel_err, params}}, "images": n} (empty without quant.mixed)."""
+    """{"layers": {layer: {sqnr_db (three levels), embedding_sqnr_db, loss, block_rel_err, params}}, "images": n}
+    (empty without quant.mixed)."""
     if c.quant.mixed is None:
         return {"layers": {}, "images": 0}
     from ..sam2.images import normalize
@@ -39,15 +56,17 @@ def choose_and_requantize(c: RunConfig, arts: dict, progress=None) -> tuple[dict
     if m is None:
         return {}, {"fallback": None, "layers": [], "order": []}
     sens = arts["sensitivity"].layers()
-    loss = {k: 10 ** (-min(v["embedding_sqnr_db"], 300.0) / 10) for k, v in sens.items()}  # noise / signal
-    params = {k: v["params"] for k, v in sens.items()}
-    bits, fb_bits = int(c.quant.wgts.dtype[-1]), FALLBACK_BITS[m.fallback]
+    loss = {k: v["loss"] for k, v in sens.items()}  # noise / signal power, mean of the three encoder outputs
+    shapes = {k: tuple(q["codes"].shape[::-1]) for k, q in arts["gptq_lowrank"].qlayers().items() if k in sens}
+    params, cost, fb_cost = layer_costs(c.quant, shapes)
     if m.layers:
         chosen = [k for k in sens if any(fnmatch.fnmatch(k, p) for p in m.layers)]
     else:
-        chosen = choose_fallback(loss, params, bits, fb_bits, m.budget_bits, m.num_layers)
-    info = {"fallback": m.fallback, "layers": chosen, "order": fallback_order(loss, params),
-            "avg_weight_bits": average_bits(params, set(chosen), bits, fb_bits), "target_bits": bits,
+        chosen = choose_fallback(loss, params, cost, fb_cost, m.budget_bits, m.num_layers)
+    info = {"fallback": m.fallback, "layers": chosen, "order": fallback_order(loss, cost, fb_cost),
+            "avg_weight_bits": average_bits(params, cost, fb_cost, set(chosen)),
+            "base_weight_bits": average_bits(params, cost, fb_cost, set()),
+            "target_bits": int(c.quant.wgts.dtype[-1]),
             "sensitivity_db": {k: v["embedding_sqnr_db"] for k, v in sens.items()}}
     if m.fallback == "fp16":  # shipped as the float layers: no error
         info["layer_errors"] = [{"name": k, "weight_rel_err": 0.0, "output_rel_err": 0.0} for k in chosen]

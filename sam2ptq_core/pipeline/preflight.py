@@ -13,6 +13,7 @@ __all__ = ["preflight"]
 
 def preflight(cfg: RunConfig) -> None:
     _check_rank(cfg)
+    _check_mixed(cfg)
     _check_folder(cfg.output.root, "output.root")
     from .object_store import is_url
     if is_url(cfg.cache.root):
@@ -43,6 +44,46 @@ def _check_rank(cfg: RunConfig) -> None:
         raise ConfigError(f"quant.wgts.low_rank.rank {lr.rank} is not below {width}, the width of {cfg.model.name}'s "
                           f"narrowest quantized layers (blocks.0.attn.proj is {width}→{width}): such a branch holds "
                           f"the whole weight in 16-bit; use a rank below {width} (SVDQuant uses 16–64)")
+
+
+def _check_mixed(cfg: RunConfig) -> None:
+    """A mixed-precision policy that can be met and leaves something quantized; layer names that exist. From the
+    variant table alone (no model is built): the same byte costs the mixed stage uses."""
+    m = cfg.quant.mixed
+    if m is None:
+        return
+    import difflib
+    import fnmatch
+
+    from ..sam2.variants import linear_shapes
+    from .mixed import layer_costs
+    shapes = {k: v for k, v in linear_shapes(cfg.model.name, cfg.model.arch).items()
+              if not any(fnmatch.fnmatch(k, p) for p in cfg.quant.skip)}
+    everything = f"every quantized layer would fall back to {m.fallback}: nothing would be quantized"
+    if m.layers:
+        for p in m.layers:
+            if not any(fnmatch.fnmatch(k, p) for k in shapes):
+                close = difflib.get_close_matches(p, list(shapes), n=3) or list(shapes)[:3]
+                raise ConfigError(f"quant.mixed.layers entry {p!r} matches no quantized layer of "
+                                  f"{cfg.model.name}; did you mean {', '.join(close)}? (fnmatch patterns allowed)")
+        if all(any(fnmatch.fnmatch(k, p) for p in m.layers) for k in shapes):
+            raise ConfigError(f"quant.mixed.layers covers all {len(shapes)} layers: {everything}; name fewer layers")
+        return
+    if m.num_layers is not None:
+        if m.num_layers >= len(shapes):
+            raise ConfigError(f"quant.mixed.num_layers {m.num_layers}: {everything} ({cfg.model.name} has "
+                              f"{len(shapes)}); use fewer")
+        return
+    from ..algorithms.mixed_precision import average_bits, minimum_bits
+    params, cost, fb = layer_costs(cfg.quant, shapes)
+    low, high = minimum_bits(params, cost, fb), average_bits(params, cost, fb, set(shapes))
+    if m.budget_bits < low - 1e-9:
+        raise ConfigError(f"quant.mixed.budget_bits {m.budget_bits} is below the minimum {low:.3f} average weight "
+                          f"bits {cfg.model.name} can reach with {cfg.quant.wgts.dtype} and {m.fallback} fallbacks "
+                          f"(codes, 16-bit scales and the branch counted); use at least {low:.3f}")
+    if m.budget_bits >= high - 1e-9:
+        raise ConfigError(f"quant.mixed.budget_bits {m.budget_bits}: {everything} (that costs {high:.3f} average "
+                          f"weight bits); use a budget below {high:.3f}")
 
 
 def _check_folder(path: str, key: str) -> None:

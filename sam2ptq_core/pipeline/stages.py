@@ -120,7 +120,7 @@ STAGES: dict[str, Stage] = {s.name: s for s in [
     Stage("sensitivity", 2, ("fetch_model", "build_calibration_set", "smooth", "gptq_lowrank"), _sensitivity_slice,
           A.Sensitivity, "quant.mixed: each layer alone at the target precision, its effect on its block's output "
           "and on the image embedding"),
-    Stage("mixed", 3, ("fetch_model", "capture_activations", "rotate", "smooth", "gptq_lowrank", "sensitivity"),
+    Stage("mixed", 4, ("fetch_model", "capture_activations", "rotate", "smooth", "gptq_lowrank", "sensitivity"),
           _mixed_slice, A.MixedChoice, "quant.mixed: the layers that fall back (budget policy) and their w8a8 "
           "re-quantization"),
     Stage("evaluate", 7, ("fetch_model", "build_calibration_set", "smooth", "gptq_lowrank", "mixed"),

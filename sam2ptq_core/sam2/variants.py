@@ -5,7 +5,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-__all__ = ["VARIANTS", "VARIANT_NAMES", "hub_id", "narrowest_linear", "ModelUnavailable", "check_checkpoint_dir"]
+__all__ = ["VARIANTS", "VARIANT_NAMES", "hub_id", "narrowest_linear", "linear_shapes", "ModelUnavailable",
+           "check_checkpoint_dir"]
 
 # Published Hiera configurations of facebook/sam2.1-hiera-* .
 VARIANTS: dict[str, dict] = {
@@ -36,6 +37,24 @@ def narrowest_linear(name: str, arch: dict | None = None) -> int:
     """min(in, out) over the trunk's quantized linears: the first stage's width (its attn.proj is width → width; every
     other linear is at least that wide on both sides)."""
     return min({**VARIANTS[name], **(arch or {})}["embed_dim_per_stage"])
+
+
+def linear_shapes(name: str, arch: dict | None = None) -> dict[str, tuple[int, int]]:
+    """{trunk linear: (in, out)} in the model's order, from the variant table alone (tests check it against the
+    built model): per block attn.qkv, attn.proj, mlp.proj_in, mlp.proj_out (MLP ratio 4), and the residual ``proj``
+    of each stage's first block after the first stage (dim_in → dim)."""
+    a = {**VARIANTS[name], **(arch or {})}
+    out, b, prev = {}, 0, a["embed_dim_per_stage"][0]
+    for dim, blocks in zip(a["embed_dim_per_stage"], a["blocks_per_stage"]):
+        for j in range(blocks):
+            d_in = prev if j == 0 else dim
+            out.update({f"blocks.{b}.attn.qkv": (d_in, 3 * dim), f"blocks.{b}.attn.proj": (dim, dim),
+                        f"blocks.{b}.mlp.proj_in": (dim, 4 * dim), f"blocks.{b}.mlp.proj_out": (4 * dim, dim)})
+            if d_in != dim:
+                out[f"blocks.{b}.proj"] = (d_in, dim)
+            b += 1
+        prev = dim
+    return out
 
 
 class ModelUnavailable(RuntimeError):
