@@ -68,8 +68,8 @@ def run_evaluation(c: RunConfig, fetched: FetchedModel, calib: CalibrationSet, s
     metrics["size"] = {"quantized_linears_bytes": lr["lowbit_weight_bytes"] + lr["branch_16bit_bytes"]
                        + 2 * sum(fp16.values()), "fallback_16bit_bytes": 2 * sum(fp16.values())}
     if ch.get("fallback"):
-        metrics["mixed"] = {k: ch[k] for k in ("fallback", "layers", "avg_weight_bits", "base_weight_bits", "target_bits",
-                                               "sensitivity_db")}
+        metrics["mixed"] = {k: ch[k] for k in ("fallback", "layers", "avg_weight_bits", "base_weight_bits",
+                                               "target_bits", "sensitivity_db")}
     return metrics, overlays, prompt_ious(per_img)
 
 

@@ -72,7 +72,7 @@ def layer_sensitivity(model: nn.Module, arts: dict[str, LayerArtifacts], pixels:
     for n, (name, art) in enumerate(arts.items()):
         bi = int(name.split(".")[1])
         got_block: list[torch.Tensor] = []
-        hook = blocks[bi].register_forward_hook(lambda m, a, o: got_block.append(o))
+        hook = blocks[bi].register_forward_hook(lambda m, a, o, keep=got_block: keep.append(o))
         err_num = err_den = 0.0
         got_levels = []
         try:
