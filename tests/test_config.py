@@ -56,6 +56,8 @@ def test_bad_values_name_the_key():
         load_config(None, ["quant.wgts.group_shapes=[[2, 64]]"])
     with pytest.raises(ConfigError, match="does not exist"):
         load_config("/nonexistent.yaml")
+    with pytest.raises(ConfigError, match="quant.calib.sample_tokens"):  # 0 crashed the capture before
+        load_config(None, ["quant.calib.sample_tokens=0"])
 
 
 def test_overrides_parse_yaml_values_and_null():

@@ -65,5 +65,12 @@ def test_lease_waits_for_the_holder_and_a_failed_build_keeps_no_stage(prefect_se
     with pytest.raises(RuntimeError):
         w1.run("s", "f" * 40, {}, {}, boom)
     assert w1.get("s", "f" * 40) is None
-    with stage_lease("s", "f" * 40):  # the failed builder released its slot
-        pass
+    taken = []  # the failed builder released its slot: taking it again returns at once (a leaked one would block)
+
+    def take():
+        with stage_lease("s", "f" * 40):
+            taken.append(True)
+    probe = threading.Thread(target=take, daemon=True)
+    probe.start()
+    probe.join(30)
+    assert taken, "the failed build leaked its lease slot: it could not be taken again within 30 s"

@@ -2,7 +2,7 @@ import numpy as np
 import torch
 
 from sam2ptq_core.algorithms.lowrank import low_rank_decompose, top_r_svd
-from tests.reference.naive import svd_branch
+from tests.reference.naive import rtn, svd_branch
 
 
 def _w(seed, out=96, k=128):
@@ -38,17 +38,23 @@ def test_error_non_increasing_in_rank_and_zero_at_full_rank():
     assert errs[-1] < 1e-4 * float(W.norm())  # measured 3.3e-8 relative (float32 factors); rank 4 → 64: 0.027 → 0.0067
 
 
-def test_alternating_iterations_do_not_increase_error():
+def test_alternation_follows_a_float64_reference_and_returns_the_best_iterate():
+    """Every logged error is the error of the reference alternation's iterate (numpy float64: exact top-r SVD of
+    W − Q, RTN of W − L), so the loop really alternates; the result is the best iterate. Measured: logged errors
+    within 2e-8 relative of the reference for the 10 iterations; the best ends 47 % below the first."""
     W = _w(3)
-    one = low_rank_decompose(W, 16, "sint4", 64, num_iters=1)
     many = low_rank_decompose(W, 16, "sint4", 64, num_iters=10)
-    assert many.errors[0] == one.errors[0] and len(many.errors) <= 10
-    # each kept iterate improves on the previous one (the loop stops at the first that does not)
-    assert all(e2 < e1 for e1, e2 in zip(many.errors[:-2], many.errors[1:-1])), many.errors
-    # what is returned is the best iterate: its own residual error equals the smallest logged error
+    Wn = W.numpy().astype(np.float64)
+    Q = np.zeros_like(Wn)
+    ref = []
+    for _ in range(len(many.errors)):
+        L = svd_branch(Wn - Q, 16)
+        Q = rtn(Wn - L, "sint4", 64)
+        ref.append(float(((Wn - L - Q) ** 2).sum()))
+    assert np.allclose(many.errors, ref, rtol=1e-6), (many.errors, ref)
     got = float((W.double() - many.b.double() @ many.a.double() - many.weight.double()).pow(2).sum())
-    assert abs(got - min(many.errors)) <= 1e-6 * got  # measured 1e-9 relative (float32 factors)
-    assert min(many.errors) < 0.6 * one.errors[0]  # measured 45.1 vs 85.1 after 10 iterations on this layer
+    assert abs(got - min(ref)) <= 1e-6 * got  # measured 1e-9 relative (float32 factors)
+    assert min(ref) < 0.6 * ref[0]
 
 
 def test_shapes_and_rank_zero():

@@ -51,3 +51,17 @@ def test_random_is_seeded_and_orthogonal():
 def test_unsupported_size_names_n():
     with pytest.raises(ValueError, match="order 100"):
         hadamard(100)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_16bit_inputs_are_transformed_in_float32(dtype):
+    """A 16-bit input is rotated in float32 and rounded once: its error against the float64 product equals one
+    rounding of that product (measured ratio 1.0000; before, the transform in 16-bit added error: fp16 4.8e-4–5.8e-4
+    vs 2.1e-4 for one rounding, bf16 3.9e-3–4.6e-3 vs 1.7e-3)."""
+    for n in (96, 384, 1152):
+        x = torch.randn(256, n, generator=torch.Generator().manual_seed(n)).to(dtype)
+        ref = x.double() @ hadamard(n)
+        y = apply_hadamard(x)
+        assert y.dtype == dtype
+        one = float((ref.to(dtype).double() - ref).norm() / ref.norm())
+        assert float((y.double() - ref).norm() / ref.norm()) <= 1.001 * one

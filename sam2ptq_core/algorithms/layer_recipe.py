@@ -132,8 +132,11 @@ def quantize_layer(W: torch.Tensor, stats: LayerStats, s: torch.Tensor | None, R
     X = st.sample if st.sample.shape[0] else None
     sd = spec.torch_scale_dtype
     if spec.rank > 0:
-        lr = low_rank_decompose(Wt, spec.rank, spec.w_dtype, spec.w_group, spec.lowrank_iters, X,
-                                spec.randomized_svd, spec.seed, sd, Xq=None if X is None else _input_quantized(X, spec))
+        # the alternation runs in float32 (errors summed in float64): on tiny/large-sized layers its output error
+        # equals the float64 fit's within ±0.3 % and it is 2× faster on CPU, 30–60× on consumer GPUs (RESULTS.md)
+        lr = low_rank_decompose(Wt.float(), spec.rank, spec.w_dtype, spec.w_group, spec.lowrank_iters,
+                                None if X is None else X.float(), spec.randomized_svd, spec.seed, sd,
+                                Xq=None if X is None else _input_quantized(X, spec).float(), work_dtype=torch.float32)
         a, b = lr.a, lr.b
         if sd is not None:
             a, b = round_branch(a, b, s, sd)

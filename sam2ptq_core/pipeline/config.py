@@ -55,7 +55,7 @@ class CalibCfg(_Node):
     num_samples: int = Field(128, ge=1)
     batch_size: int = Field(1, ge=1)
     image_size: int = 1024
-    sample_tokens: int = Field(4096, ge=0)  # token reservoir per layer (smoothing search, low-rank, errors)
+    sample_tokens: int = Field(4096, ge=1)  # token reservoir per layer (smoothing search, low-rank, errors)
     # oneshot: every layer calibrated on the float model's inputs; sequential: block i on the inputs the already
     # quantized blocks 0..i-1 produce (pipeline/sequential.py)
     mode: Literal["oneshot", "sequential"] = "oneshot"

@@ -110,7 +110,7 @@ STAGES: dict[str, Stage] = {s.name: s for s in [
           "run the float encoder and keep per-layer input statistics"),
     Stage("rotate", 1, ("capture_activations",), _rotate_slice, A.RotationSpec,
           "the Hadamard rotation of every quantized input width"),
-    Stage("smooth", 7, ("fetch_model", "build_calibration_set", "capture_activations", "rotate"), _smooth_slice,
+    Stage("smooth", 8, ("fetch_model", "build_calibration_set", "capture_activations", "rotate"), _smooth_slice,
           A.SmoothingChoice, "per-layer smoothing scales and the per-layer rotation choice (sequential mode: "
           "the whole block-by-block calibration, one seq_block stage per block)"),
     Stage("seq_block", 3, ("fetch_model", "build_calibration_set", "rotate"), _smooth_slice, A.BlockQuant,

@@ -34,9 +34,11 @@ def rtn(x: np.ndarray, dtype: str, group: int) -> np.ndarray:
     return np.stack([rtn_row(r, dtype, group) for r in x2]).reshape(x.shape)
 
 
-def gptq_columns(W: np.ndarray, H: np.ndarray, dtype: str, group: int, damp_percentage: float = 0.01) -> np.ndarray:
+def gptq_columns(W: np.ndarray, H: np.ndarray, dtype: str, group: int, damp_percentage: float = 0.01,
+                 act_order: bool = False) -> np.ndarray:
     """OBQ-style column loop in float64 with an explicit inverse Hessian, updated by Gaussian elimination after
-    each column (Frantar et al., eq. 2–3), and group scales fixed from the original W."""
+    each column (Frantar et al., eq. 2–3), and group scales fixed from the original W. ``act_order``: columns are
+    visited by decreasing H_ii (after the dead-column fix), each keeping the scale of its own original group."""
     qmin, qmax, signed = RANGES[dtype]
     W = W.astype(np.float64).copy()
     H = H.astype(np.float64).copy()
@@ -62,11 +64,13 @@ def gptq_columns(W: np.ndarray, H: np.ndarray, dtype: str, group: int, damp_perc
             zeros[r, start:start + g] = z
     Hinv = np.linalg.inv(H)
     Q = np.zeros_like(W)
-    for j in range(n):
+    order = list(np.argsort(-np.diag(H), kind="stable")) if act_order else list(range(n))
+    for i, j in enumerate(order):
         c = np.clip(np.round(W[:, j] / scales[:, j]) + zeros[:, j], qmin, qmax)
         Q[:, j] = (c - zeros[:, j]) * scales[:, j]
         err = (W[:, j] - Q[:, j]) / Hinv[j, j]
-        W[:, j + 1:] -= np.outer(err, Hinv[j, j + 1:])
+        rest = order[i + 1:]
+        W[:, rest] -= np.outer(err, Hinv[j, rest])
         Hinv = Hinv - np.outer(Hinv[:, j], Hinv[j, :]) / Hinv[j, j]
     return Q
 
