@@ -41,8 +41,9 @@ def sam2_ptq(config: dict | str = "", overrides: list[str] | None = None) -> str
                           refs["gptq_lowrank"], refs["sensitivity"])
     refs["evaluate"] = evaluate(cfg, refs["fetch_model"], refs["build_calibration_set"], refs["smooth"],
                                 refs["gptq_lowrank"], refs["mixed"])
-    regression_check(cfg, refs["evaluate"])  # fails the flow before a regressed model replaces the output
-    out = export(cfg, refs)
+    # fails the flow before a regressed model replaces the output
+    verdict = regression_check(cfg, refs["evaluate"], refs["fetch_model"])
+    out = export(cfg, refs, verdict["message"] if verdict["message"].startswith("new model weights") else "")
     reused = [k for k, r in refs.items() if r["reused"]]
     run_logger().info("stages reused: %d/%d (%s)", len(reused), len(refs), ", ".join(reused) or "none")
     return out

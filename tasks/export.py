@@ -15,7 +15,9 @@ NAME = "export"
 
 
 @task(name=NAME, cache_policy=NO_CACHE)
-def export(cfg: dict, refs: dict[str, Ref]) -> str:
+def export(cfg: dict, refs: dict[str, Ref], guard: str = "") -> str:
+    """``guard``: the regression guard's line when it starts a new baseline for new model weights; the tree's
+    report.md says so under its first line."""
     from sam2ptq_core.export.output_tree import export_key, record_stages, tree_is_current, write_tree
     c = load_config(cfg)
     t0 = time.time()
@@ -31,10 +33,16 @@ def export(cfg: dict, refs: dict[str, Ref]) -> str:
             art = {k: open_artifact(c, r) for k, r in refs.items()}
             stages[NAME] = {"key": key, "reused": False, "seconds": 0.0}
 
+            report = [f for f in art["evaluate"].files() if f.name == "report.md"]
+
             def write_files(tmp: Path) -> None:
                 from sam2ptq_core.pipeline.export_files import write_model_files
                 write_model_files(tmp, c, art["fetch_model"], art["smooth"], art["gptq_lowrank"], art["mixed"])
-            write_tree(target, write_files, art["evaluate"].files(), stages)
+                if guard and report:
+                    first, *rest = report[0].read_text().split("\n")
+                    (tmp / "report.md").write_text("\n".join([first, "", f"**Regression guard:** {guard}", *rest]))
+            copies = [f for f in art["evaluate"].files() if not (guard and f.name == "report.md")]
+            write_tree(target, write_files, copies, stages)
             stages[NAME]["seconds"] = round(time.time() - t0, 2)
             record_stages(target, stages)
             log.info("wrote %s in %.1f s", target, time.time() - t0)

@@ -16,14 +16,16 @@ NAME = "regression_check"
 
 
 @task(name=NAME, cache_policy=NO_CACHE)
-def regression_check(cfg: dict, eval_ref: Ref) -> dict:
+def regression_check(cfg: dict, eval_ref: Ref, model_ref: Ref) -> dict:
     from prefect.runtime import deployment, flow_run
     c = load_config(cfg)
     metrics = open_artifact(c, eval_ref).metrics()
-    fam = family_of(c, deployment.name)
+    model = {k: v for k, v in open_artifact(c, model_ref).info().items()
+             if k in ("name", "source", "path", "random_weights", "weights_sha256")}
+    fam = family_of(c, deployment.name, model.get("weights_sha256"))
     current = {"run": str(flow_run.id or "local"), "time": time.time(), "config_hash": config_hash(c),
                "miou_vs_fp": metrics["masks"]["miou_vs_fp"], "sqnr_db": metrics["encoder"]["sqnr_db"],
-               "evaluate_key": eval_ref["key"]}
+               "evaluate_key": eval_ref["key"], "model": model, "eval_seconds": float(eval_ref.get("seconds", 0))}
     verdict = check_and_record(store_of(c).ledger(), fam, current, c.quant.eval.regression_threshold)
     if not verdict.ok:
         if in_prefect_run():
@@ -32,4 +34,8 @@ def regression_check(cfg: dict, eval_ref: Ref) -> dict:
                                      description="nightly regression guard")
         raise StageError(f"stage {NAME} failed: {verdict.message}")
     run_logger().info("%s: %s", fam, verdict.message)
+    if verdict.message.startswith("new model weights") and in_prefect_run():
+        from prefect.artifacts import create_markdown_artifact
+        create_markdown_artifact(f"# Regression guard: new baseline\n\n{verdict.message}\n",
+                                 key="sam2-ptq-regression", description="nightly regression guard")
     return {"family": fam, "message": verdict.message}

@@ -56,6 +56,9 @@ def test_bad_values_name_the_key():
         load_config(None, ["quant.wgts.group_shapes=[[2, 64]]"])
     with pytest.raises(ConfigError, match="does not exist"):
         load_config("/nonexistent.yaml")
+    with pytest.raises(ConfigError, match="model.random_init is true, which would ignore it; add --model.random_init "
+                                          "false"):  # the demo config + a checkpoint: never silently random
+        load_config(ROOT / "configs/demo.yaml", ["model.path=/data/sam2.1-hiera-tiny"])
     with pytest.raises(ConfigError, match="quant.calib.sample_tokens"):  # 0 crashed the capture before
         load_config(None, ["quant.calib.sample_tokens=0"])
 

@@ -132,7 +132,11 @@ def test_readers_rebuild_the_pipeline_model_exactly(prefect_server, tmp_path):
         png = tmp_path / f"pred_{fmt}.png"
         assert predict_main(["--run", str(out), "--image", str(ROOT / "examples/images/coffee.jpg"),
                              "--point", "100,80", "--format", fmt, "--out", str(png)]) == 0
-        assert png.stat().st_size > 10_000
+        from PIL import Image
+        mask = Image.open(png)  # the binary mask at the image's size; the overlay figure beside it
+        src = Image.open(ROOT / "examples/images/coffee.jpg")
+        assert mask.mode == "L" and mask.size == src.size and set(mask.getdata()) <= {0, 255}
+        assert (tmp_path / f"pred_{fmt}_overlay.png").stat().st_size > 10_000
 
 
 def test_ground_truth_evaluation_with_coco_annotations(prefect_server, tmp_path):

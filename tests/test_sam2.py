@@ -46,7 +46,7 @@ def test_offline_without_cache_is_one_clear_error(tmp_path, monkeypatch):
         load_model("large", revision="main")
     msg = str(e.value)
     assert "facebook/sam2.1-hiera-large@main" in msg and "--model.path" in msg and "random_init" in msg
-    assert "huggingface-cli download" in msg and "\n" not in msg
+    assert "hf download facebook/sam2.1-hiera-" in msg and "\n" not in msg
 
 
 def test_path_without_checkpoint_is_an_error(tmp_path):

@@ -1,4 +1,5 @@
-"""``quantize_sam2.py predict``: run a quantized output tree on one image and save a mask overlay."""
+"""``quantize_sam2.py predict``: run a quantized output tree on one image; write the binary mask (``--out``, a
+black/white PNG at the image's size) and an overlay figure beside it (``<out stem>_overlay.png``)."""
 from __future__ import annotations
 
 import argparse
@@ -18,7 +19,9 @@ def main(argv: list[str]) -> int:
     p.add_argument("--image", required=True, help="image file")
     p.add_argument("--point", action="append", required=True, help="foreground point X,Y in pixels (repeatable)")
     p.add_argument("--format", choices=["cache", "nunchaku"], default="cache", help="which files to load")
-    p.add_argument("--out", default="prediction.png", help="overlay PNG to write (default: prediction.png)")
+    p.add_argument("--out", default="mask.png",
+                   help="binary mask PNG to write (255 = object; default: mask.png); the overlay figure goes beside "
+                        "it as <name>_overlay.png")
     p.add_argument("--device", choices=["cuda", "cpu"], default=None,
                    help="where to run (default: the run's model.device)")
     a = p.parse_args(argv)
@@ -50,8 +53,12 @@ def main(argv: list[str]) -> int:
         masks = predict_masks(model, emb, size, (im.height, im.width), points=pts)
     union = masks.any(0).numpy()
     title = ("RANDOM WEIGHTS — " if cfg.model.random_init else "") + f"{cfg.model.name} quantized ({a.format})"
-    plot_mask(np.asarray(im), union, pts.numpy(), Path(a.out), title)
-    print(f"{a.out}: mask covers {100 * union.mean():.1f} % of the image"
+    from PIL import Image
+    out = Path(a.out)
+    Image.fromarray((union * 255).astype(np.uint8), mode="L").save(out, format="PNG")
+    overlay = out.with_name(out.stem + "_overlay.png")
+    plot_mask(np.asarray(im), union, pts.numpy(), overlay, title)
+    print(f"{out}: mask covers {100 * union.mean():.1f} % of the image (overlay: {overlay})"
           + (f" ({RANDOM_BANNER})" if cfg.model.random_init else ""))
     return 0
 

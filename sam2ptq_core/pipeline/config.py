@@ -40,6 +40,9 @@ class ModelCfg(_Node):
     def _arch_needs_random(self):
         if self.arch and not self.random_init:
             raise ValueError("model.arch overrides need model.random_init: true (they change the architecture)")
+        if self.path and self.random_init:  # never ignore a checkpoint the user named and run random weights
+            raise ValueError(f"model.path {self.path} is set but model.random_init is true, which would ignore it; "
+                             f"add --model.random_init false to quantize that checkpoint")
         return self
 
 
@@ -148,6 +151,8 @@ class EvalCfg(_Node):
     num_overlays: int = Field(3, ge=0)
     annotations: str = ""   # optional COCO instances JSON: GT-box prompts, mIoU vs GT masks (annotated images only)
     regression_threshold: float = Field(0.5, ge=0)  # allowed drop of mIoU vs FP (points) against the last run
+    regression_across_models: bool = False  # compare with runs of other model weights too (default: new weights,
+    #                                         new baseline)
 
 
 class MixedCfg(_Node):

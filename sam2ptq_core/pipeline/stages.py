@@ -97,7 +97,7 @@ def _mixed_slice(c: RunConfig) -> dict:
 
 def _evaluate_slice(c: RunConfig) -> dict:
     q = c.quant
-    return {"ipts": _dump(q.ipts), "eval": _dump(q.eval, exclude={"regression_threshold"}),
+    return {"ipts": _dump(q.ipts), "eval": _dump(q.eval, exclude={"regression_threshold", "regression_across_models"}),
             "device": c.model.device, "dtype": c.model.dtype, "image_size": q.calib.image_size, "seed": c.seed}
 
 

@@ -84,7 +84,7 @@ def resolve_checkpoint(name: str, path: str, revision: str) -> Path:
     raise ModelUnavailable(
         f"cannot load {repo}@{revision}: not in the HF cache and the hub is unreachable ({why}). Ways out: "
         f"--model.path DIR (a local transformers checkpoint), pre-populate the HF cache "
-        f"(huggingface-cli download {repo} --revision {revision}), or model.random_init: true for offline testing")
+        f"(hf download {repo} --revision {revision}), or model.random_init: true for offline testing")
 
 
 def load_model(name: str, *, path: str = "", revision: str = "main", random_init: bool = False, seed: int = 0,
