@@ -124,3 +124,31 @@ def deploy_all(env: dict) -> None:
     for pool in pools:
         prefect_cli(env, "work-pool", "create", pool, "--type", "process")
     prefect_cli(env, "--no-prompt", "deploy", "--all", timeout=180)
+
+
+def wait_with_progress(done, signal_of, stall_seconds: float = 180, poll: float = 0.5) -> bool:
+    """Poll ``done()`` until it is true; give up only when ``signal_of()`` (anything comparable: a log's size, the
+    stage folders present, the run state) has not changed for ``stall_seconds``. A slow machine that keeps making
+    progress never fails a test; a hung one fails after the stall. Returns ``done()``."""
+    last, since = signal_of(), time.time()
+    while not done():
+        time.sleep(poll)
+        now = signal_of()
+        if now != last:
+            last, since = now, time.time()
+        elif time.time() - since > stall_seconds:
+            return bool(done())
+    return True
+
+
+def run_progress(env, run_id: str, *paths: Path):
+    """A progress signal for a flow run: its state and the sizes and entries of ``paths`` (worker log, cache root)."""
+    def signal_of():
+        sizes = []
+        for p in paths:
+            if p.is_file():
+                sizes.append(p.stat().st_size)
+            elif p.is_dir():
+                sizes.append(sum(1 for _ in p.rglob("*")))
+        return run_state(env, run_id), tuple(sizes)
+    return signal_of
