@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -106,3 +107,37 @@ def test_killed_in_the_block_loop_resumes_at_that_block(tmp_path):
     stages = json.loads((tmp_path / "o3" / "reduced_w4a4" / "stages.json").read_text())
     assert all(stages[k]["reused"] for k in ("capture_activations", "smooth", "gptq_lowrank"))
     assert not stages["evaluate"]["reused"] and _blocks(cache) == after
+
+
+@pytest.mark.slow
+def test_sequential_mixed_quantizes_fallbacks_in_the_walk(prefect_server, tmp_path):
+    """Sequential + mixed precision: each layer's format is decided before calibration (quant.mixed.layers), the
+    walk quantizes the fallback at W8A8 on the quantized prefix's outputs (per-channel int8 codes, int8 activations)
+    and calibrates the next blocks on that W8A8 output; the tree loads and equals the pipeline's model. A budget
+    with sequential mode is refused before work."""
+    from flows.ptq import sam2_ptq
+    from sam2ptq_core.export.reader import load_quantized
+    from sam2ptq_core.pipeline.config import ConfigError, load_config
+    from sam2ptq_core.pipeline.preflight import preflight
+    from sam2ptq_core.pipeline.stages import open_artifact
+    base = [f"cache.root={tmp_path / 'c'}", f"output.root={tmp_path / 'o'}", "quant.calib.mode=sequential"]
+    with pytest.raises(ConfigError, match="sequential decides each layer's format before calibrating it"):
+        preflight(load_config(REDUCED_CFG, [*base, "quant.mixed={budget_bits: 5.5}"]))
+    fb = ["blocks.1.mlp.proj_in", "blocks.3.attn.qkv"]
+    out = Path(sam2_ptq(str(REDUCED_CFG), [*base, f"quant.mixed={{fallback: w8a8, layers: {fb}}}"]))
+    cfg = load_config(out / "config.yaml")
+    assert sorted(cfg.quant.mixed.layers) == sorted(fb)
+    st = json.loads((out / "stages.json").read_text())
+    q = open_artifact(cfg, {"stage": "gptq_lowrank", "key": st["gptq_lowrank"]["key"]}).qlayers()
+    for k in fb:  # quantized in the walk at their own format
+        assert q[k]["scale"].shape[1] == 1 and q[k]["a_dtype"] == "sint8" and not q[k]["a"].numel()
+        assert int(q[k]["codes"].abs().max()) > 7  # 8-bit codes
+    assert q["blocks.2.attn.qkv"]["scale"].shape[1] == 2  # the rest stays W4 (groups of 64 over 96 inputs)
+    mixed = open_artifact(cfg, {"stage": "mixed", "key": st["mixed"]["key"]})
+    assert all(torch.equal(mixed.fallback_layers()[k]["codes"], q[k]["codes"]) for k in fb)  # no re-quantization
+    x = torch.randn(1, 3, 128, 128, generator=torch.Generator().manual_seed(0))
+    m = load_quantized(out, "cache")
+    with torch.inference_mode():
+        m.get_image_embeddings(x)
+    assert {n for n, mod in m.vision_encoder.backbone.named_modules() if getattr(mod, "a_dtype", None) == "sint8"
+            } == set(fb)

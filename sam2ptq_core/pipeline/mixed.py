@@ -7,7 +7,8 @@ import fnmatch
 from ..algorithms.mixed_precision import WeightFormat, average_bits, choose_fallback, fallback_order, weight_bytes
 from .config import QuantCfg, RunConfig, group_size_of
 
-__all__ = ["measure_sensitivity", "choose_and_requantize", "weight_formats", "layer_costs"]
+__all__ = ["measure_sensitivity", "choose_and_requantize", "weight_formats", "layer_costs", "quantized_shapes",
+           "walk_fallbacks"]
 
 FALLBACK_FORMATS = {"w8a8": WeightFormat(8), "fp16": WeightFormat(16)}
 
@@ -42,6 +43,9 @@ def measure_sensitivity(c: RunConfig, arts: dict, progress=None) -> dict:
     images = arts["build_calibration_set"].images()[:c.quant.mixed.num_images]
     pixels = [normalize(images[i:i + 1]).to(dev, dt) for i in range(images.shape[0])]
     sm, qlayers = arts["smooth"], arts["gptq_lowrank"].qlayers()
+    if c.quant.calib.mode == "sequential":  # the walk already shipped the fallbacks at their own format
+        fb = walk_fallbacks(c.quant, qlayers)
+        qlayers = {k: v for k, v in qlayers.items() if k not in fb}
     layer_arts = artifacts_from_saved(qlayers, sm.scales(), sm.rotation_choice())
     ip = c.quant.ipts
     res = layer_sensitivity(model, layer_arts, pixels, ip.dtype, group_size_of(ip.group_shapes), progress)
@@ -57,13 +61,14 @@ def choose_and_requantize(c: RunConfig, arts: dict, progress=None) -> tuple[dict
         return {}, {"fallback": None, "layers": [], "order": []}
     sens = arts["sensitivity"].layers()
     loss = {k: v["loss"] for k, v in sens.items()}  # noise / signal power, mean of the three encoder outputs
-    shapes = {k: tuple(q["codes"].shape[::-1]) for k, q in arts["gptq_lowrank"].qlayers().items() if k in sens}
+    shapes = quantized_shapes(c)
     params, cost, fb_cost = layer_costs(c.quant, shapes)
     if m.layers:
-        chosen = [k for k in sens if any(fnmatch.fnmatch(k, p) for p in m.layers)]
+        chosen = [k for k in shapes if any(fnmatch.fnmatch(k, p) for p in m.layers)]
     else:
         chosen = choose_fallback(loss, params, cost, fb_cost, m.budget_bits, m.num_layers)
-    info = {"fallback": m.fallback, "layers": chosen, "order": fallback_order(loss, cost, fb_cost),
+    info = {"fallback": m.fallback, "layers": chosen,
+            "order": fallback_order(loss, {k: cost[k] for k in loss}, {k: fb_cost[k] for k in loss}),
             "avg_weight_bits": average_bits(params, cost, fb_cost, set(chosen)),
             "base_weight_bits": average_bits(params, cost, fb_cost, set()),
             "target_bits": int(c.quant.wgts.dtype[-1]),
@@ -72,20 +77,38 @@ def choose_and_requantize(c: RunConfig, arts: dict, progress=None) -> tuple[dict
         info["layer_errors"] = [{"name": k, "weight_rel_err": 0.0, "output_rel_err": 0.0} for k in chosen]
     if m.fallback != "w8a8" or not chosen:
         return {}, info
+    if c.quant.calib.mode == "sequential":  # quantized at W8A8 inside the block walk, on the quantized prefix
+        gptq = arts["gptq_lowrank"]
+        rows = {r["name"]: r for r in gptq.layer_report()["layers"]}
+        info["layer_errors"] = [rows[k] for k in chosen]
+        return {k: v for k, v in gptq.qlayers().items() if k in chosen}, info
     saved, info["layer_errors"] = _requantize_w8a8(c, arts, chosen, progress)
     return saved, info
+
+
+def quantized_shapes(c: RunConfig) -> dict[str, tuple[int, int]]:
+    """{layer: (in, out)} of every trunk linear the run quantizes (the variant table minus ``quant.skip``)."""
+    from ..sam2.variants import linear_shapes
+    return {k: v for k, v in linear_shapes(c.model.name, c.model.arch).items()
+            if not any(fnmatch.fnmatch(k, p) for p in c.quant.skip)}
+
+
+def walk_fallbacks(q: QuantCfg, names) -> set[str]:
+    """Sequential mode decides each layer's format before calibration: the layers of ``names`` that the
+    ``quant.mixed.layers`` patterns match, which the block walk quantizes at W8A8 or leaves float (fp16)."""
+    if q.mixed is None or q.calib.mode != "sequential":
+        return set()
+    return {n for n in names if any(fnmatch.fnmatch(n, p) for p in q.mixed.layers)}
 
 
 def _requantize_w8a8(c: RunConfig, arts: dict, names: list[str], progress) -> tuple[dict, list[dict]]:
     """The fallback layers at W8A8 (sint8 per-channel weights with GPTQ when it is on, per-token sint8 activations),
     with the run's smoothing scales and rotation choice, on the captured float statistics; and their errors."""
-    from dataclasses import replace
-
     from ..algorithms.model_recipe import quantize_and_report
-    from .runtime import chosen_rotations, device_of, layer_spec, load_layer_inputs
+    from .runtime import chosen_rotations, device_of, fallback_spec, load_layer_inputs
     li = load_layer_inputs(c, arts["fetch_model"], arts["capture_activations"], arts["rotate"])
     layers = {k: li.layers[k] for k in names}
-    spec = replace(layer_spec(c.quant, c.seed), w_dtype="sint8", w_group=-1, a_dtype="sint8", a_group=-1, rank=0)
+    spec = fallback_spec(c.quant, c.seed)
     saved, rows, _ = quantize_and_report(layers, li.stats, arts["smooth"].scales(),
                                          chosen_rotations(li, arts["smooth"], names), spec, progress,
                                          device=device_of(c))

@@ -60,6 +60,10 @@ def _check_mixed(cfg: RunConfig) -> None:
     shapes = {k: v for k, v in linear_shapes(cfg.model.name, cfg.model.arch).items()
               if not any(fnmatch.fnmatch(k, p) for p in cfg.quant.skip)}
     everything = f"every quantized layer would fall back to {m.fallback}: nothing would be quantized"
+    if cfg.quant.calib.mode == "sequential" and not m.layers:
+        raise ConfigError("quant.calib.mode sequential decides each layer's format before calibrating it: give "
+                          "quant.mixed.layers (e.g. the layers a one-shot run with this budget chose, recorded in its "
+                          "output config.yaml), not budget_bits or num_layers")
     if m.layers:
         for p in m.layers:
             if not any(fnmatch.fnmatch(k, p) for k in shapes):

@@ -65,6 +65,13 @@ def layer_spec(q: QuantCfg, seed: int) -> LayerSpec:
                      scale_dtype=w.scale_dtype, **branch, **gptq)
 
 
+def fallback_spec(q: QuantCfg, seed: int) -> LayerSpec:
+    """Mixed precision's W8A8 fallback: sint8 per-channel weights (GPTQ when it is on), sint8 per-token
+    activations, no branch, no shift."""
+    from dataclasses import replace
+    return replace(layer_spec(q, seed), w_dtype="sint8", w_group=-1, a_dtype="sint8", a_group=-1, rank=0)
+
+
 def layer_specs(q: QuantCfg, seed: int, names) -> LayerSpec | dict[str, LayerSpec]:
     """One spec for every layer, or, with ``ipts.gelu_shift``, the shifted unsigned spec for layers after GELU."""
     spec = layer_spec(q, seed)

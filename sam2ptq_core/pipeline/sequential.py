@@ -112,9 +112,11 @@ def quantize_block(layers: dict[str, nn.Module], stats: dict[str, LayerStats], r
 def run_blocks(c, refs: dict, progress: Callable[[int, int, str], None] | None = None) -> list[dict]:
     """Every trunk block as a ``seq_block`` stage (reused where stored, built in order otherwise); returns the
     blocks' Refs. ``refs``: fetch_model, build_calibration_set and rotate."""
+    from ..algorithms.model_recipe import spec_of
     from ..algorithms.smoothing import smooth_candidates
     from ..sam2.images import normalize
-    from .runtime import layer_groups, layer_rots, layer_spec, layer_specs, load_fp_model, to_run_dtype
+    from .mixed import walk_fallbacks
+    from .runtime import fallback_spec, layer_groups, layer_rots, layer_spec, layer_specs, load_fp_model, to_run_dtype
     from .stages import STAGES, local_dir, open_artifact, run_stage
 
     stage = STAGES["seq_block"]
@@ -141,11 +143,20 @@ def run_blocks(c, refs: dict, progress: Callable[[int, int, str], None] | None =
     try:
         for i in range(n):
             layers = {k: v for k, v in quantizable_linears(model, q.skip).items() if k.split(".")[1] == str(i)}
+            fb = walk_fallbacks(q, layers)  # mixed precision: formats decided before calibration
+            if fb and q.mixed.fallback == "fp16":  # float layers: not quantized, the walk runs them in float
+                layers = {k: v for k, v in layers.items() if k not in fb}
 
-            def build(tmp, i=i, layers=layers, previous=previous):
-                r = quantize_block(layers, cal.stats(i), layer_rots(q, layers, by_width),
-                                   layer_specs(q, c.seed, layers), cands, proj is not None,
-                                   bool(rot and rot.mode == "auto"), dev, layer_groups(q, layers))
+            def build(tmp, i=i, layers=layers, previous=previous, fb=fb):
+                specs = layer_specs(q, c.seed, layers)
+                if fb:
+                    w8 = fallback_spec(q, c.seed)
+                    specs = {k: w8 if k in fb else spec_of(specs, k) for k in layers}
+                r = quantize_block(layers, cal.stats(i), layer_rots(q, layers, by_width), specs, cands,
+                                   proj is not None, bool(rot and rot.mode == "auto"), dev,
+                                   [g for g in layer_groups(q, layers) if not set(g) & fb])
+                for k in fb & set(r["qlayers"]):
+                    r["qlayers"][k].update(a_dtype="sint8", a_group=-1, bits=8)
                 stage.artifact.write(tmp, {"smooth": r["smooth"], "qlayers": r["qlayers"]},
                                      {"block": i, **{k: r[k] for k in ("rotated", "log", "layers", "fallbacks")}})
                 return {"block": i, "num_layers": len(layers), "previous": previous}

@@ -76,6 +76,8 @@ def _smooth_slice(c: RunConfig) -> dict:
     if q.calib.mode == "sequential":  # later blocks see the quantized output of earlier ones: everything counts
         sl.update(mode="sequential", wgts=_dump(q.wgts), device=c.model.device, dtype=c.model.dtype,
                   batch_size=q.calib.batch_size, sample_tokens=q.calib.sample_tokens, skip=q.skip)
+        if q.mixed is not None:  # the walk quantizes the fallback layers at their own format
+            sl.update(mixed={"fallback": q.mixed.fallback, "layers": q.mixed.layers})
     return sl
 
 
