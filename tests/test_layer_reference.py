@@ -58,11 +58,14 @@ def test_layer_pipeline_matches_float64_reference(seed, gptq, w_dtype, a_dtype):
     with torch.no_grad():
         y = ql(X).double().numpy()
     y_ref, Q_ref = _reference(W, bias, X, s, hadamard(128), 16, spec, st.hessian_sum if gptq else None)
-    # the quantized residual: codes agree except where float32 vs float64 rounding flips a tie
+    # the quantized residual: codes agree except where the float32 branch fit (the pipeline's; the reference is
+    # float64) moves W' − b·a across a rounding boundary: measured 0.09 %, 0.23 %, 0.008 %, 0.09 % of the codes
     flips = float(np.mean(np.abs(lq.weight.double().numpy() - Q_ref) > 1e-6))
-    assert flips < 1e-3, flips  # measured: 0 in all four cases
+    assert flips < 5e-3, flips
     rel = float(np.linalg.norm(y - y_ref) / np.linalg.norm(y_ref))
-    assert rel < 1e-4, rel  # measured 2.0e-7, 2.2e-7, 2.1e-7, 2.3e-5; the quantization error itself is 0.013–0.11
+    # measured 1.9e-6, 3.3e-6, 1.7e-6, 4.9e-4 (float64 branch fit: 2.0e-7, 2.2e-7, 2.1e-7, 2.3e-5); the quantization
+    # error itself is 0.013–0.11 and equal to the reference's to 0.06 % relative
+    assert rel < 2e-3, rel
     exact = X.double().numpy() @ W.double().numpy().T + bias.double().numpy()
     q_err = float(np.linalg.norm(y_ref - exact) / np.linalg.norm(exact))
     assert rel < 0.05 * q_err, (rel, q_err)  # the pipeline is far closer to the reference than to the float layer

@@ -133,7 +133,7 @@ def quantize_layer(W: torch.Tensor, stats: LayerStats, s: torch.Tensor | None, R
     sd = spec.torch_scale_dtype
     if spec.rank > 0:
         # the alternation runs in float32 (errors summed in float64): on tiny/large-sized layers its output error
-        # equals the float64 fit's within ±0.3 % and it is 2× faster on CPU, 30–60× on consumer GPUs (RESULTS.md)
+        # equals the float64 fit's within ±0.3 % and it is 2× faster on CPU, far more on consumer GPUs (RESULTS.md)
         lr = low_rank_decompose(Wt.float(), spec.rank, spec.w_dtype, spec.w_group, spec.lowrank_iters,
                                 None if X is None else X.float(), spec.randomized_svd, spec.seed, sd,
                                 Xq=None if X is None else _input_quantized(X, spec).float(), work_dtype=torch.float32)
