@@ -26,7 +26,8 @@ def regression_check(cfg: dict, eval_ref: Ref, model_ref: Ref) -> dict:
     current = {"run": str(flow_run.id or "local"), "time": time.time(), "config_hash": config_hash(c),
                "miou_vs_fp": metrics["masks"]["miou_vs_fp"], "sqnr_db": metrics["encoder"]["sqnr_db"],
                "evaluate_key": eval_ref["key"], "model": model, "eval_seconds": float(eval_ref.get("seconds", 0))}
-    verdict = check_and_record(store_of(c).ledger(), fam, current, c.quant.eval.regression_threshold)
+    verdict = check_and_record(store_of(c).ledger(), fam, current, c.quant.eval.regression_threshold,
+                               across_models=c.quant.eval.regression_across_models)
     if not verdict.ok:
         if in_prefect_run():
             from prefect.artifacts import create_markdown_artifact

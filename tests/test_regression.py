@@ -86,3 +86,45 @@ def test_new_model_weights_start_a_new_baseline_unless_asked(tmp_path):
     with pytest.raises(StageError, match=r"the models differ: tiny weights aaaaaaaaaaaa \(random\) then, tiny "
                                          r"weights bbbbbbbbbbbb \(/data/sam2.1-hiera-tiny\) now"):
         regression_check.fn(across.model_dump(mode="json"), eval_ref(0.9447, "f2"), new2)
+
+
+@pytest.mark.slow
+def test_same_job_with_other_weights_is_a_new_baseline_end_to_end(prefect_server, tmp_path):
+    """The newcomer's path: the random-weights config, then the same job with a local checkpoint (other weights):
+    both pass and the second tree's report says "new model weights … new baseline" under its first line; with
+    quant.eval.regression_across_models a third run (the weaker model's again) is compared with the other model's
+    run and its guard line names both models."""
+    import json as _json
+    from pathlib import Path
+
+    from flows.ptq import sam2_ptq
+    from sam2ptq_core.sam2.loading import build_random
+    from tests.helpers import ARCH, REDUCED_CFG
+    build_random("tiny", 99, 128, ARCH).save_pretrained(tmp_path / "ckpt")
+    base = [f"cache.root={tmp_path / 'c'}", f"output.root={tmp_path / 'o'}", "output.job=guard"]
+    checkpoint = ["model.random_init=false", "model.arch={}", f"model.path={tmp_path / 'ckpt'}"]
+    out = Path(sam2_ptq(str(REDUCED_CFG), base))
+    first = _json.loads((out / "stages.json").read_text())["fetch_model"]["key"]
+    miou = [_json.loads((out / "metrics.json").read_text())["masks"]["miou_vs_fp"]]
+    out = Path(sam2_ptq(str(REDUCED_CFG), [*base, *checkpoint]))
+    miou.append(_json.loads((out / "metrics.json").read_text())["masks"]["miou_vs_fp"])
+    lines = (out / "report.md").read_text().splitlines()
+    assert lines[2].startswith("**Regression guard:** new model weights ") and "new baseline" in lines[2], lines[:3]
+    assert "(tiny weights " in lines[2] and "(random)" in lines[2]  # names the model the job ran before
+    assert _json.loads((out / "stages.json").read_text())["fetch_model"]["key"] != first
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.sorting import LogSort
+
+    def guard_logs():
+        with get_client(sync_client=True) as client:
+            return [r.message for r in client.read_logs(limit=200, sort=LogSort.TIMESTAMP_DESC)
+                    if "models differ" in r.message]
+    assert not guard_logs()
+    try:
+        # repeat the weaker model's run, so the best earlier run is the other model's
+        again = base if miou[0] < miou[1] else [*base, *checkpoint]
+        sam2_ptq(str(REDUCED_CFG), [*again, "quant.eval.regression_across_models=true"])
+        msgs = guard_logs()
+        assert msgs and "then, tiny weights" in msgs[0]
+    except StageError as e:  # a drop beyond the threshold against the other model: the failure names both
+        assert "the models differ: tiny weights" in str(e)

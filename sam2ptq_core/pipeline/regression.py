@@ -40,44 +40,49 @@ def compare_runs(previous: dict | None, current: dict, threshold_points: float) 
             f"{drop:.2f} points > the allowed {threshold_points:g} (quant.eval.regression_threshold){differ}; "
             f"the output tree was not replaced"), drop)
     return RegressionVerdict(True, f"mIoU vs FP {cur:.4f} vs {prev:.4f} at run {previous['run']} "
-                                   f"(change {-drop:+.2f} points, allowed drop {threshold_points:g})", drop)
+                                   f"(change {-drop:+.2f} points, allowed drop {threshold_points:g}){differ}", drop)
 
 
 def eval_protocol(cfg) -> str:
     """Short hash of how a run is evaluated (held-out images, prompts, image size): only runs evaluated the same
     way are comparable."""
     from .config import config_hash
-    d = {"eval": cfg.quant.eval.model_dump(mode="json", exclude={"regression_threshold", "num_overlays"}),
+    d = {"eval": cfg.quant.eval.model_dump(mode="json", exclude={"regression_threshold", "regression_across_models",
+                                                                 "num_overlays"}),
          "calib": cfg.quant.calib.model_dump(mode="json", include={"path", "num_samples", "image_size"}),
          "seed": cfg.seed}
     return config_hash(d)[:10]
 
 
 def family_of(cfg, deployment: str | None, weights_sha256: str | None = None) -> str:
-    """Deployment name (else "cli"), job name, evaluation protocol, device and dtype, and the model weights'
-    sha256 (first 12; unless ``quant.eval.regression_across_models``): a run is only compared with earlier runs of
-    the same job and the same weights, evaluated the same way on the same kind of hardware and precision."""
+    """Deployment name (else "cli"), job name, evaluation protocol, device and dtype, and the model weights' sha256
+    (first 12): a run is only compared with earlier runs of the same job and the same weights, evaluated the same
+    way on the same kind of hardware and precision (``check_and_record(across_models=True)`` looks past the
+    weights)."""
     fam = f"{deployment or 'cli'}:{cfg.job_name()}:{eval_protocol(cfg)}:{cfg.model.device}-{cfg.model.dtype}"
-    if weights_sha256 and not cfg.quant.eval.regression_across_models:
-        fam += f":w{weights_sha256[:12]}"
-    return fam
+    return f"{fam}:w{weights_sha256[:12]}" if weights_sha256 else fam
 
 
-def check_and_record(ledger, family: str, current: dict, threshold_points: float) -> RegressionVerdict:
+def _base(family: str) -> str:
+    return family.rsplit(":w", 1)[0]
+
+
+def check_and_record(ledger, family: str, current: dict, threshold_points: float,
+                     across_models: bool = False) -> RegressionVerdict:
     """Compare ``current`` with the family's best successful run in ``ledger`` (a mapping); record it when ok.
     Against the best rather than the last run, a small drop every night still trips the guard once it adds up.
-    A family's first run with new weights says which model the job ran before ("new model weights …")."""
+    A family's first run with new weights says which model the job ran before ("new model weights …");
+    ``across_models`` compares with the best run of any weights (the message then names both models)."""
     history = ledger.get(family, [])
-    best = max(history, key=lambda r: r["miou_vs_fp"]) if history else None
+    others = [r for k in ledger.keys() if k != family and _base(k) == _base(family) for r in ledger.get(k, [])]
+    pool = history + others if across_models else history
+    best = max(pool, key=lambda r: r["miou_vs_fp"]) if pool else None
     verdict = compare_runs(best, current, threshold_points)
-    if best is None and ":w" in family:
-        base = family.rsplit(":w", 1)[0]
-        earlier = [r for k in ledger.keys() if k != family and k.rsplit(":w", 1)[0] == base for r in ledger.get(k, [])]
-        if earlier:
-            last = max(earlier, key=lambda r: r.get("time", 0))
-            verdict = RegressionVerdict(True, (
-                f"new model weights {family.rsplit(':w', 1)[1]} since run {last['run']} "
-                f"({model_label(last.get('model'))}): new baseline, mIoU vs FP {current['miou_vs_fp']:.4f}"), 0.0)
+    if best is None and others:
+        last = max(others, key=lambda r: r.get("time", 0))
+        verdict = RegressionVerdict(True, (
+            f"new model weights {family.rsplit(':w', 1)[-1]} since run {last['run']} "
+            f"({model_label(last.get('model'))}): new baseline, mIoU vs FP {current['miou_vs_fp']:.4f}"), 0.0)
     if verdict.ok:
         ledger[family] = history + [current]
     return verdict
