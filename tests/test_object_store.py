@@ -166,3 +166,53 @@ def test_upload_interrupted_halfway_on_s3_leaves_no_visible_stage(s3_server, tmp
     assert w2.get("s", "k" * 30) is None and not w2.fs.exists(f"sam2ptq-test/interrupted/s/{'k' * 24}/manifest.json")
     m, reused = w2.run("s", "k" * 30, {}, {}, lambda d: _files(d, {"a.bin": b"1" * 5000, "b.bin": b"2", "c.bin": b"3"}))
     assert not reused and m.path("c.bin").read_bytes() == b"3"
+
+
+def test_a_local_eviction_race_never_deletes_a_shared_stage(tmp_path, monkeypatch):
+    """Another process on the same cache.local evicts the cached copy between fetch and link (two workers sharing a
+    small cache): the reader fetches it again; the stage's manifest in the bucket stays (main deleted it)."""
+    _store(tmp_path, "w1").run("s", "k" * 30, {}, {}, lambda d: _files(d, {"a.bin": b"y" * 500}))
+    w2 = _store(tmp_path, "w2")
+    real, evicted = w2._fetch, []
+
+    def racing(remote, info):
+        obj = real(remote, info)
+        if not evicted:  # the other process's eviction, right after our fetch
+            obj.unlink()
+            evicted.append(obj)
+        return obj
+    monkeypatch.setattr(w2, "_fetch", racing)
+    m = w2.get("s", "k" * 30)
+    assert evicted and m is not None and m.path("a.bin").read_bytes() == b"y" * 500
+    assert (tmp_path / "bucket" / "s" / ("k" * 24) / "manifest.json").is_file()
+
+
+def test_corrupt_json_in_the_bucket_is_repaired(tmp_path, caplog):
+    """A manifest that is not JSON is a corrupt stage (deleted with a warning, rebuilt); a ledger record that is not
+    JSON is a lost record (deleted with a warning: that family starts a new baseline). Main failed every later run
+    with "Expecting value: line 1 column …"."""
+    st = _store(tmp_path, "w1")
+    st.run("s", "k" * 30, {}, {}, lambda d: _files(d, {"a.bin": b"z"}))
+    (tmp_path / "bucket" / "s" / ("k" * 24) / "manifest.json").write_text('{"stage": "s", "key": ')
+    assert _store(tmp_path, "w2").get("s", "k" * 30) is None
+    assert "manifest is not JSON" in caplog.text
+    m, reused = st.run("s", "k" * 30, {}, {}, lambda d: _files(d, {"a.bin": b"z"}))
+    assert not reused and m.path("a.bin").read_bytes() == b"z"
+    ledger = st.ledger()
+    ledger["fam"] = [{"miou_vs_fp": 0.9, "run": "r1"}]
+    rec = next((tmp_path / "bucket" / "ledger").glob("*.json"))
+    rec.write_text("{not json")
+    assert ledger.get("fam", []) == [] and not rec.exists() and ledger.keys() == []
+    assert "run ledger record" in caplog.text
+
+
+def test_a_damaged_local_ledger_starts_a_new_baseline(tmp_path, caplog):
+    from sam2ptq_core.pipeline.store import StageStore
+    store = StageStore(tmp_path)
+    store.ledger()["fam"] = [{"miou_vs_fp": 0.9}]
+    db = tmp_path / "diskcache" / "ledger" / "cache.db"
+    db.write_bytes(b"this is not a database" * 100)
+    led = store.ledger()
+    assert led.get("fam") is None and "run ledger" in caplog.text and "corrupt" in caplog.text
+    led["fam"] = [{"miou_vs_fp": 0.8}]
+    assert store.ledger()["fam"] == [{"miou_vs_fp": 0.8}]

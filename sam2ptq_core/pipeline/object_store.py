@@ -39,6 +39,11 @@ __all__ = ["ObjectStageStore", "SharedLedger", "is_url"]
 log = logging.getLogger(__name__)
 
 
+class _Corrupt(ValueError):
+    """A fully read object proves the stage is broken (checksum mismatch, a listed object missing, a manifest that
+    is not JSON): only this may delete anything shared."""
+
+
 def is_url(root: str) -> bool:
     return "://" in str(root)
 
@@ -74,9 +79,12 @@ class ObjectStageStore:
             return obj
         part = self.objects / f".{info['sha256']}.{uuid.uuid4().hex[:8]}.part"
         try:
-            self.fs.get_file(remote, str(part))
+            try:
+                self.fs.get_file(remote, str(part))
+            except FileNotFoundError:
+                raise _Corrupt(f"listed object {remote} is missing") from None
             if not verified(part, info):
-                raise ValueError(f"checksum mismatch in {remote}")
+                raise _Corrupt(f"checksum mismatch in {remote}")
             os.replace(part, obj)  # same inode: not hashed again
         finally:
             part.unlink(missing_ok=True)
@@ -86,14 +94,21 @@ class ObjectStageStore:
     def _evict(self, keep: Path) -> None:
         """Bound the cache: drop the least recently used objects beyond ``max_cache_bytes`` (views hold their own
         hard links, so a stage in use stays readable)."""
-        objs = sorted((p for p in self.objects.iterdir() if p.is_file() and not p.name.startswith(".")),
-                      key=lambda p: p.stat().st_mtime)
-        total = sum(p.stat().st_size for p in objs)
-        for p in objs:
+        objs = []
+        for p in self.objects.iterdir():
+            try:  # another process of this machine may evict the same file meanwhile
+                if not p.name.startswith("."):
+                    st = p.stat()
+                    objs.append((st.st_mtime, st.st_size, p))
+            except FileNotFoundError:
+                continue
+        objs.sort(key=lambda t: t[0])
+        total = sum(size for _, size, _ in objs)
+        for _, size, p in objs:
             if total <= self.max_cache_bytes:
                 break
             if p != keep:
-                total -= p.stat().st_size
+                total -= size
                 p.unlink(missing_ok=True)
 
     def _view(self, stage: str, key: str, data: dict) -> Path:
@@ -105,7 +120,13 @@ class ObjectStageStore:
         for name, info in data.get("files", {}).items():
             dst = tmp / name
             dst.parent.mkdir(parents=True, exist_ok=True)
-            os.link(self._fetch(f"{kdir}/{data['writer']}/{name}", info), dst)
+            for attempt in range(3):
+                try:  # another process may evict the cached copy between fetch and link: fetch it again
+                    os.link(self._fetch(f"{kdir}/{data['writer']}/{name}", info), dst)
+                    break
+                except FileNotFoundError:
+                    if attempt == 2:
+                        raise
         (tmp / "manifest.json").write_text(json.dumps(data, indent=1, sort_keys=True))
         shutil.rmtree(view, ignore_errors=True)
         os.replace(tmp, view)
@@ -115,14 +136,18 @@ class ObjectStageStore:
         """The verified manifest of a finished stage, or None. A corrupt stage loses its manifest (recomputed)."""
         mpath = f"{self._kdir(stage, key)}/manifest.json"
         try:
-            data = json.loads(self.fs.cat_file(mpath))
+            raw = self.fs.cat_file(mpath)
         except FileNotFoundError:
             return None
         try:
-            if data.get("key") != key or "writer" not in data:
-                raise ValueError("manifest does not belong to this key")
+            try:
+                data = json.loads(raw)
+            except ValueError as e:
+                raise _Corrupt(f"manifest is not JSON: {e}") from None
+            if not isinstance(data, dict) or data.get("key") != key or "writer" not in data:
+                raise _Corrupt("manifest does not belong to this key")
             return Manifest(stage, key, self._view(stage, key, data), data)
-        except (OSError, ValueError) as e:
+        except _Corrupt as e:  # proven broken: the stage is recomputed (a local error never deletes it)
             log.warning("stage %s %s in %s is corrupt (%s): deleting and recomputing", stage, key[:12], self.url,
                         str(e).splitlines()[0])
             self.fs.rm(mpath)
@@ -195,9 +220,24 @@ class SharedLedger:
 
     def get(self, family: str, default=None):
         try:
-            return json.loads(self.fs.cat_file(self._path(family)))["runs"]
+            return self._read(self._path(family))["runs"]
         except FileNotFoundError:
             return default
+
+    def _read(self, path: str) -> dict:
+        """One family's record; a record that is not valid JSON is deleted with a warning (a lost ledger entry only
+        starts a new baseline) and reads as missing."""
+        raw = self.fs.cat_file(path)
+        try:
+            d = json.loads(raw)
+            if not isinstance(d, dict) or not isinstance(d.get("runs"), list) or "family" not in d:
+                raise ValueError("not a ledger record")
+            return d
+        except ValueError as e:
+            log.warning("run ledger record %s is corrupt (%s): deleting it; that family starts a new baseline",
+                        path, str(e).splitlines()[0])
+            self.fs.rm(path)
+            raise FileNotFoundError(path) from None
 
     def __getitem__(self, family: str):
         runs = self.get(family)
@@ -215,4 +255,11 @@ class SharedLedger:
             names = self.fs.ls(self.root, detail=False)
         except FileNotFoundError:
             return []
-        return [json.loads(self.fs.cat_file(n))["family"] for n in names if n.endswith(".json")]
+        out = []
+        for n in names:
+            if n.endswith(".json"):
+                try:
+                    out.append(self._read(n)["family"])
+                except FileNotFoundError:
+                    continue
+        return out

@@ -125,5 +125,17 @@ class StageStore:
         return diskcache.Cache(str(self.root / "diskcache" / "preprocess"), size_limit=4 << 30)
 
     def ledger(self) -> diskcache.Index:
-        """Run ledger: run id → {config family, stage keys, metrics, time}. Rebuildable, never the source of truth."""
-        return diskcache.Index(str(self.root / "diskcache" / "ledger"))
+        """Run ledger: run id → {config family, stage keys, metrics, time}. Rebuildable, never the source of truth:
+        a ledger that cannot be read (a damaged database) is deleted with a warning and starts empty, so every
+        family starts a new baseline."""
+        import sqlite3
+        path = self.root / "diskcache" / "ledger"
+        try:
+            index = diskcache.Index(str(path))
+            list(index.keys())
+            return index
+        except (sqlite3.DatabaseError, ValueError, EOFError) as e:  # unreadable database or record
+            log.warning("run ledger %s is corrupt (%s): deleting it; every family starts a new baseline", path,
+                        str(e).splitlines()[0] if str(e) else type(e).__name__)
+            shutil.rmtree(path, ignore_errors=True)
+            return diskcache.Index(str(path))
