@@ -30,6 +30,13 @@ def _cli(*args, env=None, timeout=300):
     (["--cache.root", "/etc/hostname"], "cache.root /etc/hostname is a file, not a folder"),
     (["--quant.calib.num_samples", "11"], "holds 10 images but quant.calib.num_samples is 11"),
     (["--quant.calib.num_samples", "8"], "fewer than the 8 for calibration plus 3 held out"),
+    # mixed precision: trees main wrote with exit 0 that predict could not load
+    (["--quant.mixed.budget_bits", "3"], "quant.mixed.budget_bits 3.0 is below the minimum 4.253"),
+    (["--quant.mixed", "{layers: [blocks.0.attn.qkvx]}"], "'blocks.0.attn.qkvx' matches no quantized layer"),
+    (["--quant.mixed", "{budget_bits: 17, fallback: fp16}"], "nothing would be quantized"),
+    # roots that cannot hold a stage store (main: a 34-line traceback, or a failure 212 s later)
+    (["--cache.root", "ftp://x/y"], "ftp:// cannot hold a shared stage store"),
+    (["--cache.root", "http://127.0.0.1:9/x"], "http:// cannot hold a shared stage store"),
 ])
 def test_preflight_refuses_before_any_work(args, needle, tmp_path):
     r = _cli("--config", "configs/demo.yaml", "--cache.root", str(tmp_path / "c"), "--output.root",
@@ -37,6 +44,14 @@ def test_preflight_refuses_before_any_work(args, needle, tmp_path):
     assert r.returncode == 2 and needle in r.stderr, r.stderr
     assert len(r.stderr.strip().splitlines()) == 1, r.stderr
     assert not any(tmp_path.iterdir())
+
+
+def test_unwritable_cache_local_is_refused(tmp_path):
+    """/proc accepts no folders although root passes the permission check (main: a 30-line traceback)."""
+    r = _cli("--config", "configs/demo.yaml", "--cache.root", f"file://{tmp_path / 'bucket'}", "--cache.local",
+             "/proc/sam2cache", "--output.root", str(tmp_path / "o"))
+    assert r.returncode == 2 and "cache.local /proc/sam2cache cannot be written" in r.stderr, r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1, r.stderr
 
 
 def test_rank_below_every_width_is_accepted():

@@ -90,9 +90,12 @@ def test_killed_in_the_block_loop_resumes_at_that_block(tmp_path):
     before = _blocks(cache)
     assert 2 <= len(before) < 5
     assert not list((cache / "smooth").glob("*/manifest.json"))  # the block loop was not finished
+    left = list((cache / "tmp").glob(".sequential.tmp-*"))
+    assert len(left) == 1 and any(left[0].rglob("*.pt"))  # the killed run's hidden states
     p = _cli(tmp_path, cache, tmp_path / "o1")
     out = p.communicate(timeout=600)[0]
     assert p.returncode == 0, out[-3000:]
+    assert not list((cache / "tmp").iterdir())  # the resume swept them (main kept them: GBs for large)
     after = _blocks(cache)
     assert len(after) == 5 and all(after[k] == v for k, v in before.items())  # finished blocks were reused
     log = (max((cache / "logs").glob("*.log"), key=lambda f: f.stat().st_mtime)).read_text()

@@ -19,7 +19,7 @@ def preflight(cfg: RunConfig) -> None:
     if is_url(cfg.cache.root):
         _check_url(cfg.cache.root)
         from .stages import local_dir
-        _check_folder(str(local_dir(cfg)), "cache.local")
+        _check_folder(str(local_dir(cfg)), "cache.local", probe=True)
     else:
         _check_folder(cfg.cache.root, "cache.root")
     _check_image_counts(cfg)
@@ -90,8 +90,10 @@ def _check_mixed(cfg: RunConfig) -> None:
                           f"weight bits); use a budget below {high:.3f}")
 
 
-def _check_folder(path: str, key: str) -> None:
-    """``path`` is a folder this process can write into, or can be created as one (nothing is created here)."""
+def _check_folder(path: str, key: str, probe: bool = False) -> None:
+    """``path`` is a folder this process can write into, or can be created as one (nothing is left behind).
+    ``probe``: also create and remove a folder there (permission bits do not tell for /proc, read-only mounts or
+    full disks)."""
     p = Path(path).expanduser()
     if p.exists() and not p.is_dir():
         raise ConfigError(f"{key} {p} is a file, not a folder; point --{key} at a folder")
@@ -103,6 +105,13 @@ def _check_folder(path: str, key: str) -> None:
     if not os.access(anc, os.W_OK | os.X_OK):
         raise ConfigError(f"{key} {p} is not writable ({anc} is read-only for this user); point --{key} at a folder "
                           f"you can write to")
+    if probe:
+        import tempfile
+        try:
+            os.rmdir(tempfile.mkdtemp(prefix=".sam2ptq-probe-", dir=anc))
+        except OSError as e:
+            raise ConfigError(f"{key} {p} cannot be written ({e.strerror or e} in {anc}); point --{key} at a "
+                              f"folder you can write to") from None
 
 
 def _check_image_counts(cfg: RunConfig) -> None:
@@ -124,10 +133,19 @@ def _check_image_counts(cfg: RunConfig) -> None:
                         f"quant.eval.num_samples, or set --quant.eval.path to a separate folder")
 
 
+# fsspec protocols whose writes support the exclusive create the store publishes manifests with (S3 If-None-Match,
+# GCS generation match, Azure If-None-Match, O_EXCL on local files); ftp/http/… would let two writers mix a stage
+EXCLUSIVE_CREATE = ("s3", "s3a", "gs", "gcs", "az", "abfs", "abfss", "file", "local")
+
+
 def _check_url(url: str) -> None:
-    """The URL's filesystem package is installed and the location answers (credentials from the environment)."""
+    """The URL's scheme supports exclusive creates, its filesystem package is installed and the location answers
+    (credentials from the environment)."""
     import fsspec
     proto = url.split("://", 1)[0]
+    if proto not in EXCLUSIVE_CREATE:
+        raise ConfigError(f"cache.root {url}: {proto}:// cannot hold a shared stage store (it has no exclusive "
+                          f"create); use s3://, gs://, az:// or a local folder")
     try:
         fs, root = fsspec.core.url_to_fs(url)
     except ImportError as e:

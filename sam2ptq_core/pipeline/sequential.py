@@ -13,8 +13,8 @@ through the stored quantized blocks (one forward per block, no search); a fully 
 """
 from __future__ import annotations
 
+import logging
 import shutil
-import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -25,9 +25,12 @@ from ..algorithms.layer_recipe import LayerSpec
 from ..algorithms.model_recipe import quantize_and_report, search_all_smoothing, smoothing_record
 from ..algorithms.rotation import Rotation
 from ..algorithms.statistics import LayerStats
+from ..files import sweep_leftovers, writer_tag
 from ..sam2.capture import block_stats, trunk_input
 from ..sam2.loading import quantizable_linears, trunk
 from ..sam2.quantized_model import artifacts_from_saved, quantize_model
+
+_log = logging.getLogger(__name__)
 
 __all__ = ["SequentialCalibrator", "quantize_block"]
 
@@ -133,9 +136,12 @@ def run_blocks(c, refs: dict, progress: Callable[[int, int, str], None] | None =
     cands = smooth_candidates(proj.strategy, proj.alpha, proj.beta, proj.num_grids) if proj else [(0.0, 0.0)]
     by_width = open_artifact(c, refs["rotate"]).matrices()
     rotation = {"random": bool(rot and rot.random), "seed": c.seed}
-    work = local_dir(c) / "tmp"
-    work.mkdir(parents=True, exist_ok=True)
-    work = Path(tempfile.mkdtemp(prefix="sequential-", dir=work))
+    tmp_root = local_dir(c) / "tmp"
+    tmp_root.mkdir(parents=True, exist_ok=True)
+    for gone in sweep_leftovers(tmp_root):  # hidden states of a killed run of this machine (GBs for large)
+        _log.info("removed %s, left by a sequential run that was killed", gone)
+    work = tmp_root / f".sequential.tmp-{writer_tag()}"  # named by its writer, so the next run can sweep it
+    work.mkdir()
     cal = SequentialCalibrator(model, pixels, work, q.calib.sample_tokens, c.seed, q.skip, q.ipts.dtype,
                                spec.a_group)
     out, previous, n = [], None, len(trunk(model).blocks)
