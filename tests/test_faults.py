@@ -196,3 +196,24 @@ def test_temporary_server_that_cannot_start_is_one_line(tmp_path):
     last = r.stderr.strip().splitlines()[-1]
     assert r.returncode == 1 and last.startswith("error: Prefect's temporary server did not start within 5 s"), last
     assert "PREFECT_HOME" in last and "PREFECT_API_URL" in last and not (tmp_path / "o").exists()
+
+
+def test_unreadable_images_fail_in_preflight_naming_them(tmp_path):
+    """A truncated JPEG in a folder with just enough images: main warned in the log only and failed ~5 minutes later
+    at evaluate with "0 usable images", naming no file. Now preflight decodes the chosen calibration and held-out
+    images and fails at once, naming the unreadable file; a skipped file is a console warning."""
+    import shutil
+    src = sorted((ROOT / "examples" / "images").glob("*.jpg"))
+    imgs = tmp_path / "imgs"
+    imgs.mkdir()
+    for f in src[:4]:
+        shutil.copy(f, imgs / f.name)
+    data = src[4].read_bytes()
+    (imgs / "broken.jpg").write_bytes(data[: len(data) // 3])  # truncated
+    r = _cli("--config", "configs/demo.yaml", "--quant.calib.path", str(imgs), "--quant.calib.num_samples", "2",
+             "--quant.eval.num_samples", "3", "--cache.root", str(tmp_path / "c"), "--output.root", str(tmp_path / "o"))
+    assert r.returncode == 2, r.stderr
+    err = [ln for ln in r.stderr.strip().splitlines() if ln.startswith("error:")]
+    assert len(err) == 1 and "1 unreadable: broken.jpg" in err[0] and "usable images" in err[0], r.stderr
+    assert "skipping unreadable image" in r.stderr and "broken.jpg" in r.stderr  # named on the console
+    assert not (tmp_path / "c").exists() and not (tmp_path / "o").exists()

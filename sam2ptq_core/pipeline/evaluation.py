@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..sam2.evaluation import evaluate_images, prompt_ious, summarize
-from ..sam2.images import files_digest, preprocess, select_images
+from ..sam2.images import files_digest, held_out, preprocess
 from ..sam2.loading import trunk
 from ..sam2.quantized_model import build_quantized
 from .artifacts import CalibrationSet, FetchedModel, MixedChoice, QuantizedLayers, SmoothingChoice, final_qlayers
@@ -19,10 +19,7 @@ __all__ = ["held_out_images", "run_evaluation", "branch_share"]
 def held_out_images(c: RunConfig, calib_paths: set[str], only_names: set[str] | None = None) -> list[Path]:
     """``quant.eval.path`` or, without it, a seeded choice from the calibration folder disjoint from calibration."""
     ev = c.quant.eval
-    paths, _ = select_images(ev.path or c.quant.calib.path, ev.num_samples, c.seed + 1,
-                             exclude=set() if ev.path else calib_paths, what="evaluation (held out from calibration)",
-                             only_names=only_names)
-    return paths
+    return held_out(ev.path, c.quant.calib.path, ev.num_samples, c.seed, calib_paths, only_names)
 
 
 def run_evaluation(c: RunConfig, fetched: FetchedModel, calib: CalibrationSet, smooth: SmoothingChoice,

@@ -23,6 +23,7 @@ def preflight(cfg: RunConfig) -> None:
     else:
         _check_folder(cfg.cache.root, "cache.root")
     _check_image_counts(cfg)
+    _check_images_decode(cfg)
     if cfg.quant.eval.annotations and not Path(cfg.quant.eval.annotations).is_file():
         raise StageError(f"quant.eval.annotations file {cfg.quant.eval.annotations} does not exist")
     if cfg.model.path:
@@ -136,6 +137,16 @@ def _check_image_counts(cfg: RunConfig) -> None:
 # fsspec protocols whose writes support the exclusive create the store publishes manifests with (S3 If-None-Match,
 # GCS generation match, Azure If-None-Match, O_EXCL on local files); ftp/http/… would let two writers mix a stage
 EXCLUSIVE_CREATE = ("s3", "s3a", "gs", "gcs", "az", "abfs", "abfss", "file", "local")
+
+
+def _check_images_decode(cfg: RunConfig) -> None:
+    """The seeded calibration choice and the held-out split decode (as the stages will choose them): a folder whose
+    usable images run out fails now, naming the unreadable files, not at evaluation minutes later; skipped files are
+    named on the console (a warning each)."""
+    from ..sam2.images import held_out, select_images
+    calib, ev = cfg.quant.calib, cfg.quant.eval
+    paths, _ = select_images(calib.path, calib.num_samples, cfg.seed)
+    held_out(ev.path, calib.path, ev.num_samples, cfg.seed, {str(p) for p in paths})
 
 
 def _check_url(url: str) -> None:

@@ -89,7 +89,7 @@ def select_images(folder: str | Path, num: int, seed: int, exclude: set[str] = f
     files = [f for f in list_images(folder)
              if str(f) not in exclude and (only_names is None or f.name in only_names)]
     random.Random(seed).shuffle(files)
-    chosen, skipped = [], 0
+    chosen, bad = [], []
     for f in files:
         if len(chosen) == num:
             break
@@ -97,14 +97,24 @@ def select_images(folder: str | Path, num: int, seed: int, exclude: set[str] = f
             load_rgb(f)
             chosen.append(f)
         except (OSError, ValueError, Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
-            skipped += 1
+            bad.append(f.name)
             log.warning("skipping unreadable image %s: %s", f, str(e).splitlines()[0])
-    if skipped:
-        log.warning("%d unreadable file(s) skipped in %s", skipped, folder)
+    if bad:
+        log.warning("%d unreadable file(s) skipped in %s", len(bad), folder)
     if len(chosen) < num:
-        raise DataError(f"{what} folder '{folder}' has {len(chosen)} usable images but {num} were asked for; "
-                        f"lower num_samples or add images")
-    return chosen, skipped
+        unreadable = f" ({len(bad)} unreadable: {', '.join(bad[:3])}{', …' if len(bad) > 3 else ''})" if bad else ""
+        raise DataError(f"{what} folder '{folder}' has {len(chosen)} usable images{unreadable} but {num} were asked "
+                        f"for; lower num_samples or add images")
+    return chosen, len(bad)
+
+
+def held_out(eval_path: str, calib_path: str, num: int, seed: int, calib_paths: set[str],
+             only_names: set[str] | None = None) -> list[Path]:
+    """The evaluation images: ``num`` from ``eval_path`` or, without one, a seeded choice from the calibration
+    folder disjoint from ``calib_paths`` (seed + 1)."""
+    paths, _ = select_images(eval_path or calib_path, num, seed + 1, exclude=set() if eval_path else calib_paths,
+                             what="evaluation (held out from calibration)", only_names=only_names)
+    return paths
 
 
 def resize_uint8(im: Image.Image, size: int) -> torch.Tensor:
