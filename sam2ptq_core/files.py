@@ -15,9 +15,11 @@ import shutil
 import socket
 import uuid
 from collections.abc import Callable
+from contextlib import contextmanager
 from pathlib import Path
 
-__all__ = ["file_sha256", "verified", "file_listing", "writer_tag", "atomic_dir", "sweep_leftovers", "DiskFull"]
+__all__ = ["file_sha256", "verified", "file_listing", "writer_tag", "atomic_dir", "sweep_leftovers", "DiskFull",
+           "disk_full_reported"]
 
 _HOST = re.sub(r"[^A-Za-z0-9_]", "_", socket.gethostname())
 _DISK_FULL_WORDS = ("No space left", "unexpected pos", "file write failed", "Disk quota exceeded")
@@ -102,6 +104,24 @@ def _is_disk_full(e: BaseException) -> bool:
     return isinstance(e, (OSError, RuntimeError)) and any(w in str(e) for w in _DISK_FULL_WORDS)
 
 
+@contextmanager
+def disk_full_reported(folder: Path, written: Path):
+    """Turn any form of "disk full" raised in the block (ENOSPC, torch's ``enforce fail … file write failed``) into
+    one DiskFull line naming ``folder``, what had been written into ``written`` and what is free."""
+    full = None
+    try:
+        yield
+    except Exception as e:
+        if not _is_disk_full(e):
+            raise
+        full = f"{_size(written) / 2**20:.1f} MiB" if written.is_dir() else "nothing"
+    if full is not None:  # raised outside the handler: the failed writer's frames (and open files) are freed
+        free = shutil.disk_usage(folder).free
+        raise DiskFull(f"no space left on {folder.resolve()}: {full} were written before the disk filled "
+                       f"({free / 2**20:.1f} MiB free now); free space or point it at a larger disk and rerun: "
+                       f"finished stages are kept")
+
+
 def atomic_dir(target: Path, build: Callable[[Path], None]) -> None:
     """Build a directory in a temp sibling and swap it into ``target``; the old one survives a failed build."""
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -110,18 +130,8 @@ def atomic_dir(target: Path, build: Callable[[Path], None]) -> None:
     tmp = target.parent / f".{target.name}.tmp-{tag}"
     tmp.mkdir()
     try:
-        full = None
-        try:
+        with disk_full_reported(target.parent, tmp):
             build(tmp)
-        except Exception as e:
-            if not _is_disk_full(e):
-                raise
-            full = f"{_size(tmp) / 2**20:.1f} MiB"
-        if full is not None:  # raised outside the handler: the failed writer's frames (and open files) are freed
-            free = shutil.disk_usage(target.parent).free
-            raise DiskFull(f"no space left on {target.parent.resolve()}: {full} were written before the disk "
-                           f"filled ({free / 2**20:.1f} MiB free now); free space or point it at a larger disk and "
-                           f"rerun: finished stages are kept")
         old = target.parent / f".{target.name}.old-{tag}"
         if target.exists():
             os.replace(target, old)

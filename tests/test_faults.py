@@ -139,6 +139,28 @@ def test_disk_full_on_a_real_small_file_system(tmp_path):
     assert r.returncode == 0, f"the failed writer still holds files on the full disk: {r.stderr}"
 
 
+def test_disk_full_on_cache_local_of_an_object_store(tmp_path):
+    """cache.local (where an object-store worker builds a stage) on a 1 MiB tmpfs: one line naming it (main: 275
+    console lines ending in torch's "enforce fail"), nothing left in staging, nothing published."""
+    from sam2ptq_core.pipeline.stages import STAGES, run_stage
+    mnt = tmp_path / "small"
+    mnt.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mnt)], capture_output=True).returncode:
+        pytest.skip("cannot mount a tmpfs here")
+    try:
+        cfg = load_config(REDUCED_CFG, [f"cache.root=file://{tmp_path / 'bucket'}", f"cache.local={mnt}"])
+        with pytest.raises(Exception, match=r"stage build_calibration_set failed: no space left on .*staging") as e:
+            run_stage(STAGES["build_calibration_set"], cfg, {},
+                      lambda d: torch.save(torch.zeros(1 << 20), d / "images.pt"))
+        assert "finished stages are kept" in str(e.value) and "\n" not in str(e.value)
+        assert not any((mnt / "staging").iterdir())
+        assert not list((tmp_path / "bucket").rglob("manifest.json"))
+        del e
+    finally:
+        r = subprocess.run(["umount", str(mnt)], capture_output=True, text=True)
+    assert r.returncode == 0, f"the failed writer still holds files on the full disk: {r.stderr}"
+
+
 def test_leftovers_of_dead_writers_are_swept_live_ones_kept(tmp_path):
     from sam2ptq_core.files import _HOST
     dead = subprocess.Popen([sys.executable, "-c", "pass"])

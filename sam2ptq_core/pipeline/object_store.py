@@ -31,7 +31,7 @@ from typing import Any
 import diskcache
 from filelock import FileLock
 
-from ..files import file_listing, verified, writer_tag
+from ..files import disk_full_reported, file_listing, verified, writer_tag
 from .store import Manifest, manifest_body
 
 __all__ = ["ObjectStageStore", "SharedLedger", "is_url"]
@@ -171,7 +171,9 @@ class ObjectStageStore:
             tmp.mkdir(parents=True)
             kdir = self._kdir(stage, key)
             try:
-                body = manifest_body(stage, key, config_slice, upstream, build(tmp) or {}, t0)
+                with disk_full_reported(self.local / "staging", tmp):  # cache.local filled up: one line
+                    meta = build(tmp) or {}
+                body = manifest_body(stage, key, config_slice, upstream, meta, t0)
                 files = file_listing(tmp)
                 for name in files:
                     dst = f"{kdir}/{writer}/{name}"
