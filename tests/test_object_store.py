@@ -216,3 +216,43 @@ def test_a_damaged_local_ledger_starts_a_new_baseline(tmp_path, caplog):
     assert led.get("fam") is None and "run ledger" in caplog.text and "corrupt" in caplog.text
     led["fam"] = [{"miou_vs_fp": 0.8}]
     assert store.ledger()["fam"] == [{"miou_vs_fp": 0.8}]
+
+
+def test_a_hung_s3_endpoint_fails_in_one_line_within_the_bound(tmp_path):
+    """An endpoint that accepts connections and never answers (main: 15 minutes with nothing printed). With
+    --cache.io_timeout_seconds 2 the run ends with one error line; measured 62 s (s3fs and botocore retries)."""
+    import os
+    import socket
+    import threading
+    import time
+    srv = socket.socket()
+    srv.bind(("127.0.0.1", 0))
+    srv.listen(64)
+    held = []
+    stop = threading.Event()
+
+    def accept():  # hold every connection open, answer nothing
+        srv.settimeout(0.5)
+        while not stop.is_set():
+            try:
+                held.append(srv.accept()[0])
+            except OSError:
+                continue
+    threading.Thread(target=accept, daemon=True).start()
+    env = {**os.environ, "AWS_ENDPOINT_URL": f"http://127.0.0.1:{srv.getsockname()[1]}",
+           "AWS_ACCESS_KEY_ID": "x", "AWS_SECRET_ACCESS_KEY": "y", "AWS_DEFAULT_REGION": "us-east-1"}
+    t0 = time.time()
+    try:
+        r = subprocess.run([sys.executable, str(ROOT / "quantize_sam2.py"), "--config", "configs/demo.yaml",
+                            "--cache.root", "s3://frozen/x", "--cache.local", str(tmp_path / "local"),
+                            "--cache.io_timeout_seconds", "2", "--output.root", str(tmp_path / "o")],
+                           cwd=ROOT, env=env, capture_output=True, text=True, timeout=240)
+    finally:
+        stop.set()
+        for c in held:
+            c.close()
+        srv.close()
+    took = time.time() - t0
+    print(f"hung endpoint: failed after {took:.1f} s")
+    assert r.returncode == 2 and "cache.root s3://frozen/x cannot be reached" in r.stderr, r.stderr[-2000:]
+    assert len(r.stderr.strip().splitlines()) == 1 and took < 180, (took, r.stderr)

@@ -51,6 +51,7 @@ class CacheCfg(_Node):
     local: str = ""             # with a URL root: this worker's read-through cache (default ~/.cache/sam2ptq)
     local_max_gb: float = Field(50.0, gt=0)  # bound of that cache
     lease_seconds: float = Field(60.0, ge=60)  # URL root + Prefect API: a killed builder's stage lease frees after this
+    io_timeout_seconds: float = Field(60.0, gt=0)  # URL root: read timeout per request (3 attempts), then one error
 
 
 class CalibCfg(_Node):

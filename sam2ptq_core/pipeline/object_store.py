@@ -48,17 +48,28 @@ def is_url(root: str) -> bool:
     return "://" in str(root)
 
 
+def url_fs(url: str, timeout: float = 60.0):
+    """(filesystem, path) of ``url``. S3 requests get a connect timeout (≤ 10 s), a read timeout of ``timeout`` s and
+    3 attempts, so an endpoint that stops answering fails the run with one line within about 3·(10 + timeout) s
+    instead of blocking it forever."""
+    import fsspec
+    opts = {}
+    if url.split("://", 1)[0] in ("s3", "s3a"):
+        opts["config_kwargs"] = {"connect_timeout": min(10.0, timeout), "read_timeout": timeout,
+                                 "retries": {"max_attempts": 3, "mode": "standard"}}
+    return fsspec.core.url_to_fs(url, **opts)
+
+
 class ObjectStageStore:
     """Same interface as ``StageStore`` (``get``, ``run``, ``preprocess_cache``, ``ledger``) on an fsspec URL."""
 
     def __init__(self, url: str, local: str | Path, max_cache_bytes: int = 50 << 30,
-                 lease: Callable[[str, str], AbstractContextManager] | None = None):
+                 lease: Callable[[str, str], AbstractContextManager] | None = None, timeout: float = 60.0):
         """``lease(stage, key)``: held while a stage is built, so one machine computes it and the others wait
         (``leases.stage_lease``, a Prefect global concurrency limit); without it machines may compute a stage
-        twice, and the exclusive manifest write keeps one whole result."""
-        import fsspec
+        twice, and the exclusive manifest write keeps one whole result. ``timeout``: ``url_fs``."""
         self.url = str(url).rstrip("/")
-        self.fs, self.root = fsspec.core.url_to_fs(self.url)
+        self.fs, self.root = url_fs(self.url, timeout)
         protocols = self.fs.protocol if isinstance(self.fs.protocol, tuple) else (self.fs.protocol,)
         self.folders = bool({"file", "local"} & set(protocols))  # a file system that needs its folders made
         self.local = Path(local).expanduser()

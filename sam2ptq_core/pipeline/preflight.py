@@ -17,7 +17,7 @@ def preflight(cfg: RunConfig) -> None:
     _check_folder(cfg.output.root, "output.root")
     from .object_store import is_url
     if is_url(cfg.cache.root):
-        _check_url(cfg.cache.root)
+        _check_url(cfg.cache.root, cfg.cache.io_timeout_seconds)
         from .stages import local_dir
         _check_folder(str(local_dir(cfg)), "cache.local", probe=True)
     else:
@@ -149,16 +149,16 @@ def _check_images_decode(cfg: RunConfig) -> None:
     held_out(ev.path, calib.path, ev.num_samples, cfg.seed, {str(p) for p in paths})
 
 
-def _check_url(url: str) -> None:
+def _check_url(url: str, timeout: float = 60.0) -> None:
     """The URL's scheme supports exclusive creates, its filesystem package is installed and the location answers
-    (credentials from the environment)."""
-    import fsspec
+    (credentials from the environment) within the I/O timeout."""
+    from .object_store import url_fs
     proto = url.split("://", 1)[0]
     if proto not in EXCLUSIVE_CREATE:
         raise ConfigError(f"cache.root {url}: {proto}:// cannot hold a shared stage store (it has no exclusive "
                           f"create); use s3://, gs://, az:// or a local folder")
     try:
-        fs, root = fsspec.core.url_to_fs(url)
+        fs, root = url_fs(url, timeout)
     except ImportError as e:
         extra = {"s3": "s3", "gs": "gcs", "gcs": "gcs", "az": "azure", "abfs": "azure"}.get(proto, proto)
         raise ConfigError(f"cache.root {url} needs the {proto}:// filesystem package ({str(e).splitlines()[0]}); "

@@ -148,7 +148,8 @@ def store_of(cfg: RunConfig):
         if prefect_api_configured():
             def lease(stage: str, key: str):
                 return stage_lease(stage, key, cfg.cache.lease_seconds)
-        return ObjectStageStore(cfg.cache.root, local_dir(cfg), int(cfg.cache.local_max_gb * 2**30), lease)
+        return ObjectStageStore(cfg.cache.root, local_dir(cfg), int(cfg.cache.local_max_gb * 2**30), lease,
+                                timeout=cfg.cache.io_timeout_seconds)
     return StageStore(cfg.cache.root)
 
 
