@@ -256,3 +256,25 @@ def test_a_hung_s3_endpoint_fails_in_one_line_within_the_bound(tmp_path):
     print(f"hung endpoint: failed after {took:.1f} s")
     assert r.returncode == 2 and "cache.root s3://frozen/x cannot be reached" in r.stderr, r.stderr[-2000:]
     assert len(r.stderr.strip().splitlines()) == 1 and took < 180, (took, r.stderr)
+
+
+def test_local_max_gb_bounds_built_files_and_views(tmp_path, monkeypatch):
+    """cache.local_max_gb counts what a worker builds itself and the views (main: 51 MB kept at a 107 KB limit).
+    Three stages of 800 bytes (+ a 369-byte manifest in each view) with a 1300-byte bound: what stays on disk
+    (unique inodes) never exceeds it; a stage evicted locally is fetched again from the bucket when needed."""
+    import sam2ptq_core.pipeline.object_store as osm
+    monkeypatch.setattr(osm, "VIEW_GRACE_S", 0)  # every view is idle (the default spares views of the last 10 min)
+    st = ObjectStageStore(f"file://{tmp_path / 'bucket'}", tmp_path / "w1", max_cache_bytes=1300)
+
+    def on_disk() -> int:
+        seen = {}
+        for p in (tmp_path / "w1").rglob("*"):
+            if p.is_file() and p.parent.name != "locks":
+                s = p.stat()
+                seen[(s.st_dev, s.st_ino)] = s.st_size
+        return sum(seen.values())
+    for i in range(3):
+        st.run("s", str(i) * 30, {}, {}, lambda d, i=i: _files(d, {"a.bin": bytes([i]) * 800}))
+        assert on_disk() <= 1300, on_disk()
+    assert st.get("s", "0" * 30).path("a.bin").read_bytes() == b"\0" * 800  # back from the bucket
+    assert on_disk() <= 1300

@@ -39,6 +39,9 @@ __all__ = ["ObjectStageStore", "SharedLedger", "is_url"]
 log = logging.getLogger(__name__)
 
 
+VIEW_GRACE_S = 600  # a view touched this recently may be read by a running stage: never pruned
+
+
 class _Corrupt(ValueError):
     """A fully read object proves the stage is broken (checksum mismatch, a listed object missing, a manifest that
     is not JSON): only this may delete anything shared."""
@@ -102,25 +105,50 @@ class ObjectStageStore:
         self._evict(keep=obj)
         return obj
 
-    def _evict(self, keep: Path) -> None:
-        """Bound the cache: drop the least recently used objects beyond ``max_cache_bytes`` (views hold their own
-        hard links, so a stage in use stays readable)."""
-        objs = []
-        for p in self.objects.iterdir():
-            try:  # another process of this machine may evict the same file meanwhile
-                if not p.name.startswith("."):
-                    st = p.stat()
-                    objs.append((st.st_mtime, st.st_size, p))
-            except FileNotFoundError:
-                continue
-        objs.sort(key=lambda t: t[0])
-        total = sum(size for _, size, _ in objs)
-        for _, size, p in objs:
+    def _evict(self, keep: Path | None = None, keep_view: Path | None = None) -> None:
+        """Bound the local cache (``max_cache_bytes``) over everything it holds: cached objects, the files this
+        worker built and published (linked in as objects), and views. A view's files are hard links to objects, so
+        space comes back only when both go: views untouched for ``VIEW_GRACE_S`` (not being read by a stage) go
+        first, least recently used first, then objects. Other processes may evict concurrently."""
+        def entries(folder: Path, dirs: bool):
+            out = []
+            for p in folder.rglob("*") if dirs else folder.iterdir():
+                try:
+                    if p.name.startswith("."):  # a view or download in progress
+                        continue
+                    if (dirs and p.is_dir() and p.parent.parent == folder) or not dirs:
+                        out.append((p.stat().st_mtime, p))
+                except FileNotFoundError:
+                    continue
+            return sorted(out, key=lambda t: t[0])
+
+        def used() -> int:
+            seen, total = set(), 0
+            for p in (*self.objects.iterdir(), *(self.local / "views").rglob("*")):
+                try:
+                    st = p.lstat()
+                except FileNotFoundError:
+                    continue
+                if p.is_file() and (st.st_dev, st.st_ino) not in seen:
+                    seen.add((st.st_dev, st.st_ino))
+                    total += st.st_size
+            return total
+        total = used()
+        if total <= self.max_cache_bytes:
+            return
+        now = time.time()
+        for mtime, view in entries(self.local / "views", dirs=True):
             if total <= self.max_cache_bytes:
-                break
+                return
+            if now - mtime > VIEW_GRACE_S and view != keep_view:
+                shutil.rmtree(view, ignore_errors=True)
+                total = used()
+        for _, p in entries(self.objects, dirs=False):
+            if total <= self.max_cache_bytes:
+                return
             if p != keep:
-                total -= size
                 p.unlink(missing_ok=True)
+                total = used()
 
     def _view(self, stage: str, key: str, data: dict) -> Path:
         """A local directory of hard links to the cached files, as the artifacts expect."""
@@ -141,6 +169,7 @@ class ObjectStageStore:
         (tmp / "manifest.json").write_text(json.dumps(data, indent=1, sort_keys=True))
         shutil.rmtree(view, ignore_errors=True)
         os.replace(tmp, view)
+        self._evict(keep_view=view)
         return view
 
     def get(self, stage: str, key: str) -> Manifest | None:
@@ -195,6 +224,7 @@ class ObjectStageStore:
                     obj = self.objects / info["sha256"]
                     if not obj.exists():
                         os.link(tmp / name, obj)
+                self._evict()  # what this worker built counts against cache.local_max_gb too
                 manifest = json.dumps({**body, "writer": writer, "files": files}, indent=1, sort_keys=True)
                 try:
                     self.fs.pipe_file(f"{kdir}/manifest.json", manifest.encode(), mode="create")
