@@ -147,8 +147,8 @@ def main(argv: list[str] | None = None) -> int:
     args, overrides = parse(argv)
     _quiet_prefect(args.verbose)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(message)s")
+    from sam2ptq_core.config import ConfigError, load_config
     from sam2ptq_core.export.nunchaku_support import NunchakuUnsupported
-    from sam2ptq_core.pipeline.config import ConfigError, load_config
     from sam2ptq_core.pipeline.preflight import preflight
     from sam2ptq_core.pipeline.stages import StageError
     from sam2ptq_core.sam2.images import DataError

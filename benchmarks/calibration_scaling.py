@@ -17,7 +17,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from sam2ptq_core.pipeline.config import load_config  # noqa: E402
+from sam2ptq_core.config import load_config  # noqa: E402
 from tasks.calibration import build_calibration_set  # noqa: E402
 
 

@@ -14,9 +14,9 @@ import torch
 from safetensors.torch import save_file
 
 from sam2ptq_core.algorithms.quantizers import dequantize, quantize
+from sam2ptq_core.config import load_config
 from sam2ptq_core.export.cache_files import write_cache_files
 from sam2ptq_core.export.nunchaku import write_nunchaku
-from sam2ptq_core.pipeline.config import load_config
 from sam2ptq_core.sam2.loading import build_random, quantizable_linears
 
 

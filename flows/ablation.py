@@ -10,7 +10,7 @@ from pathlib import Path
 
 from prefect import flow
 
-from sam2ptq_core.pipeline.config import load_config
+from sam2ptq_core.config import load_config
 
 from .ptq import sam2_ptq
 

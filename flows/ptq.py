@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from prefect import flow
 
-from sam2ptq_core.pipeline.config import load_config
+from sam2ptq_core.config import load_config
 from sam2ptq_core.pipeline.preflight import preflight
 from sam2ptq_core.pipeline.progress import run_logger
 from tasks.calibration import build_calibration_set

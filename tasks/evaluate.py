@@ -6,7 +6,7 @@ from pathlib import Path
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from sam2ptq_core.pipeline.config import load_config
+from sam2ptq_core.config import load_config
 from sam2ptq_core.pipeline.progress import Progress
 from sam2ptq_core.pipeline.stages import STAGES, Ref, open_artifact, run_stage
 

@@ -7,7 +7,7 @@ from pathlib import Path
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from sam2ptq_core.pipeline.config import load_config
+from sam2ptq_core.config import load_config
 from sam2ptq_core.pipeline.progress import publish_summary, run_logger
 from sam2ptq_core.pipeline.stages import Ref, open_artifact, stage_errors
 

@@ -7,7 +7,7 @@ import time
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from sam2ptq_core.pipeline.config import config_hash, load_config
+from sam2ptq_core.config import config_hash, load_config
 from sam2ptq_core.pipeline.progress import in_prefect_run, run_logger
 from sam2ptq_core.pipeline.regression import check_and_record, family_of
 from sam2ptq_core.pipeline.stages import Ref, StageError, open_artifact, store_of

@@ -3,7 +3,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from sam2ptq_core.pipeline.config import ConfigError, config_hash, load_config
+from sam2ptq_core.config import ConfigError, config_hash, load_config
 from sam2ptq_core.pipeline.stages import STAGES
 
 ROOT = Path(__file__).resolve().parents[1]

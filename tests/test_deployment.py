@@ -117,7 +117,7 @@ def test_every_deployment_validates_with_its_own_defaults():
     Folders like /data/coco are the user's to edit and are not checked here."""
     import yaml
 
-    from sam2ptq_core.pipeline.config import load_config
+    from sam2ptq_core.config import load_config
     from sam2ptq_core.pipeline.sweep import plan_jobs
     from tests.helpers import ROOT
     deps = yaml.safe_load((ROOT / "prefect.yaml").read_text())["deployments"]

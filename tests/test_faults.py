@@ -11,8 +11,8 @@ import pytest
 import torch
 from PIL import Image
 
+from sam2ptq_core.config import ConfigError, load_config
 from sam2ptq_core.files import DiskFull, atomic_dir, sweep_leftovers
-from sam2ptq_core.pipeline.config import ConfigError, load_config
 from sam2ptq_core.pipeline.preflight import preflight
 from tests.helpers import REDUCED_CFG, ROOT
 
@@ -176,14 +176,13 @@ def test_leftovers_of_dead_writers_are_swept_live_ones_kept(tmp_path):
 
 
 def test_stage_failure_without_verbose_is_one_line_with_the_log(tmp_path):
-    imgs = tmp_path / "imgs"
-    shutil.copytree(ROOT / "examples/images", imgs)
-    for i in range(5):
-        (imgs / f"broken{i}.jpg").write_bytes(b"not an image")
+    """A failure inside a stage (here: an annotations file that is not COCO JSON, read by evaluate)."""
+    anns = tmp_path / "anns.json"
+    anns.write_text("{not json")
     env = {**os.environ, "PREFECT_HOME": str(tmp_path / "home")}
     env.pop("PREFECT_API_URL", None)
-    r = _cli("--config", str(REDUCED_CFG), "--quant.calib.path", str(imgs), "--quant.calib.num_samples", "7",
-             "--quant.eval.num_samples", "5", "--cache.root", str(tmp_path / "c"), "--output.root",
+    late = ["--quant.eval.annotations", str(anns)]
+    r = _cli("--config", str(REDUCED_CFG), *late, "--cache.root", str(tmp_path / "c"), "--output.root",
              str(tmp_path / "o"), env=env, timeout=600)
     assert r.returncode == 1
     text = [ln for ln in r.stderr.replace("\r", "\n").splitlines() if ln.strip() and "%|" not in ln]
@@ -192,8 +191,7 @@ def test_stage_failure_without_verbose_is_one_line_with_the_log(tmp_path):
     log = Path(text[-1].split("(full log: ")[1].rstrip(")"))
     assert log.is_file() and "Traceback" in log.read_text()
     assert not (tmp_path / "o").exists()
-    r = _cli("-v", "--config", str(REDUCED_CFG), "--quant.calib.path", str(imgs), "--quant.calib.num_samples", "7",
-             "--quant.eval.num_samples", "5", "--cache.root", str(tmp_path / "c"), "--output.root",
+    r = _cli("-v", "--config", str(REDUCED_CFG), *late, "--cache.root", str(tmp_path / "c"), "--output.root",
              str(tmp_path / "o"), env=env, timeout=600)
     assert r.returncode == 1 and "Traceback" in r.stderr  # -v shows everything
 
@@ -224,7 +222,6 @@ def test_unreadable_images_fail_in_preflight_naming_them(tmp_path):
     """A truncated JPEG in a folder with just enough images: main warned in the log only and failed ~5 minutes later
     at evaluate with "0 usable images", naming no file. Now preflight decodes the chosen calibration and held-out
     images and fails at once, naming the unreadable file; a skipped file is a console warning."""
-    import shutil
     src = sorted((ROOT / "examples" / "images").glob("*.jpg"))
     imgs = tmp_path / "imgs"
     imgs.mkdir()

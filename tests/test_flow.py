@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from sam2ptq_core.pipeline.config import load_config
+from sam2ptq_core.config import load_config
 from tests.helpers import REDUCED_CFG, ROOT
 
 pytestmark = pytest.mark.slow
@@ -69,8 +69,8 @@ def test_flow_output_tree_and_full_reuse(prefect_server, tmp_path):
 
 
 def test_readers_rebuild_the_pipeline_model_exactly(prefect_server, tmp_path):
+    from sam2ptq_core.config import group_size_of
     from sam2ptq_core.export.reader import load_quantized
-    from sam2ptq_core.pipeline.config import group_size_of
     from sam2ptq_core.pipeline.runtime import load_fp_model
     from sam2ptq_core.pipeline.stages import open_artifact
     from sam2ptq_core.pipeline.store import StageStore

@@ -44,7 +44,7 @@ def test_costs_and_policy_by_real_bytes():
 def _tree_weight_bits(out) -> float:
     """Average weight bits counted from the tree's files: each quantized layer's codes at 4 bits (8 for a per-channel
     W8A8 fallback), every scale, zero point and branch value at 16 bits, fp16 fallbacks at 16 bits."""
-    from sam2ptq_core.pipeline.config import load_config
+    from sam2ptq_core.config import load_config
     cfg = load_config(out / "config.yaml")
     state = torch.load(out / "cache/model.pt", weights_only=True)
     scales = torch.load(out / "cache/scale.pt", weights_only=True)
@@ -102,8 +102,8 @@ def test_larger_budgets_on_held_out_images_and_bits_on_disk(prefect_server, tmp_
 def test_fallback_layers_in_both_exports(prefect_server, tmp_path):
     from safetensors import safe_open
 
+    from sam2ptq_core.config import load_config
     from sam2ptq_core.export.reader import load_quantized
-    from sam2ptq_core.pipeline.config import load_config
     x = torch.randn(1, 3, 128, 128, generator=torch.Generator().manual_seed(0))
     # w8a8 fallback: the cache files carry them as per-channel int8 layers with int8 activations
     out = _run(tmp_path, "output.job=w8", "quant.mixed={fallback: w8a8, num_layers: 4}")

@@ -15,7 +15,7 @@ def test_compare_runs_threshold():
 
 
 def test_regression_task_uses_ledger(tmp_path):
-    from sam2ptq_core.pipeline.config import load_config
+    from sam2ptq_core.config import load_config
     from sam2ptq_core.pipeline.store import StageStore
     from tasks.regression import regression_check
     from tests.helpers import REDUCED_CFG
@@ -60,7 +60,7 @@ def test_new_model_weights_start_a_new_baseline_unless_asked(tmp_path):
     """The same job with other weights (a checkpoint after the random demo, or a moved hub revision) is not compared
     with the old model's runs: it starts a new baseline and says which model ran before; with
     quant.eval.regression_across_models the second run is compared and the failure names both models."""
-    from sam2ptq_core.pipeline.config import load_config
+    from sam2ptq_core.config import load_config
     from sam2ptq_core.pipeline.store import StageStore
     from tasks.regression import regression_check
     from tests.helpers import REDUCED_CFG

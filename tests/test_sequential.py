@@ -119,8 +119,8 @@ def test_sequential_mixed_quantizes_fallbacks_in_the_walk(prefect_server, tmp_pa
     and calibrates the next blocks on that W8A8 output; the tree loads and equals the pipeline's model. A budget
     with sequential mode is refused before work."""
     from flows.ptq import sam2_ptq
+    from sam2ptq_core.config import ConfigError, load_config
     from sam2ptq_core.export.reader import load_quantized
-    from sam2ptq_core.pipeline.config import ConfigError, load_config
     from sam2ptq_core.pipeline.preflight import preflight
     from sam2ptq_core.pipeline.stages import open_artifact
     base = [f"cache.root={tmp_path / 'c'}", f"output.root={tmp_path / 'o'}", "quant.calib.mode=sequential"]

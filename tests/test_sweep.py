@@ -3,7 +3,7 @@ import json
 
 import pytest
 
-from sam2ptq_core.pipeline.config import ConfigError
+from sam2ptq_core.config import ConfigError
 from sam2ptq_core.pipeline.sweep import plan_jobs, shared_captures, write_comparison
 
 SHIPPED = ["configs/hiera_tiny_w4a4.yaml", "configs/hiera_tiny_w4a8.yaml", "configs/hiera_tiny_w8a8.yaml"]

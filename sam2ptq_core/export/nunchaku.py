@@ -129,7 +129,7 @@ def write_nunchaku(d: Path, cfg, model, qlayers: dict, smooth: dict, fallback: l
     """``hiera_blocks.safetensors`` (every quantized linear) + ``unquantized_layers.safetensors`` (everything else,
     including mixed precision's ``fallback`` layers in 16-bit, which the metadata of both files names)."""
     check_supported(cfg)
-    from ..pipeline.config import config_hash
+    from ..config import config_hash
     d.mkdir(parents=True, exist_ok=True)
     dt = getattr(torch, cfg.quant.wgts.scale_dtype)
     blocks, shapes = {}, {}

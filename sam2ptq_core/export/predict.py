@@ -30,7 +30,7 @@ def main(argv: list[str]) -> int:
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    from ..pipeline.config import load_config
+    from ..config import load_config
     from ..sam2.evaluation import predict_masks
     from ..sam2.images import normalize, resize_uint8
     from .reader import load_quantized

@@ -12,7 +12,7 @@ from torch import nn
 
 from ..algorithms.layer_recipe import kernel_bias
 from ..algorithms.quantizers import QParams, QTensor, dequantize
-from ..pipeline.config import group_size_of, load_config
+from ..config import group_size_of, load_config
 from ..sam2.loading import build_config, load_model
 from ..sam2.quantized_model import LayerArtifacts, quantize_model
 from .cache_files import PREFIX, codes_from_weight, read_cache_files, split_shift

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from ..config import RunConfig, config_hash, group_size_of
 from ..sam2.evaluation import evaluate_images, prompt_ious, summarize
 from ..sam2.images import files_digest, held_out, preprocess
 from ..sam2.loading import trunk
 from ..sam2.quantized_model import build_quantized
 from .artifacts import CalibrationSet, FetchedModel, MixedChoice, QuantizedLayers, SmoothingChoice, final_qlayers
-from .config import RunConfig, config_hash, group_size_of
 from .runtime import load_fp_model, to_run_dtype
 from .stages import store_of
 

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import yaml
 
+from ..config import RunConfig
 from .artifacts import FetchedModel, MixedChoice, QuantizedLayers, SmoothingChoice, final_qlayers
-from .config import RunConfig
 from .runtime import load_fp_model
 
 __all__ = ["write_model_files"]

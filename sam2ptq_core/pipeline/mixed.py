@@ -5,7 +5,7 @@ from __future__ import annotations
 import fnmatch
 
 from ..algorithms.mixed_precision import WeightFormat, average_bits, choose_fallback, fallback_order, weight_bytes
-from .config import QuantCfg, RunConfig, group_size_of
+from ..config import QuantCfg, RunConfig, group_size_of
 
 __all__ = ["measure_sensitivity", "choose_and_requantize", "weight_formats", "layer_costs", "quantized_shapes",
            "walk_fallbacks"]

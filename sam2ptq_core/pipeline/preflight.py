@@ -4,8 +4,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from ..config import ConfigError, RunConfig
 from ..sam2.variants import narrowest_linear
-from .config import ConfigError, RunConfig
 from .stages import StageError
 
 __all__ = ["preflight"]

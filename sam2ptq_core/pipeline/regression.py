@@ -46,7 +46,7 @@ def compare_runs(previous: dict | None, current: dict, threshold_points: float) 
 def eval_protocol(cfg) -> str:
     """Short hash of how a run is evaluated (held-out images, prompts, image size): only runs evaluated the same
     way are comparable."""
-    from .config import config_hash
+    from ..config import config_hash
     d = {"eval": cfg.quant.eval.model_dump(mode="json", exclude={"regression_threshold", "regression_across_models",
                                                                  "num_overlays"}),
          "calib": cfg.quant.calib.model_dump(mode="json", include={"path", "num_samples", "image_size"}),

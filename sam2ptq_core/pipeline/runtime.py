@@ -9,9 +9,9 @@ from torch import nn
 
 from ..algorithms.layer_recipe import LayerSpec, shifted_spec
 from ..algorithms.model_recipe import layer_rotations
+from ..config import QuantCfg, RunConfig, group_size_of
 from ..sam2.loading import DTYPES, after_gelu, load_model, quantizable_linears, shared_input_groups, weights_sha256
 from .artifacts import ActivationStats, FetchedModel, RotationSpec, SmoothingChoice
-from .config import QuantCfg, RunConfig, group_size_of
 from .progress import run_logger
 from .stages import StageError
 

@@ -15,8 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TypedDict
 
+from ..config import RunConfig
 from . import artifacts as A
-from .config import RunConfig
 from .progress import run_logger
 from .store import StageStore, stage_key
 

@@ -28,8 +28,8 @@ import diskcache
 from filelock import FileLock
 
 from .. import __version__
+from ..config import canonical_json
 from ..files import atomic_dir, file_listing, verified
-from .config import canonical_json
 
 __all__ = ["StageStore", "Manifest", "stage_key", "manifest_body"]
 

@@ -10,8 +10,8 @@ from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..config import ConfigError, RunConfig, canonical_json, load_config
 from ..sam2.variants import VARIANT_NAMES
-from .config import ConfigError, RunConfig, canonical_json, load_config
 
 __all__ = ["SweepJob", "plan_jobs", "shared_captures", "write_comparison"]
 

@@ -14,7 +14,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from ..sam2.variants import VARIANT_NAMES
+from .sam2.variants import VARIANT_NAMES
 
 __all__ = ["RunConfig", "QuantCfg", "ConfigError", "load_config", "config_hash", "canonical_json", "group_size_of"]
 
