@@ -13,12 +13,27 @@ write still keeps exactly one whole result. Local stores keep their flock (``sto
 """
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
 
 from .progress import run_logger
 
 __all__ = ["prefect_api_configured", "stage_lease", "lease_name"]
+
+
+class _PublishedLeaseFilter(logging.Filter):
+    """Prefect warns when a waiter finds the limit gone; for our leases that means the holder published the stage
+    (and deleted its limit), which is expected: the waiter proceeds and reuses the stage. Other limits still warn."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        msg = record.getMessage()
+        return not ("do not exist - skipping acquisition" in msg and "'sam2ptq-" in msg)
+
+
+_FILTER = _PublishedLeaseFilter()
+for _name in ("prefect.task_runs", "prefect.flow_runs", "prefect.concurrency"):
+    logging.getLogger(_name).addFilter(_FILTER)
 
 def prefect_api_configured() -> bool:
     from prefect.settings import PREFECT_API_URL
@@ -43,10 +58,7 @@ def stage_lease(stage: str, key: str, seconds: float = 60) -> Iterator[None]:
     """Hold the one slot of this stage key's global concurrency limit for the block (waiting for it if another
     run holds it); delete the limit after a block that finished without error."""
     from prefect.client.orchestration import get_client
-
-    # the public prefect.concurrency.sync.concurrency minus its warning when the limit is gone: a waiter that
-    # finds the holder's limit deleted (the stage is published) proceeds and reuses the stage, which is expected
-    from prefect.concurrency._sync import concurrency
+    from prefect.concurrency.sync import concurrency  # public API; _PublishedLeaseFilter quiets its expected warning
 
     name = lease_name(stage, key)
     with get_client(sync_client=True) as client:
@@ -58,7 +70,7 @@ def stage_lease(stage: str, key: str, seconds: float = 60) -> Iterator[None]:
     if busy:
         run_logger().info("stage %s %s is being computed by another run: waiting for its lease (%s)", stage,
                           key[:12], name)
-    with concurrency(name, lease_duration=seconds, suppress_warnings=True):
+    with concurrency(name, lease_duration=seconds):
         yield
     with get_client(sync_client=True) as client:  # published: a later run reuses the stage without the lease
         try:
