@@ -22,8 +22,8 @@ def _child_metrics(client, run_id) -> dict | None:
     if not arts:
         return None
     rows = json.loads(arts[-1].data) if isinstance(arts[-1].data, str) else arts[-1].data
-    by = {r["metric"]: r["value"] for r in rows}
-    got = {k: by.get(label) for k, label in METRIC_ROWS.items()}
+    by = {r.get("key"): r["value"] for r in rows}  # by metrics.json field, not by display label
+    got = {k: by.get(field) for k, field in METRIC_ROWS.items()}
     return got if None not in got.values() else None
 
 

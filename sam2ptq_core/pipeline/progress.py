@@ -11,9 +11,11 @@ def _sqnr_label(level: str) -> str:
     return f"SQNR {level} (dB)"
 
 
-# rows of the "sam2-ptq-metrics" table artifact (publish_summary) that a sweep reads back (flows/sweep.py)
-METRIC_ROWS = {"sqnr_db": _sqnr_label("embedding"), "miou": "mask mIoU vs float", "size_mib": "quantized linears (MiB)",
-               "random": "random weights"}
+# what a sweep reads back from each job (flows/sweep.py): its name there → the metrics.json field (dotted path). The
+# "sam2-ptq-metrics" table artifact (publish_summary) carries each row's field in its "key" column, so a reader never
+# depends on the display labels.
+METRIC_ROWS = {"sqnr_db": "encoder.sqnr_db.embedding", "miou": "masks.miou_vs_fp",
+               "size_mib": "size.quantized_linears_mib", "random": "random_weights"}
 
 
 def in_prefect_run() -> bool:
@@ -85,12 +87,15 @@ def publish_summary(target, log: logging.Logger) -> None:
         m = json.loads((target / "metrics.json").read_text())
         create_markdown_artifact((target / "report.md").read_text(), key="sam2-ptq-report",
                                  description=f"SAM2 PTQ report, output in {target}")
-        rows = [{"metric": _sqnr_label(k), "value": round(v, 3)} for k, v in m["encoder"]["sqnr_db"].items()]
-        rows += [{"metric": METRIC_ROWS["miou"], "value": round(m["masks"]["miou_vs_fp"], 4)},
-                 {"metric": "prompts with IoU < 0.9", "value": round(m["masks"]["frac_iou_below_0_9"], 4)},
-                 {"metric": METRIC_ROWS["size_mib"],  # codes + 16-bit branch + 16-bit mixed-precision fallbacks
-                  "value": round(m["size"]["quantized_linears_bytes"] / 2**20, 3)},
-                 {"metric": METRIC_ROWS["random"], "value": m["random_weights"]}]
+        rows = [{"metric": _sqnr_label(k), "key": f"encoder.sqnr_db.{k}", "value": round(v, 3)}
+                for k, v in m["encoder"]["sqnr_db"].items()]
+        rows += [{"metric": "mask mIoU vs float", "key": "masks.miou_vs_fp",
+                  "value": round(m["masks"]["miou_vs_fp"], 4)},
+                 {"metric": "prompts with IoU < 0.9", "key": "masks.frac_iou_below_0_9",
+                  "value": round(m["masks"]["frac_iou_below_0_9"], 4)},
+                 {"metric": "quantized linears (MiB)", "key": "size.quantized_linears_mib",  # codes + 16-bit branch
+                  "value": round(m["size"]["quantized_linears_bytes"] / 2**20, 3)},  # + 16-bit mixed fallbacks
+                 {"metric": "random weights", "key": "random_weights", "value": m["random_weights"]}]
         create_table_artifact(rows, key="sam2-ptq-metrics", description="SAM2 PTQ metrics")
     except Exception as e:  # artifacts are a convenience: never fail an export over them
         log.warning("could not create the Prefect summary artifacts: %s", e)
