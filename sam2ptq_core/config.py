@@ -138,11 +138,19 @@ class SmoothCfg(_Node):
 
 
 class RotationCfg(_Node):
-    transforms: list[Literal["hadamard"]] = Field(default_factory=lambda: ["hadamard"])
+    transforms: list[Literal["hadamard"]] = Field(default_factory=lambda: ["hadamard"])  # the one transform built
     random: bool = False
     # auto: a layer keeps the rotation only where it lowers that layer's quantized output error on the token
     # sample (decided together with smoothing); all: rotate every quantized linear
     mode: Literal["auto", "all"] = "auto"
+
+    @field_validator("transforms")
+    @classmethod
+    def _one_hadamard(cls, v):
+        if v != ["hadamard"]:  # [] or a repeat would be accepted and not change anything: say how to get what
+            raise ValueError("transforms must be [hadamard] (the online Hadamard rotation); use rotation: null "
+                             "to turn rotation off")
+        return v
 
 
 class EvalCfg(_Node):

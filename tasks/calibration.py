@@ -11,7 +11,7 @@ from sam2ptq_core.pipeline.stages import STAGES, Ref, run_stage, store_of
 STAGE = STAGES["build_calibration_set"]
 
 
-@task(name=STAGE.name, cache_policy=NO_CACHE)
+@task(name=STAGE.name, description=STAGE.summary, cache_policy=NO_CACHE)
 def build_calibration_set(cfg: dict) -> Ref:
     from sam2ptq_core.sam2.images import files_digest, listing_digest, preprocess, select_images
     c = load_config(cfg)

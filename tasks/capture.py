@@ -11,7 +11,7 @@ from sam2ptq_core.pipeline.stages import STAGES, Ref, open_artifact, run_stage
 STAGE = STAGES["capture_activations"]
 
 
-@task(name=STAGE.name, cache_policy=NO_CACHE)
+@task(name=STAGE.name, description=STAGE.summary, cache_policy=NO_CACHE)
 def capture_activations(cfg: dict, model_ref: Ref, calib_ref: Ref) -> Ref:
     c = load_config(cfg)
 

@@ -11,7 +11,7 @@ from sam2ptq_core.pipeline.stages import STAGES, Ref, run_stage
 STAGE = STAGES["fetch_model"]
 
 
-@task(name=STAGE.name, cache_policy=NO_CACHE)
+@task(name=STAGE.name, description=STAGE.summary, cache_policy=NO_CACHE)
 def fetch_model(cfg: dict) -> Ref:
     c = load_config(cfg)
     resolved = {}

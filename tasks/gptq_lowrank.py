@@ -11,7 +11,7 @@ from sam2ptq_core.pipeline.stages import STAGES, Ref, open_artifact, run_stage
 STAGE = STAGES["gptq_lowrank"]
 
 
-@task(name=STAGE.name, cache_policy=NO_CACHE)
+@task(name=STAGE.name, description=STAGE.summary, cache_policy=NO_CACHE)
 def gptq_lowrank(cfg: dict, model_ref: Ref, acts_ref: Ref, rot_ref: Ref, smooth_ref: Ref) -> Ref:
     c = load_config(cfg)
     refs = {"fetch_model": model_ref, "capture_activations": acts_ref, "rotate": rot_ref, "smooth": smooth_ref}

@@ -11,7 +11,7 @@ from sam2ptq_core.pipeline.stages import STAGES, Ref, open_artifact, run_stage
 STAGE = STAGES["mixed"]
 
 
-@task(name=STAGE.name, cache_policy=NO_CACHE)
+@task(name=STAGE.name, description=STAGE.summary, cache_policy=NO_CACHE)
 def mixed(cfg: dict, model_ref: Ref, acts_ref: Ref, rot_ref: Ref, smooth_ref: Ref, gptq_ref: Ref,
           sens_ref: Ref) -> Ref:
     c = load_config(cfg)

@@ -10,7 +10,7 @@ from sam2ptq_core.pipeline.stages import STAGES, Ref, open_artifact, run_stage
 STAGE = STAGES["rotate"]
 
 
-@task(name=STAGE.name, cache_policy=NO_CACHE)
+@task(name=STAGE.name, description=STAGE.summary, cache_policy=NO_CACHE)
 def rotate(cfg: dict, acts_ref: Ref) -> Ref:
     c = load_config(cfg)
 

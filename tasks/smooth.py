@@ -12,7 +12,7 @@ from sam2ptq_core.pipeline.stages import STAGES, Ref, open_artifact, run_stage
 STAGE = STAGES["smooth"]
 
 
-@task(name=STAGE.name, cache_policy=NO_CACHE)
+@task(name=STAGE.name, description=STAGE.summary, cache_policy=NO_CACHE)
 def smooth(cfg: dict, model_ref: Ref, calib_ref: Ref, acts_ref: Ref, rot_ref: Ref) -> Ref:
     c = load_config(cfg)
     refs = {"fetch_model": model_ref, "build_calibration_set": calib_ref, "capture_activations": acts_ref,

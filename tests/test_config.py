@@ -59,6 +59,10 @@ def test_bad_values_name_the_key():
     with pytest.raises(ConfigError, match="model.random_init is true, which would ignore it; add --model.random_init "
                                           "false"):  # the demo config + a checkpoint: never silently random
         load_config(ROOT / "configs/demo.yaml", ["model.path=/data/sam2.1-hiera-tiny"])
+    with pytest.raises(ConfigError, match="transforms must be \\[hadamard\\].*use rotation: null"):  # [] was ignored
+        load_config(None, ["quant.rotation={transforms: []}"])
+    with pytest.raises(ConfigError, match="'quant.smooth.proj.granularity': Input should be 'Layer'"):
+        load_config(None, ["quant.smooth={proj: {granularity: Channel}}"])
     with pytest.raises(ConfigError, match="quant.calib.sample_tokens"):  # 0 crashed the capture before
         load_config(None, ["quant.calib.sample_tokens=0"])
 
