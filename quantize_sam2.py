@@ -2,7 +2,8 @@
 """quantize_sam2.py — post-training quantization of SAM2's image encoder (see README.md).
 
     python quantize_sam2.py --config configs/hiera_tiny_w4a8.yaml [--quant.calib.path DIR] [--any.config.key VALUE]
-    python quantize_sam2.py predict --run outputs/sam2/<job> --image IMG --point X,Y [--out overlay.png]
+    python quantize_sam2.py predict --run outputs/sam2/<job> --image IMG --point X,Y [--out mask.png]
+    python quantize_sam2.py gc --config CFG [--older-than-hours 24] [--dry-run]
 """
 from __future__ import annotations
 
@@ -58,7 +59,12 @@ def parse(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
         overrides.append("save_model=true")
     if args.convert_nunchaku:
         overrides.append("convert_nunchaku=true")
-    i = 0
+    return args, overrides + dotted_overrides(rest)
+
+
+def dotted_overrides(rest: list[str]) -> list[str]:
+    """'--dotted.key value' / '--dotted.key=value' → 'dotted.key=value'; anything else is an error (exit 2)."""
+    overrides, i = [], 0
     while i < len(rest):
         tok = rest[i]
         if not tok.startswith("--") or tok == "--":
@@ -71,7 +77,7 @@ def parse(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
             i += 2
         else:
             raise SystemExit(f"error: option {tok} needs a value, e.g. {tok} VALUE")
-    return args, overrides
+    return overrides
 
 
 def _quiet_prefect(verbose: bool) -> None:
@@ -138,12 +144,40 @@ def _summary(out: Path, wall: float) -> str:
     return "\n".join(lines)
 
 
+def _gc(argv: list[str]) -> int:
+    """``quantize_sam2.py gc [--config CFG] [--older-than-hours H] [--dry-run] [--cache.root …]``: remove leftovers
+    of interrupted work from the stage store, this machine's cache.local and the Prefect server (never a stage)."""
+    p = argparse.ArgumentParser(prog="quantize_sam2.py gc", description=_gc.__doc__.split(": ", 1)[1])
+    p.add_argument("--config", default=None, help="YAML config whose cache.root / cache.local to clean")
+    p.add_argument("--older-than-hours", type=float, default=24.0,
+                   help="in an object store, only writer prefixes whose newest object is older than this (a writer "
+                        "on another machine may still be uploading; default 24)")
+    p.add_argument("--dry-run", action="store_true", help="list what would be removed, remove nothing")
+    a, overrides = p.parse_known_args(argv)
+    from sam2ptq_core.config import ConfigError, load_config
+    from sam2ptq_core.pipeline.gc import collect_garbage
+    try:
+        cfg = load_config(a.config, dotted_overrides(overrides))
+    except ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    got = collect_garbage(cfg, a.older_than_hours * 3600, a.dry_run)
+    verb = "would remove" if a.dry_run else "removed"
+    for where, items in got.items():
+        for it in items:
+            print(f"{verb} ({where}) {it}")
+    print(f"gc: {verb} {sum(map(len, got.values()))} leftover(s) under {cfg.cache.root}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     t0 = time.time()
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] == "predict":
         from sam2ptq_core.export.predict import main as predict_main
         return predict_main(argv[1:])
+    if argv and argv[0] == "gc":
+        return _gc(argv[1:])
     args, overrides = parse(argv)
     _quiet_prefect(args.verbose)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(message)s")

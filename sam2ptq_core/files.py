@@ -18,8 +18,8 @@ from collections.abc import Callable
 from contextlib import contextmanager
 from pathlib import Path
 
-__all__ = ["file_sha256", "verified", "file_listing", "writer_tag", "atomic_dir", "sweep_leftovers", "DiskFull",
-           "disk_full_reported"]
+__all__ = ["file_sha256", "verified", "file_listing", "writer_tag", "writer_gone", "atomic_dir", "sweep_leftovers",
+           "DiskFull", "disk_full_reported"]
 
 _HOST = re.sub(r"[^A-Za-z0-9_]", "_", socket.gethostname())
 _DISK_FULL_WORDS = ("No space left", "unexpected pos", "file write failed", "Disk quota exceeded")
@@ -65,7 +65,7 @@ def writer_tag() -> str:
     return f"{_HOST}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
 
 
-def _writer_gone(name: str) -> bool:
+def writer_gone(name: str) -> bool:
     """``name`` is ``.<target>.(tmp|old)-<host>-<pid>-<rand>``: True when that host is us and the pid is dead."""
     try:
         host, pid, _ = name.rsplit(".", 1)[1].split("-", 1)[1].rsplit("-", 2)
@@ -88,7 +88,7 @@ def sweep_leftovers(folder: Path) -> list[Path]:
     gone = []
     if folder.is_dir():
         for p in folder.iterdir():
-            if p.name.startswith(".") and (".tmp-" in p.name or ".old-" in p.name) and _writer_gone(p.name):
+            if p.name.startswith(".") and (".tmp-" in p.name or ".old-" in p.name) and writer_gone(p.name):
                 shutil.rmtree(p, ignore_errors=True)
                 gone.append(p)
     return gone

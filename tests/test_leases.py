@@ -76,3 +76,22 @@ def test_lease_waits_for_the_holder_and_a_failed_build_keeps_no_stage(prefect_se
     probe.start()
     probe.join(30)
     assert taken, "the failed build leaked its lease slot: it could not be taken again within 30 s"
+
+
+def test_gc_deletes_lease_limits_no_run_holds(prefect_server, tmp_path):
+    """A killed holder's limit stays on the server; ``collect_garbage`` deletes our idle ``sam2ptq-*`` limits and
+    leaves held ones and other limits alone."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate
+
+    from sam2ptq_core.config import load_config
+    from sam2ptq_core.pipeline.gc import collect_garbage
+    from tests.helpers import REDUCED_CFG
+    with get_client(sync_client=True) as c:
+        for name in ("sam2ptq-capture-stale", "someone-elses"):
+            c.create_global_concurrency_limit(GlobalConcurrencyLimitCreate(name=name, limit=1))
+    with stage_lease("s", "h" * 40):  # held right now: kept
+        got = collect_garbage(load_config(REDUCED_CFG, [f"cache.root={tmp_path / 'c'}"]))
+        left = _limits()
+    assert got["leases"] == ["concurrency limit sam2ptq-capture-stale"]
+    assert "sam2ptq-capture-stale" not in left and "someone-elses" in left and lease_name("s", "h" * 40) in left

@@ -278,3 +278,40 @@ def test_local_max_gb_bounds_built_files_and_views(tmp_path, monkeypatch):
         assert on_disk() <= 1300, on_disk()
     assert st.get("s", "0" * 30).path("a.bin").read_bytes() == b"\0" * 800  # back from the bucket
     assert on_disk() <= 1300
+
+
+def test_gc_removes_leftovers_never_a_stage(tmp_path):
+    """``quantize_sam2.py gc``: an interrupted upload (a writer prefix with no manifest), the losing/corrupt copy
+    beside a published stage and a dead process's staging folder go; the published stage, a recent upload (a writer
+    that may still be running) and a live process's staging stay; --dry-run removes nothing."""
+    import os
+    import time
+
+    from sam2ptq_core.files import writer_tag
+    url = f"file://{tmp_path / 'bucket'}"
+    st = _store(tmp_path, "w1")
+    st.run("s", "k" * 30, {}, {}, lambda d: _files(d, {"a.bin": b"kept"}))
+    kdir = tmp_path / "bucket" / "s" / ("k" * 24)
+    old = time.time() - 3 * 86400
+    stray = [kdir / "deadhost-1-aaaa", tmp_path / "bucket" / "s" / ("j" * 24) / "deadhost-2-bbbb"]
+    for d in stray:
+        d.mkdir(parents=True)
+        (d / "acts.pt").write_bytes(b"x" * 100)
+        os.utime(d / "acts.pt", (old, old))
+    recent = tmp_path / "bucket" / "s" / ("m" * 24) / "otherhost-3-cccc"
+    recent.mkdir(parents=True)
+    (recent / "acts.pt").write_bytes(b"y")
+    staging = tmp_path / "w1" / "staging"
+    dead = staging / f"s-{'d' * 24}-{writer_tag().rsplit('-', 2)[0]}-999999999-eeee"
+    live = staging / f"s-{'l' * 24}-{writer_tag()}"
+    dead.mkdir()
+    live.mkdir()
+    args = [sys.executable, str(ROOT / "quantize_sam2.py"), "gc", "--config", str(REDUCED_CFG), "--cache.root", url,
+            "--cache.local", str(tmp_path / "w1")]
+    r = subprocess.run([*args, "--dry-run"], capture_output=True, text=True, cwd=ROOT)
+    assert r.returncode == 0 and "gc: would remove 3 leftover(s)" in r.stdout, r.stdout + r.stderr
+    assert all(d.exists() for d in [*stray, dead])
+    r = subprocess.run(args, capture_output=True, text=True, cwd=ROOT)
+    assert r.returncode == 0 and "gc: removed 3 leftover(s)" in r.stdout, r.stdout + r.stderr
+    assert not any(d.exists() for d in [*stray, dead]) and recent.exists() and live.exists()
+    assert _store(tmp_path, "w2").get("s", "k" * 30).path("a.bin").read_bytes() == b"kept"

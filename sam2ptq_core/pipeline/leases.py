@@ -46,7 +46,12 @@ def lease_name(stage: str, key: str) -> str:
 
 def _ensure_limit(client, name: str) -> None:
     from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate
-    from prefect.exceptions import ObjectAlreadyExists
+    from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
+    try:  # read first: two runs creating one name at once make the server log a UNIQUE-constraint traceback
+        client.read_global_concurrency_limit_by_name(name)
+        return
+    except ObjectNotFound:
+        pass
     try:
         client.create_global_concurrency_limit(GlobalConcurrencyLimitCreate(name=name, limit=1))
     except ObjectAlreadyExists:
