@@ -220,7 +220,8 @@ def test_a_damaged_local_ledger_starts_a_new_baseline(tmp_path, caplog):
 
 def test_a_hung_s3_endpoint_fails_in_one_line_within_the_bound(tmp_path):
     """An endpoint that accepts connections and never answers (main: 15 minutes with nothing printed). With
-    --cache.io_timeout_seconds 2 the run ends with one error line; measured 62 s (s3fs and botocore retries)."""
+    --cache.io_timeout_seconds 2 the waiting is said (a warning at most every 10 s) and the run ends with one error
+    line; measured 62 s (s3fs and botocore retries)."""
     import os
     import socket
     import threading
@@ -255,7 +256,10 @@ def test_a_hung_s3_endpoint_fails_in_one_line_within_the_bound(tmp_path):
     took = time.time() - t0
     print(f"hung endpoint: failed after {took:.1f} s")
     assert r.returncode == 2 and "cache.root s3://frozen/x cannot be reached" in r.stderr, r.stderr[-2000:]
-    assert len(r.stderr.strip().splitlines()) == 1 and took < 180, (took, r.stderr)
+    lines = r.stderr.strip().splitlines()
+    assert [ln for ln in lines if ln.startswith("error:")] == [lines[-1]] and took < 180, (took, r.stderr)
+    waiting = [ln for ln in lines if "retrying — waiting on the endpoint" in ln]
+    assert 1 <= len(waiting) <= took / 10 + 1 and len(lines) == len(waiting) + 1, r.stderr  # the waiting is said
 
 
 def test_local_max_gb_bounds_built_files_and_views(tmp_path, monkeypatch):

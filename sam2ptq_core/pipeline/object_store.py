@@ -51,6 +51,39 @@ def is_url(root: str) -> bool:
     return "://" in str(root)
 
 
+class _RetryNotice(logging.Filter):
+    """s3fs says it retries only at DEBUG: turn that into a warning (at most one per 10 s) so a slow or hung endpoint
+    is visible while the run waits; drop s3fs's other DEBUG chatter as before."""
+
+    def __init__(self):
+        super().__init__()
+        self.last = 0.0
+        self.timeout = 60.0
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno >= logging.INFO:
+            return True
+        msg = record.getMessage()
+        if msg.startswith("Retryable error") and time.time() - self.last > 10:
+            self.last = time.time()
+            from .progress import run_logger
+            run_logger().warning("S3 request failed (%s); retrying — waiting on the endpoint (read timeout %g s, "
+                                 "3 attempts per request)", msg.split(": ", 1)[-1][:160], self.timeout)
+        return False
+
+
+_RETRY_NOTICE = _RetryNotice()
+
+
+def _notice_s3_retries(timeout: float) -> None:
+    s3log = logging.getLogger("s3fs")
+    _RETRY_NOTICE.timeout = timeout
+    if _RETRY_NOTICE not in s3log.filters:
+        s3log.addFilter(_RETRY_NOTICE)
+    if s3log.getEffectiveLevel() > logging.DEBUG:
+        s3log.setLevel(logging.DEBUG)  # records reach the filter, which passes none of the DEBUG ones on
+
+
 def url_fs(url: str, timeout: float = 60.0):
     """(filesystem, path) of ``url``. S3 requests get a connect timeout (≤ 10 s), a read timeout of ``timeout`` s and
     3 attempts, so an endpoint that stops answering fails the run with one line within about 3·(10 + timeout) s
@@ -60,6 +93,7 @@ def url_fs(url: str, timeout: float = 60.0):
     if url.split("://", 1)[0] in ("s3", "s3a"):
         opts["config_kwargs"] = {"connect_timeout": min(10.0, timeout), "read_timeout": timeout,
                                  "retries": {"max_attempts": 3, "mode": "standard"}}
+        _notice_s3_retries(timeout)
     return fsspec.core.url_to_fs(url, **opts)
 
 
