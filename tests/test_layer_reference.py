@@ -84,3 +84,20 @@ def test_dropping_the_branch_subtraction_is_caught():
     with torch.no_grad():
         rel = float(np.linalg.norm(wrong(X).double().numpy() - y_ref) / np.linalg.norm(y_ref))
     assert rel > 0.2, rel  # measured 0.98
+
+
+def test_per_layer_errors_use_the_module_forward():
+    """One quantized forward: the per-layer table's output error is QuantLinear's (rotation, smoothing, branch,
+    float64 both); measured equal to 1e-15 relative (tolerance 1e-12)."""
+    from sam2ptq_core.algorithms.layer_recipe import layer_errors
+    W, bias, X, st = _layer(5)
+    spec = LayerSpec(w_dtype="sint4", w_group=64, a_dtype="sint4", a_group=64, rank=16, lowrank_iters=1, gptq=False)
+    s = smoothing_scales(st.absmax, W.abs().amax(0), 0.5, 0.0)
+    lq = quantize_layer(W, st, s, Rotation(128), spec)
+    e = layer_errors(W, bias, X, lq, s, Rotation(128), spec)
+    ql = QuantLinear(LayerArtifacts(lq.weight, bias, s, lq.a, lq.b, rotate=True), "sint4", 64).double()
+    with torch.no_grad():
+        y = ql(X.double())
+    ref = X.double() @ W.double().T + bias.double()
+    direct = float((y - ref).norm() / ref.norm())
+    assert abs(e["output_rel_err"] - direct) <= 1e-12 * direct, (e["output_rel_err"], direct)

@@ -19,7 +19,7 @@ from .statistics import LayerStats, transform_stats
 
 __all__ = ["LayerSpec", "LayerQuant", "transform_weight", "transform_input", "quantized_output",
            "smoothing_objective", "quantize_layer", "layer_errors", "round_branch", "GELU_SHIFT", "shifted_spec",
-           "kernel_bias"]
+           "kernel_bias", "quantized_linear"]
 
 # SVDQuant / nunchaku: the input of the second MLP layer (after GELU, whose minimum is ≈ −0.16997) is shifted by
 # this constant, so it is ≥ 0 and quantized unsigned; the shift is folded into the layer's bias.
@@ -178,6 +178,26 @@ def kernel_bias(bias: torch.Tensor, a: torch.Tensor | None, b: torch.Tensor | No
     return t.float() if dt is None else t.to(dt).float()
 
 
+def quantized_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, s: torch.Tensor | None,
+                     a: torch.Tensor | None, b: torch.Tensor | None, a_dtype: str | None, a_group: int,
+                     shift: float = 0.0, R: Rotation | None = None) -> torch.Tensor:
+    """The one quantized forward (QuantLinear's, the per-layer errors'; the smoothing search keeps its own fast path
+    on pre-transformed inputs): y = Qa((x + shift)·R / s)·weightᵀ + ((x·R) / s · aᵀ)·bᵀ + bias, in x's dtype. The
+    branch reads the unshifted input, as nunchaku's kernel feeds it; ``bias`` is the kernel's (``kernel_bias``)."""
+    def transform(v: torch.Tensor) -> torch.Tensor:
+        if R is not None:
+            v = R.apply(v)
+        return v / s.to(v.dtype) if s is not None else v
+    F = torch.nn.functional
+    xt = transform(x + shift) if shift else transform(x)
+    xq = fake_quantize(xt, a_dtype, a_group) if a_dtype else xt
+    y = F.linear(xq, weight.to(x.dtype), None if bias is None else bias.to(x.dtype))
+    if a is not None and a.numel():
+        xb = transform(x) if shift else xt
+        y = y + F.linear(F.linear(xb, a.to(x.dtype)), b.to(x.dtype))
+    return y
+
+
 def layer_errors(W: torch.Tensor, bias: torch.Tensor | None, X: torch.Tensor, lq: LayerQuant,
                  s: torch.Tensor | None, R: Rotation | None, spec: LayerSpec) -> dict:
     """Relative weight error of the effective weight and relative output error on the token sample X (the layer's
@@ -189,10 +209,13 @@ def layer_errors(W: torch.Tensor, bias: torch.Tensor | None, X: torch.Tensor, lq
         w_eff = R.apply_t(w_eff)
     w_err = float((w_eff - W.double()).norm() / W.double().norm().clamp_min(1e-30))
     ref = X.double() @ W.double().T
-    y = quantized_output(transform_input(X.double() + spec.a_shift, s, R), lq, spec).double()
     if bias is not None:
-        ref, y = ref + bias.double(), y + bias.double()
-    if spec.a_shift:
-        y = y - spec.a_shift * W.double().sum(dim=1)
+        ref = ref + bias.double()
+    folded = None if bias is None and not spec.a_shift else (
+        (bias.double() if bias is not None else torch.zeros(W.shape[0], dtype=torch.float64))
+        - spec.a_shift * W.double().sum(dim=1))
+    kb = None if folded is None else kernel_bias(folded, lq.a, lq.b, s, spec.a_shift).double()
+    y = quantized_linear(X.double(), lq.weight.double(), kb, None if s is None else s.double(), lq.a.double(),
+                         lq.b.double(), spec.a_dtype, spec.a_group, spec.a_shift, R)
     o_err = float((y - ref).norm() / ref.norm().clamp_min(1e-30))
     return {"weight_rel_err": w_err, "output_rel_err": o_err}

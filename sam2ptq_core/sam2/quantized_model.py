@@ -22,8 +22,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from ..algorithms.quantizers import fake_quantize
-from ..algorithms.rotation import apply_hadamard
+from ..algorithms.layer_recipe import quantized_linear
+from ..algorithms.rotation import Rotation
 from .loading import quantizable_linears, trunk
 
 __all__ = ["QuantLinear", "LayerArtifacts", "quantize_model", "artifacts_from_saved", "build_quantized", "swapped"]
@@ -57,6 +57,7 @@ class QuantLinear(nn.Module):
         self.register_buffer("lora_a", art.a.clone() if has_branch else None)
         self.register_buffer("lora_b", art.b.clone() if has_branch else None)
         self.rotate, self.rotate_random, self.rotate_seed = art.rotate, art.rotate_random, art.rotate_seed
+        self._rotation = Rotation(self.in_features, art.rotate_random, art.rotate_seed) if art.rotate else None
         self.act_shift = float(art.act_shift)
         if art.a_dtype is not None:
             a_dtype, a_group = art.a_dtype, art.a_group if art.a_group is not None else -1
@@ -64,19 +65,9 @@ class QuantLinear(nn.Module):
             a_dtype = "u" + a_dtype[1:]
         self.a_dtype, self.a_group = a_dtype, a_group
 
-    def _transform(self, x: torch.Tensor) -> torch.Tensor:
-        if self.rotate:
-            x = apply_hadamard(x, random=self.rotate_random, seed=self.rotate_seed)
-        return x / self.smooth.to(x.dtype) if self.smooth is not None else x
-
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        xt = self._transform(x + self.act_shift) if self.act_shift else self._transform(x)
-        xq = fake_quantize(xt, self.a_dtype, self.a_group) if self.a_dtype else xt
-        y = nn.functional.linear(xq, self.weight.to(x.dtype), None if self.bias is None else self.bias.to(x.dtype))
-        if self.lora_a is not None:
-            xb = self._transform(x) if self.act_shift else xt  # the branch reads the unshifted input
-            y = y + nn.functional.linear(nn.functional.linear(xb, self.lora_a.to(x.dtype)), self.lora_b.to(x.dtype))
-        return y
+        return quantized_linear(x, self.weight, self.bias, self.smooth, self.lora_a, self.lora_b, self.a_dtype,
+                                self.a_group, self.act_shift, self._rotation)
 
     def extra_repr(self) -> str:
         return (f"in={self.in_features}, out={self.out_features}, act={self.a_dtype}/{self.a_group}, "
