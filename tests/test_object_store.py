@@ -319,3 +319,6 @@ def test_gc_removes_leftovers_never_a_stage(tmp_path):
     assert r.returncode == 0 and "gc: removed 3 leftover(s)" in r.stdout, r.stdout + r.stderr
     assert not any(d.exists() for d in [*stray, dead]) and recent.exists() and live.exists()
     assert _store(tmp_path, "w2").get("s", "k" * 30).path("a.bin").read_bytes() == b"kept"
+    empty = [*args[:-4], "--cache.root", f"file://{tmp_path / 'nothing-yet'}", *args[-2:]]
+    r = subprocess.run(empty, capture_output=True, text=True, cwd=ROOT)  # a store with nothing in it yet
+    assert r.returncode == 0 and "gc: removed 0 leftover(s)" in r.stdout, r.stdout + r.stderr

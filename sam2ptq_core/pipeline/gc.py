@@ -49,7 +49,11 @@ def _object_store(cfg: RunConfig, older_than_s: float, dry_run: bool) -> list[st
     fs, root = url_fs(cfg.cache.root, cfg.cache.io_timeout_seconds)
     root = root.rstrip("/")
     now, removed = time.time(), []
-    for stage_dir in fs.ls(root, detail=False):
+    try:
+        stage_dirs = fs.ls(root, detail=False)
+    except FileNotFoundError:  # nothing stored yet
+        return removed
+    for stage_dir in stage_dirs:
         name = stage_dir.rstrip("/").rsplit("/", 1)[-1]
         if name == "ledger" or not fs.isdir(stage_dir):
             continue
