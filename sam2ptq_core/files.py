@@ -19,7 +19,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 __all__ = ["file_sha256", "verified", "file_listing", "writer_tag", "writer_gone", "atomic_dir", "sweep_leftovers",
-           "DiskFull", "disk_full_reported"]
+           "dead_leftovers", "DiskFull", "disk_full_reported"]
 
 _HOST = re.sub(r"[^A-Za-z0-9_]", "_", socket.gethostname())
 _DISK_FULL_WORDS = ("No space left", "unexpected pos", "file write failed", "Disk quota exceeded")
@@ -83,14 +83,17 @@ def writer_gone(name: str) -> bool:
     return False
 
 
+def dead_leftovers(folder: Path) -> list[Path]:
+    """The temp siblings in ``folder`` whose writers are gone."""
+    return [p for p in folder.iterdir() if p.name.startswith(".") and (".tmp-" in p.name or ".old-" in p.name)
+            and writer_gone(p.name)] if folder.is_dir() else []
+
+
 def sweep_leftovers(folder: Path) -> list[Path]:
     """Remove the temp siblings in ``folder`` whose writers are gone; returns what was removed."""
-    gone = []
-    if folder.is_dir():
-        for p in folder.iterdir():
-            if p.name.startswith(".") and (".tmp-" in p.name or ".old-" in p.name) and writer_gone(p.name):
-                shutil.rmtree(p, ignore_errors=True)
-                gone.append(p)
+    gone = dead_leftovers(folder)
+    for p in gone:
+        shutil.rmtree(p, ignore_errors=True)
     return gone
 
 

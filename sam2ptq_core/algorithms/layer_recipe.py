@@ -19,7 +19,7 @@ from .statistics import LayerStats, transform_stats
 
 __all__ = ["LayerSpec", "LayerQuant", "transform_weight", "transform_input", "quantized_output",
            "smoothing_objective", "quantize_layer", "layer_errors", "round_branch", "GELU_SHIFT", "shifted_spec",
-           "kernel_bias", "quantized_linear"]
+           "folded_bias", "kernel_bias", "quantized_linear"]
 
 # SVDQuant / nunchaku: the input of the second MLP layer (after GELU, whose minimum is ≈ −0.16997) is shifted by
 # this constant, so it is ≥ 0 and quantized unsigned; the shift is folded into the layer's bias.
@@ -163,6 +163,15 @@ def round_branch(a: torch.Tensor, b: torch.Tensor, s: torch.Tensor | None, dt: t
     return down * s32, b16
 
 
+def folded_bias(W: torch.Tensor, bias: torch.Tensor | None, shift: float) -> torch.Tensor | None:
+    """The float bias of a layer whose input arrives shifted, in float64: b − shift·W·1 (DeepCompressor's
+    ShiftedLinear bias); the bias itself without a shift; None when there is neither."""
+    if bias is None and not shift:
+        return None
+    b = bias.double() if bias is not None else torch.zeros(W.shape[0], dtype=torch.float64, device=W.device)
+    return b - shift * W.double().sum(dim=1) if shift else b
+
+
 def kernel_bias(bias: torch.Tensor, a: torch.Tensor | None, b: torch.Tensor | None, s: torch.Tensor | None,
                 shift: float, dt: torch.dtype | None = None) -> torch.Tensor:
     """The bias of a shifted layer as nunchaku's kernel adds it. The kernel quantizes (x + shift) / s but feeds the
@@ -211,9 +220,7 @@ def layer_errors(W: torch.Tensor, bias: torch.Tensor | None, X: torch.Tensor, lq
     ref = X.double() @ W.double().T
     if bias is not None:
         ref = ref + bias.double()
-    folded = None if bias is None and not spec.a_shift else (
-        (bias.double() if bias is not None else torch.zeros(W.shape[0], dtype=torch.float64))
-        - spec.a_shift * W.double().sum(dim=1))
+    folded = folded_bias(W, bias, spec.a_shift)
     kb = None if folded is None else kernel_bias(folded, lq.a, lq.b, s, spec.a_shift).double()
     y = quantized_linear(X.double(), lq.weight.double(), kb, None if s is None else s.double(), lq.a.double(),
                          lq.b.double(), spec.a_dtype, spec.a_group, spec.a_shift, R)

@@ -10,7 +10,15 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from .layer_recipe import LayerQuant, LayerSpec, kernel_bias, layer_errors, quantize_layer, smoothing_objective
+from .layer_recipe import (
+    LayerQuant,
+    LayerSpec,
+    folded_bias,
+    kernel_bias,
+    layer_errors,
+    quantize_layer,
+    smoothing_objective,
+)
 from .quantizers import QParams, QTensor
 from .rotation import Rotation, hadamard
 from .smoothing import SmoothResult, search_smoothing
@@ -191,11 +199,10 @@ def quantize_and_report(layers: dict[str, nn.Module], stats: dict[str, LayerStat
 def export_bias(mod: nn.Module, spec: LayerSpec) -> torch.Tensor:
     """The bias the quantized layer uses: the float bias, minus shift·W·1 for a shifted input (computed in float64),
     rounded to the 16-bit export dtype when one is set (an empty tensor when the layer has none and no shift)."""
-    if mod.bias is None and not spec.a_shift:
+    b = folded_bias(mod.weight.detach().cpu(), None if mod.bias is None else mod.bias.detach().cpu(), spec.a_shift)
+    if b is None:
         return torch.empty(0)
-    W = mod.weight.detach().double().cpu()
-    b = mod.bias.detach().double().cpu() if mod.bias is not None else W.new_zeros(W.shape[0])
-    b = (b - spec.a_shift * W.sum(dim=1)).float() if spec.a_shift else b.float()
+    b = b.float()
     return b.to(spec.torch_scale_dtype).float() if spec.scale_dtype is not None else b
 
 

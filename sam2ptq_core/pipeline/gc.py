@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 
 from ..config import RunConfig
-from ..files import sweep_leftovers, writer_gone
+from ..files import dead_leftovers, sweep_leftovers, writer_gone
 
 __all__ = ["collect_garbage"]
 
@@ -98,15 +98,10 @@ def _local(cfg: RunConfig, dry_run: bool) -> list[str]:
     else:
         root = Path(cfg.cache.root)
         for d in [root, *(p for p in root.glob("*") if p.is_dir())]:
-            removed += [str(p) for p in (_dead_siblings(d) if dry_run else sweep_leftovers(d))]
+            removed += [str(p) for p in (dead_leftovers(d) if dry_run else sweep_leftovers(d))]
     tmp = base / "tmp"
-    removed += [str(p) for p in (_dead_siblings(tmp) if dry_run else sweep_leftovers(tmp))]
+    removed += [str(p) for p in (dead_leftovers(tmp) if dry_run else sweep_leftovers(tmp))]
     return removed
-
-
-def _dead_siblings(folder: Path) -> list[Path]:
-    return [p for p in folder.iterdir() if p.name.startswith(".") and (".tmp-" in p.name or ".old-" in p.name)
-            and writer_gone(p.name)] if folder.is_dir() else []
 
 
 def _leases(dry_run: bool) -> list[str]:

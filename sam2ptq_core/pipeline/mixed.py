@@ -68,7 +68,7 @@ def choose_and_requantize(c: RunConfig, arts: dict, progress=None) -> tuple[dict
     else:
         chosen = choose_fallback(loss, params, cost, fb_cost, m.budget_bits, m.num_layers)
     info = {"fallback": m.fallback, "layers": chosen,
-            "order": fallback_order(loss, {k: cost[k] for k in loss}, {k: fb_cost[k] for k in loss}),
+            "order": fallback_order(loss, cost, fb_cost),
             "avg_weight_bits": average_bits(params, cost, fb_cost, set(chosen)),
             "base_weight_bits": average_bits(params, cost, fb_cost, set()),
             "target_bits": int(c.quant.wgts.dtype[-1]),
@@ -105,7 +105,7 @@ def _requantize_w8a8(c: RunConfig, arts: dict, names: list[str], progress) -> tu
     """The fallback layers at W8A8 (sint8 per-channel weights with GPTQ when it is on, per-token sint8 activations),
     with the run's smoothing scales and rotation choice, on the captured float statistics; and their errors."""
     from ..algorithms.model_recipe import quantize_and_report
-    from .runtime import chosen_rotations, device_of, fallback_spec, load_layer_inputs
+    from .runtime import chosen_rotations, device_of, fallback_spec, load_layer_inputs, mark_fallback
     li = load_layer_inputs(c, arts["fetch_model"], arts["capture_activations"], arts["rotate"])
     layers = {k: li.layers[k] for k in names}
     spec = fallback_spec(c.quant, c.seed)
@@ -113,5 +113,5 @@ def _requantize_w8a8(c: RunConfig, arts: dict, names: list[str], progress) -> tu
                                          chosen_rotations(li, arts["smooth"], names), spec, progress,
                                          device=device_of(c))
     for d in saved.values():
-        d.update(a_dtype="sint8", a_group=-1, bits=8)
+        mark_fallback(d, spec)
     return saved, rows

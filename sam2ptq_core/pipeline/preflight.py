@@ -56,10 +56,8 @@ def _check_mixed(cfg: RunConfig) -> None:
     import difflib
     import fnmatch
 
-    from ..sam2.variants import linear_shapes
-    from .mixed import layer_costs
-    shapes = {k: v for k, v in linear_shapes(cfg.model.name, cfg.model.arch).items()
-              if not any(fnmatch.fnmatch(k, p) for p in cfg.quant.skip)}
+    from .mixed import layer_costs, quantized_shapes
+    shapes = quantized_shapes(cfg)
     everything = f"every quantized layer would fall back to {m.fallback}: nothing would be quantized"
     if cfg.quant.calib.mode == "sequential" and not m.layers:
         raise ConfigError("quant.calib.mode sequential decides each layer's format before calibrating it: give "

@@ -72,6 +72,13 @@ def fallback_spec(q: QuantCfg, seed: int) -> LayerSpec:
     return replace(layer_spec(q, seed), w_dtype="sint8", w_group=-1, a_dtype="sint8", a_group=-1, rank=0)
 
 
+def mark_fallback(saved: dict, spec: LayerSpec) -> dict:
+    """A saved layer quantized at ``spec`` (``fallback_spec``) records its own activation format and bits, so
+    QuantLinear and the readers use them instead of the run's."""
+    saved.update(a_dtype=spec.a_dtype, a_group=spec.a_group, bits=int(spec.w_dtype[-1]))
+    return saved
+
+
 def layer_specs(q: QuantCfg, seed: int, names) -> LayerSpec | dict[str, LayerSpec]:
     """One spec for every layer, or, with ``ipts.gelu_shift``, the shifted unsigned spec for layers after GELU."""
     spec = layer_spec(q, seed)

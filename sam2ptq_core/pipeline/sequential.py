@@ -119,7 +119,16 @@ def run_blocks(c, refs: dict, progress: Callable[[int, int, str], None] | None =
     from ..algorithms.smoothing import smooth_candidates
     from ..sam2.images import normalize
     from .mixed import walk_fallbacks
-    from .runtime import fallback_spec, layer_groups, layer_rots, layer_spec, layer_specs, load_fp_model, to_run_dtype
+    from .runtime import (
+        fallback_spec,
+        layer_groups,
+        layer_rots,
+        layer_spec,
+        layer_specs,
+        load_fp_model,
+        mark_fallback,
+        to_run_dtype,
+    )
     from .stages import STAGES, local_dir, open_artifact, run_stage
 
     stage = STAGES["seq_block"]
@@ -154,15 +163,14 @@ def run_blocks(c, refs: dict, progress: Callable[[int, int, str], None] | None =
                 layers = {k: v for k, v in layers.items() if k not in fb}
 
             def build(tmp, i=i, layers=layers, previous=previous, fb=fb):
-                specs = layer_specs(q, c.seed, layers)
+                specs, w8 = layer_specs(q, c.seed, layers), fallback_spec(q, c.seed)
                 if fb:
-                    w8 = fallback_spec(q, c.seed)
                     specs = {k: w8 if k in fb else spec_of(specs, k) for k in layers}
                 r = quantize_block(layers, cal.stats(i), layer_rots(q, layers, by_width), specs, cands,
                                    proj is not None, bool(rot and rot.mode == "auto"), dev,
                                    [g for g in layer_groups(q, layers) if not set(g) & fb])
                 for k in fb & set(r["qlayers"]):
-                    r["qlayers"][k].update(a_dtype="sint8", a_group=-1, bits=8)
+                    mark_fallback(r["qlayers"][k], w8)
                 stage.artifact.write(tmp, {"smooth": r["smooth"], "qlayers": r["qlayers"]},
                                      {"block": i, **{k: r[k] for k in ("rotated", "log", "layers", "fallbacks")}})
                 return {"block": i, "num_layers": len(layers), "previous": previous}

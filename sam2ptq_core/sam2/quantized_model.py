@@ -56,8 +56,7 @@ class QuantLinear(nn.Module):
         has_branch = art.a is not None and art.a.numel() > 0
         self.register_buffer("lora_a", art.a.clone() if has_branch else None)
         self.register_buffer("lora_b", art.b.clone() if has_branch else None)
-        self.rotate, self.rotate_random, self.rotate_seed = art.rotate, art.rotate_random, art.rotate_seed
-        self._rotation = Rotation(self.in_features, art.rotate_random, art.rotate_seed) if art.rotate else None
+        self.rotation = Rotation(self.in_features, art.rotate_random, art.rotate_seed) if art.rotate else None
         self.act_shift = float(art.act_shift)
         if art.a_dtype is not None:
             a_dtype, a_group = art.a_dtype, art.a_group if art.a_group is not None else -1
@@ -67,12 +66,12 @@ class QuantLinear(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return quantized_linear(x, self.weight, self.bias, self.smooth, self.lora_a, self.lora_b, self.a_dtype,
-                                self.a_group, self.act_shift, self._rotation)
+                                self.a_group, self.act_shift, self.rotation)
 
     def extra_repr(self) -> str:
         return (f"in={self.in_features}, out={self.out_features}, act={self.a_dtype}/{self.a_group}, "
                 f"shift={self.act_shift}, "
-                f"smooth={self.smooth is not None}, rotate={self.rotate}, "
+                f"smooth={self.smooth is not None}, rotate={self.rotation is not None}, "
                 f"rank={0 if self.lora_a is None else self.lora_a.shape[0]}")
 
 
