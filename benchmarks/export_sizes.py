@@ -14,6 +14,7 @@ import torch
 from safetensors.torch import save_file
 
 from sam2ptq_core.algorithms.quantizers import dequantize, quantize
+from sam2ptq_core.algorithms.scheme import LayerScheme
 from sam2ptq_core.config import load_config
 from sam2ptq_core.export.cache_files import write_cache_files
 from sam2ptq_core.export.nunchaku import write_nunchaku
@@ -39,8 +40,9 @@ def sizes(name: str) -> dict:
     tmp = Path(tempfile.mkdtemp())
     enc16 = {k: v.half().contiguous() for k, v in m.vision_encoder.state_dict().items()}
     save_file(enc16, str(tmp / "fp16.safetensors"))
-    write_cache_files(tmp / "cache", m.state_dict(), qlayers, smooth)
-    write_nunchaku(tmp / "nunchaku", cfg, m, qlayers, smooth)
+    schemes = dict.fromkeys(qlayers, LayerScheme("sint4", 64, "sint4", 64, rank=32))
+    write_cache_files(tmp / "cache", m.state_dict(), qlayers, schemes, smooth)
+    write_nunchaku(tmp / "nunchaku", cfg, m, qlayers, smooth, schemes)
     mb = lambda p: p.stat().st_size / 2**20  # noqa: E731
     return {"model": name, "fp16_encoder_mb": mb(tmp / "fp16.safetensors"),
             "cache_files_mb": {p.name: round(mb(p), 1) for p in sorted((tmp / "cache").iterdir())},

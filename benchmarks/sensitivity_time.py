@@ -13,6 +13,7 @@ import time
 import torch
 
 from sam2ptq_core.algorithms.quantizers import fake_quantize
+from sam2ptq_core.algorithms.scheme import LayerScheme
 from sam2ptq_core.sam2.loading import build_random, quantizable_linears
 from sam2ptq_core.sam2.quantized_model import LayerArtifacts, swapped
 from sam2ptq_core.sam2.sensitivity import layer_sensitivity
@@ -22,19 +23,20 @@ def main(name: str = "tiny", images: int = 2) -> dict:
     torch.set_num_threads(2)
     m = build_random(name, 0)
     lin = quantizable_linears(m)
-    arts = {n: LayerArtifacts(fake_quantize(mod.weight.detach(), "sint4", 64), mod.bias.detach(), None, None, None)
-            for n, mod in lin.items()}
+    w4a4 = LayerScheme("sint4", 64, "sint4", 64)
+    arts = {n: LayerArtifacts(w4a4, fake_quantize(mod.weight.detach(), "sint4", 64), mod.bias.detach(), None, None,
+                              None) for n, mod in lin.items()}
     g = torch.Generator().manual_seed(0)
     pixels = [torch.randn(1, 3, 1024, 1024, generator=g) for _ in range(images)]
     t0 = time.time()
-    layer_sensitivity(m, arts, pixels, "sint4", 64)
+    layer_sensitivity(m, arts, pixels)
     replay = time.time() - t0
     t0 = time.time()
     with torch.inference_mode():  # the former method: a full forward for every layer and image
         for px in pixels:
             m.get_image_embeddings(px)
         for n, art in arts.items():
-            with swapped(m, n, art, "sint4", 64):
+            with swapped(m, n, art):
                 for px in pixels:
                     m.get_image_embeddings(px)
     full = time.time() - t0

@@ -23,6 +23,7 @@ from pathlib import Path
 import torch
 sys.path.insert(0, {root!r})
 from sam2ptq_core.algorithms.layer_recipe import LayerSpec
+from sam2ptq_core.algorithms.scheme import LayerScheme
 from sam2ptq_core.pipeline.sequential import SequentialCalibrator, quantize_block
 from sam2ptq_core.sam2.images import normalize
 from sam2ptq_core.sam2.loading import build_random, quantizable_linears, trunk
@@ -39,7 +40,7 @@ def watch():
 threading.Thread(target=watch, daemon=True).start()
 spec = LayerSpec(w_dtype="sint4", w_group=64, a_dtype="sint4", a_group=64, rank=8, block_size=128, seed=0)
 cal = SequentialCalibrator(model, lambda: (normalize(imgs[i:i + 1]) for i in range({n})), work, 512, 0, (),
-                           "sint4", 64)
+                           dict.fromkeys(quantizable_linears(model), LayerScheme("sint4", 64, "sint4", 64, rank=8)))
 t0 = time.time()
 for i in range(len(trunk(model).blocks)):
     layers = {{k: v for k, v in quantizable_linears(model).items() if k.split(".")[1] == str(i)}}

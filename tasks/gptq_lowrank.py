@@ -26,7 +26,7 @@ def gptq_lowrank(cfg: dict, model_ref: Ref, acts_ref: Ref, rot_ref: Ref, smooth_
         from sam2ptq_core.pipeline import runtime as rt
         li = rt.load_layer_inputs(c, *(open_artifact(c, r) for r in (model_ref, acts_ref, rot_ref)))
         sm = open_artifact(c, smooth_ref)
-        spec = rt.layer_specs(c.quant, c.seed, li.layers)
+        spec = rt.layer_specs(c.quant, c.seed, li.schemes)
         with Progress(STAGE.name, len(li.layers), "layer") as prog:
             saved, rows, fallbacks = quantize_and_report(li.layers, li.stats, sm.scales(), rt.chosen_rotations(li, sm),
                                                          spec, prog, device=rt.device_of(c),

@@ -21,8 +21,9 @@ def mixed(cfg: dict, model_ref: Ref, acts_ref: Ref, rot_ref: Ref, smooth_ref: Re
     def build(tmp):
         from sam2ptq_core.pipeline.mixed import choose_and_requantize
         with Progress(STAGE.name, 1, "layer") as prog:
-            fallback, info = choose_and_requantize(c, {k: open_artifact(c, r) for k, r in refs.items()}, prog)
-        STAGE.artifact.write(tmp, fallback, info)
+            fallback, info, scheme = choose_and_requantize(c, {k: open_artifact(c, r) for k, r in refs.items()},
+                                                           prog)
+        STAGE.artifact.write(tmp, fallback, info, scheme)
         if info["fallback"]:
             run_logger().info("mixed precision: %d layers fall back to %s (average %.2f weight bits)",
                               len(info["layers"]), info["fallback"], info["avg_weight_bits"])

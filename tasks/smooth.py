@@ -41,7 +41,7 @@ def smooth(cfg: dict, model_ref: Ref, calib_ref: Ref, acts_ref: Ref, rot_ref: Re
         # without smoothing only the identity (0, 0) is tried: the search then just decides the rotation
         cands = smooth_candidates(proj.strategy, proj.alpha, proj.beta, proj.num_grids) if proj else [(0.0, 0.0)]
         with Progress(STAGE.name, len(li.layers), "layer") as prog:
-            res = search_all_smoothing(li.layers, li.stats, li.rots, layer_specs(c.quant, c.seed, li.layers), cands,
+            res = search_all_smoothing(li.layers, li.stats, li.rots, layer_specs(c.quant, c.seed, li.schemes), cands,
                                        auto_rotate=bool(rot and rot.mode == "auto"), progress=prog,
                                        device=device_of(c), groups=layer_groups(c.quant, li.layers))
         scales, choice["layers"], log = smoothing_record(res)

@@ -152,3 +152,9 @@ def run_progress(env, run_id: str, *paths: Path):
                 sizes.append(sum(1 for _ in p.rglob("*")))
         return run_state(env, run_id), tuple(sizes)
     return signal_of
+
+
+def scheme_of(spec):
+    """The LayerScheme whose formats a test's LayerSpec carries (not rotated, no fallback)."""
+    from sam2ptq_core.algorithms.scheme import LayerScheme
+    return LayerScheme(spec.w_dtype, spec.w_group, spec.a_dtype, spec.a_group, spec.a_shift, rank=spec.rank)

@@ -3,6 +3,7 @@ import copy
 import torch
 
 from sam2ptq_core.algorithms.rotation import Rotation
+from sam2ptq_core.algorithms.scheme import LayerScheme
 from sam2ptq_core.sam2.capture import capture_stats, valid_rows
 from sam2ptq_core.sam2.loading import build_random, quantizable_linears
 from sam2ptq_core.sam2.quantized_model import LayerArtifacts, QuantLinear, quantize_model
@@ -58,8 +59,9 @@ def test_quant_linear_transforms_are_exact_without_quantization():
     Wt = transform_weight(lin.weight.detach(), s, R)  # (W·R)·diag(s), the order QuantLinear must invert
     a = torch.randn(4, 96, generator=g, dtype=torch.float64)
     b = torch.randn(40, 4, generator=g, dtype=torch.float64)
-    art = LayerArtifacts(Wt - b @ a, lin.bias.detach(), s, a, b, rotate=True, rotate_random=True, rotate_seed=3)
-    q = QuantLinear(art, None, -1).double()
+    art = LayerArtifacts(LayerScheme("sint4"), Wt - b @ a, lin.bias.detach(), s, a, b, rotate=True, rotate_random=True,
+                         rotate_seed=3)  # float activations: nothing is quantized in the forward
+    q = QuantLinear(art).double()
     err = float((q(x) - lin(x)).detach().abs().max())
     assert err < 1e-12, err  # measured 2e-15: smoothing, rotation and the branch preserve the layer exactly
 
@@ -67,13 +69,14 @@ def test_quant_linear_transforms_are_exact_without_quantization():
 def test_quantize_model_swaps_and_changes_output():
     m = _model()
     layers = quantizable_linears(m)
-    arts = {n: LayerArtifacts(lin.weight.detach().clone(), lin.bias.detach().clone(), None, None, None)
-            for n, lin in layers.items()}
+    def arts(a_dtype):
+        return {n: LayerArtifacts(LayerScheme("sint8", -1, a_dtype, -1), lin.weight.detach().clone(),
+                                  lin.bias.detach().clone(), None, None, None) for n, lin in layers.items()}
     x = torch.randn(1, 3, 128, 128, generator=torch.Generator().manual_seed(2))
     with torch.inference_mode():
         ref = m.get_image_embeddings(x)
-        same = quantize_model(copy.deepcopy(m), arts, None, -1).get_image_embeddings(x)
-        q8 = quantize_model(copy.deepcopy(m), arts, "sint8", -1)
+        same = quantize_model(copy.deepcopy(m), arts(None)).get_image_embeddings(x)
+        q8 = quantize_model(copy.deepcopy(m), arts("sint8"))
         out8 = q8.get_image_embeddings(x)
     assert all(torch.allclose(a, b, atol=1e-5) for a, b in zip(ref, same))
     assert not all(torch.equal(a, b) for a, b in zip(ref, out8))

@@ -69,7 +69,6 @@ def test_flow_output_tree_and_full_reuse(prefect_server, tmp_path):
 
 
 def test_readers_rebuild_the_pipeline_model_exactly(prefect_server, tmp_path):
-    from sam2ptq_core.config import group_size_of
     from sam2ptq_core.export.reader import load_quantized
     from sam2ptq_core.pipeline.runtime import load_fp_model
     from sam2ptq_core.pipeline.stages import open_artifact
@@ -82,9 +81,14 @@ def test_readers_rebuild_the_pipeline_model_exactly(prefect_server, tmp_path):
     st, store = _stages(out), StageStore(cfg.cache.root)
     art = lambda s: open_artifact(cfg, {"stage": s, "key": st[s]["key"]})  # noqa: E731
     fp = load_fp_model(cfg, art("fetch_model"))
-    sm, ip = art("smooth"), cfg.quant.ipts
-    pipeline = build_quantized(fp.model, art("gptq_lowrank").qlayers(), sm.scales(), sm.rotation_choice(), ip.dtype,
-                               group_size_of(ip.group_shapes))
+    sm, schemes = art("smooth"), art("mixed").schemes()
+    pipeline = build_quantized(fp.model, art("gptq_lowrank").qlayers(), sm.scales(), sm.rotation_choice(), schemes)
+    # one scheme record per layer, stored once (the mixed stage, copied into the tree): the shifted layers are
+    # exactly the MLPs' second layers, with uint4 activations and no rotation
+    assert json.loads((out / "scheme.json").read_text())["layers"] == {k: s.to_dict() for k, s in schemes.items()}
+    shifted = {k for k, s in schemes.items() if s.shift}
+    assert shifted == {k for k in schemes if k.endswith("mlp.proj_out")} and len(shifted) == 12
+    assert all(schemes[k].a_dtype == "uint4" and not schemes[k].rotate for k in shifted)
     x = torch.randn(1, 3, 128, 128, generator=torch.Generator().manual_seed(0))
     with torch.inference_mode():
         want = pipeline.get_image_embeddings(x)
@@ -106,7 +110,7 @@ def test_readers_rebuild_the_pipeline_model_exactly(prefect_server, tmp_path):
         assert torch.equal(r["codes"], q[name]["codes"]) and torch.equal(r["scale"], q[name]["scale"])
         assert torch.equal(r["smooth"], sm[name])
         assert torch.equal(r["a"], q[name]["a"]) and torch.equal(r["b"], q[name]["b"])
-        assert torch.equal(r["bias"], q[name]["kernel_bias"]) and r["act_shift"] == float(q[name]["act_shift"])
+        assert torch.equal(r["bias"], q[name]["kernel_bias"]) and r["act_shift"] == schemes[name].shift
     # low_rank.exclusive false (default): a transition block's qkv and proj share the down-projection, in the
     # stage artifact and in the nunchaku file
     for i in (1, 2, 4):
@@ -126,7 +130,7 @@ def test_readers_rebuild_the_pipeline_model_exactly(prefect_server, tmp_path):
     qc = json.loads(meta["quantization_config"])
     assert qc["method"] == "svdquant" and qc["activation"]["unsigned"]["shift"] == 0.171875
     assert qc["activation"]["unsigned"]["layers"] == sorted(n for n in q if n.endswith("mlp.proj_out"))
-    assert {n for n in q if float(q[n]["act_shift"])} == set(qc["activation"]["unsigned"]["layers"])
+    assert shifted == set(qc["activation"]["unsigned"]["layers"])
     # the one-line predict command on both formats
     from sam2ptq_core.export.predict import main as predict_main
     for fmt in ("cache", "nunchaku"):

@@ -1,12 +1,16 @@
 """SVDQuant's unsigned activations after GELU: statistics of X + c follow exactly from those of X, and a shifted
 layer with the shift folded into its bias computes the unshifted layer."""
+from dataclasses import replace
+
 import torch
 
 from sam2ptq_core.algorithms.layer_recipe import GELU_SHIFT, LayerQuant, LayerSpec, layer_errors, shifted_spec
 from sam2ptq_core.algorithms.model_recipe import export_bias
 from sam2ptq_core.algorithms.quantizers import quantize
+from sam2ptq_core.algorithms.scheme import LayerScheme
 from sam2ptq_core.algorithms.statistics import StatsAccumulator, shift_stats
 from sam2ptq_core.sam2.quantized_model import LayerArtifacts, QuantLinear
+from tests.helpers import scheme_of
 
 
 def _gelu_inputs(n=3000, k=96, seed=0):
@@ -53,16 +57,18 @@ def test_shift_is_exact_in_float_and_unsigned_int8_loses_little():
     spec = shifted_spec(LayerSpec(w_dtype="sint8", a_dtype=None))
     folded = export_bias(lin, spec).double()
     assert torch.allclose(folded, (bias - GELU_SHIFT * W.sum(1)).float().double())
-    art = LayerArtifacts(W, bias - GELU_SHIFT * W.sum(1), None, None, None, act_shift=GELU_SHIFT)
-    y = QuantLinear(art, None, -1).double()(x)
+    float_in = LayerScheme("sint8").shifted(GELU_SHIFT)  # activations not quantized
+    art = LayerArtifacts(float_in, W, bias - GELU_SHIFT * W.sum(1), None, None, None)
+    y = QuantLinear(art).double()(x)
     rel = float((y - ref).abs().max() / ref.abs().max())
     assert rel < 1e-13, rel
     # quantized at 8 bits: the shifted input is all ≥ 0, uint8 uses the whole [0, 255] range on it
-    ql = QuantLinear(art, "sint8", -1).double()
-    assert ql.a_dtype == "uint8"
+    w8a8 = LayerScheme("sint8", -1, "sint8", -1)
+    ql = QuantLinear(replace(art, scheme=w8a8.shifted(GELU_SHIFT))).double()
+    assert ql.scheme.a_dtype == "uint8"
     with torch.no_grad():
         rel8 = float((ql(x) - ref).norm() / ref.norm())
-        plain = QuantLinear(LayerArtifacts(W, bias, None, None, None), "sint8", -1).double()
+        plain = QuantLinear(LayerArtifacts(w8a8, W, bias, None, None, None)).double()
         rel8_signed = float((plain(x) - ref).norm() / ref.norm())
     assert rel8 < 0.6 * rel8_signed, (rel8, rel8_signed)
 
@@ -79,7 +85,7 @@ def test_layer_errors_of_a_shifted_layer_match_the_module():
     lq = LayerQuant(dequantize(q), q, torch.zeros(0, 64), torch.zeros(32, 0))
     e = layer_errors(W, bias, x, lq, None, None, spec)
     folded = (bias.double() - GELU_SHIFT * W.double().sum(1)).float()
-    y = QuantLinear(LayerArtifacts(lq.weight, folded, None, None, None, act_shift=GELU_SHIFT), "sint4", -1)(x)
+    y = QuantLinear(LayerArtifacts(scheme_of(spec), lq.weight, folded, None, None, None))(x)
     ref = x.double() @ W.double().T + bias.double()
     direct = float((y.double() - ref).norm() / ref.norm())
     assert abs(e["output_rel_err"] - direct) < 1e-5 * direct, (e["output_rel_err"], direct)
@@ -100,10 +106,11 @@ def test_shifted_layer_with_smoothing_and_branch_is_exact_in_float():
     resid = W * s - b @ a  # W' = W·diag(s) = resid + b·a
     folded = bias - GELU_SHIFT * W.sum(1)
     kb = kernel_bias(folded, a, b, s, GELU_SHIFT).double()
-    ql = QuantLinear(LayerArtifacts(resid, kb, s, a, b, act_shift=GELU_SHIFT), None, -1).double()
+    float_in = LayerScheme("sint4").shifted(GELU_SHIFT)  # activations not quantized
+    ql = QuantLinear(LayerArtifacts(float_in, resid, kb, s, a, b)).double()
     ref = x @ W.T + bias
     with torch.no_grad():
         y = ql(x)
-        wrong = QuantLinear(LayerArtifacts(resid, folded, s, a, b, act_shift=GELU_SHIFT), None, -1).double()(x)
+        wrong = QuantLinear(LayerArtifacts(float_in, resid, folded, s, a, b)).double()(x)
     assert float((y - ref).abs().max() / ref.abs().max()) < 1e-7
     assert float((wrong - ref).norm() / ref.norm()) > 0.01

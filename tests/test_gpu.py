@@ -6,6 +6,7 @@ from sam2ptq_core.algorithms.gptq import gptq_quantize
 from sam2ptq_core.algorithms.lowrank import low_rank_decompose
 from sam2ptq_core.algorithms.quantizers import fake_quantize
 from sam2ptq_core.algorithms.rotation import apply_hadamard
+from sam2ptq_core.algorithms.scheme import LayerScheme
 
 pytestmark = pytest.mark.gpu
 
@@ -49,9 +50,10 @@ def test_capture_quant_linear_and_evaluate_in_bf16_on_cuda():
     for k in ref:
         rel = float((got[k].hessian_sum.double() - ref[k].hessian_sum).norm() / ref[k].hessian_sum.norm())
         assert rel < 0.05, (k, rel)  # bf16 activations: ~1e-2
-    arts = {n: LayerArtifacts(fake_quantize(lin.weight.detach(), "sint8", -1), lin.bias.detach(), None, None, None)
-            for n, lin in quantizable_linears(m).items()}
-    qm = quantize_model(build_random("tiny", 0, 128, ARCH), arts, "sint8", -1)
+    w8a8 = LayerScheme("sint8", -1, "sint8", -1)
+    arts = {n: LayerArtifacts(w8a8, fake_quantize(lin.weight.detach(), "sint8", -1), lin.bias.detach(), None, None,
+                              None) for n, lin in quantizable_linears(m).items()}
+    qm = quantize_model(build_random("tiny", 0, 128, ARCH), arts)
     ev_cpu = evaluate_image(m, qm, x, (100, 120), 128, 2)
     mg, qg = m.to("cuda", torch.bfloat16), qm.to("cuda", torch.bfloat16)
     ev_gpu = evaluate_image(mg, qg, x.to("cuda", torch.bfloat16), (100, 120), 128, 2)

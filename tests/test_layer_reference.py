@@ -13,6 +13,7 @@ from sam2ptq_core.algorithms.rotation import Rotation, hadamard
 from sam2ptq_core.algorithms.smoothing import smoothing_scales
 from sam2ptq_core.algorithms.statistics import StatsAccumulator
 from sam2ptq_core.sam2.quantized_model import LayerArtifacts, QuantLinear
+from tests.helpers import scheme_of
 from tests.reference.naive import gptq_columns, rtn
 
 
@@ -54,7 +55,7 @@ def test_layer_pipeline_matches_float64_reference(seed, gptq, w_dtype, a_dtype):
     s = smoothing_scales(st.absmax, W.abs().amax(0), 0.5, 0.0)
     R = Rotation(128)
     lq = quantize_layer(W, st, s, R, spec)
-    ql = QuantLinear(LayerArtifacts(lq.weight, bias, s, lq.a, lq.b, rotate=True), spec.a_dtype, spec.a_group)
+    ql = QuantLinear(LayerArtifacts(scheme_of(spec), lq.weight, bias, s, lq.a, lq.b, rotate=True))
     with torch.no_grad():
         y = ql(X).double().numpy()
     y_ref, Q_ref = _reference(W, bias, X, s, hadamard(128), 16, spec, st.hessian_sum if gptq else None)
@@ -79,7 +80,7 @@ def test_dropping_the_branch_subtraction_is_caught():
                      randomized_svd=False, gptq=False)
     s = smoothing_scales(st.absmax, W.abs().amax(0), 0.5, 0.0)
     lq = quantize_layer(W, st, s, Rotation(128), spec)
-    wrong = QuantLinear(LayerArtifacts(lq.weight + lq.b @ lq.a, bias, s, lq.a, lq.b, rotate=True), "sint4", 64)
+    wrong = QuantLinear(LayerArtifacts(scheme_of(spec), lq.weight + lq.b @ lq.a, bias, s, lq.a, lq.b, rotate=True))
     y_ref, _ = _reference(W, bias, X, s, hadamard(128), 16, spec)
     with torch.no_grad():
         rel = float(np.linalg.norm(wrong(X).double().numpy() - y_ref) / np.linalg.norm(y_ref))
@@ -95,7 +96,7 @@ def test_per_layer_errors_use_the_module_forward():
     s = smoothing_scales(st.absmax, W.abs().amax(0), 0.5, 0.0)
     lq = quantize_layer(W, st, s, Rotation(128), spec)
     e = layer_errors(W, bias, X, lq, s, Rotation(128), spec)
-    ql = QuantLinear(LayerArtifacts(lq.weight, bias, s, lq.a, lq.b, rotate=True), "sint4", 64).double()
+    ql = QuantLinear(LayerArtifacts(scheme_of(spec), lq.weight, bias, s, lq.a, lq.b, rotate=True)).double()
     with torch.no_grad():
         y = ql(X.double())
     ref = X.double() @ W.double().T + bias.double()

@@ -123,7 +123,9 @@ def test_fallback_layers_in_both_exports(prefect_server, tmp_path):
     assert all(rows[k] == w4[k] for k in rows if k not in cfg.quant.mixed.layers)
     model = load_quantized(out, "cache")
     fb = {n: mod for n, mod in model.vision_encoder.backbone.named_modules() if n in cfg.quant.mixed.layers}
-    assert all(mod.a_dtype == "sint8" for mod in fb.values()) and len(fb) == 4
+    assert all(mod.scheme.a_dtype == "sint8" and mod.scheme.fallback == "w8a8" for mod in fb.values()) and len(fb) == 4
+    schemes = json.loads((out / "scheme.json").read_text())["layers"]  # one record per layer, fallbacks named
+    assert {k for k, s in schemes.items() if s["fallback"]} == set(cfg.quant.mixed.layers)
     # fp16 fallback with the nunchaku export: those layers go to unquantized_layers.safetensors, as metadata says
     out = _run(tmp_path, "output.job=nk", "quant.mixed={fallback: fp16, num_layers: 3}", "quant.rotation=null",
                "quant.wgts.scale_dtype=float16", "convert_nunchaku=true")

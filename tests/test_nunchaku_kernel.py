@@ -15,6 +15,7 @@ from sam2ptq_core.algorithms.statistics import LayerStats
 from sam2ptq_core.export.cache_files import write_cache_files
 from sam2ptq_core.export.nunchaku import _layer_tensors
 from sam2ptq_core.sam2.quantized_model import QuantLinear, artifacts_from_saved
+from tests.helpers import scheme_of
 from tests.reference.nunchaku_kernel import deepcompressor_convert, kernel_forward
 
 DT = torch.float16
@@ -56,27 +57,27 @@ def _quantized():
     spec = {"plain": NO_BRANCH, "smoothed": NO_BRANCH, "branch": SPEC, "shifted": shifted_spec(SPEC),
             "shared_a": SPEC, "shared_b": SPEC}
     lqs = quantize_all(lin, stats, smooth, {k: None for k in lin}, spec, groups=[("shared_a", "shared_b")])
-    return lin, x, smooth, saved_layers(lqs, lin, spec, smooth)
+    return lin, x, smooth, saved_layers(lqs, lin, spec, smooth), {k: scheme_of(sp) for k, sp in spec.items()}
 
 
 def test_kernel_model_agrees_with_quantlinear_on_every_layer_kind():
     """Measured relative output error (kernel model vs QuantLinear, both float64), every kind: 2.2e-8 – 3.9e-8
     (max abs 4.6e-7; float op order only, no activation code rounds differently here); tolerance 1e-6. The shifted
     layer with the bias main exported before (no branch share of the shift): 0.043 relative error."""
-    lin, x, smooth, saved = _quantized()
+    lin, x, smooth, saved, schemes = _quantized()
     assert torch.equal(saved["shared_a"]["a"], saved["shared_b"]["a"])
-    arts = artifacts_from_saved(saved, smooth, {})
+    arts = artifacts_from_saved(saved, smooth, {}, schemes)
     for name, q in saved.items():
-        ql = QuantLinear(arts[name], "sint4", 64).double()
+        ql = QuantLinear(arts[name]).double()
         with torch.no_grad():
             want = ql(x[name].double())
         packed = _layer_tensors(q, q["kernel_bias"] if q["kernel_bias"].numel() else None, smooth.get(name), DT)
-        shift = float(q["act_shift"])
+        shift = schemes[name].shift
         got = kernel_forward(packed, x[name], shift)[:, : lin[name].out_features]
         err = float((got - want).norm() / want.norm())
         assert err < 1e-6, (name, err)
         if name == "shifted":
-            assert ql.a_dtype == "uint4" and shift == GELU_SHIFT
+            assert ql.scheme.a_dtype == "uint4" and shift == GELU_SHIFT
             old = _layer_tensors(q, q["bias"], smooth.get(name), DT)  # the bias without the branch's share
             bad = kernel_forward(old, x[name], shift)[:, : lin[name].out_features]
             assert float((bad - want).norm() / want.norm()) > 0.01
@@ -88,9 +89,9 @@ def test_deepcompressor_converter_gives_our_tensors(tmp_path):
     branch's share of the shift in float64 to the 16-bit folded bias, and so do we). The bias is allowed one fp16
     ulp (float64 summation order), the rest must be equal."""
     from sam2ptq_core.export.cache_files import PREFIX
-    lin, x, smooth, saved = _quantized()
+    lin, x, smooth, saved, schemes = _quantized()
     model_state = {f"{PREFIX}{k}.{p}": getattr(m, p).detach() for k, m in lin.items() for p in ("weight", "bias")}
-    write_cache_files(tmp_path, model_state, saved, smooth)
+    write_cache_files(tmp_path, model_state, saved, schemes, smooth)
     state = torch.load(tmp_path / "model.pt", weights_only=True)
     assert float(state[f"{PREFIX}shifted.shift"]) == GELU_SHIFT and f"{PREFIX}plain.shift" not in state
     theirs = deepcompressor_convert(tmp_path, DT)

@@ -18,7 +18,7 @@ from sam2ptq_core.sam2.capture import capture_stats
 from sam2ptq_core.sam2.images import normalize
 from sam2ptq_core.sam2.loading import build_random, quantizable_linears, trunk
 from sam2ptq_core.sam2.quantized_model import artifacts_from_saved, quantize_model
-from tests.helpers import ARCH, REDUCED_CFG, ROOT, digest_tree
+from tests.helpers import ARCH, REDUCED_CFG, ROOT, digest_tree, scheme_of
 
 SPEC = LayerSpec(w_dtype="sint4", w_group=-1, a_dtype="sint4", a_group=-1, rank=4, gptq=True, block_size=16, seed=3)
 NO_ROT = {"random": False, "seed": 0}
@@ -35,7 +35,8 @@ def test_block_stats_equal_the_quantized_prefix_run_directly(tmp_path):
 
     def pixels():
         return (normalize(images[i:i + 1]).double() for i in range(3))
-    cal = SequentialCalibrator(model, pixels, tmp_path / "h", 64, 7, (), "sint4", -1)
+    cal = SequentialCalibrator(model, pixels, tmp_path / "h", 64, 7, (),
+                               dict.fromkeys(quantizable_linears(model), scheme_of(SPEC)))
     oneshot = capture_stats(fp, pixels(), 64, 7)
     done: dict[str, dict] = {"qlayers": {}, "smooth": {}}
     worst = 0.0
@@ -43,7 +44,8 @@ def test_block_stats_equal_the_quantized_prefix_run_directly(tmp_path):
         st = cal.stats(i)
         ref_model = copy.deepcopy(fp)
         if done["qlayers"]:
-            quantize_model(ref_model, artifacts_from_saved(done["qlayers"], done["smooth"], NO_ROT), "sint4", -1)
+            quantize_model(ref_model, artifacts_from_saved(done["qlayers"], done["smooth"], NO_ROT,
+                                                           dict.fromkeys(done["qlayers"], scheme_of(SPEC))))
         ref = capture_stats(ref_model, pixels(), 64, 7)
         for name, s in st.items():
             r = ref[name]
@@ -133,7 +135,7 @@ def test_sequential_mixed_quantizes_fallbacks_in_the_walk(prefect_server, tmp_pa
     st = json.loads((out / "stages.json").read_text())
     q = open_artifact(cfg, {"stage": "gptq_lowrank", "key": st["gptq_lowrank"]["key"]}).qlayers()
     for k in fb:  # quantized in the walk at their own format
-        assert q[k]["scale"].shape[1] == 1 and q[k]["a_dtype"] == "sint8" and not q[k]["a"].numel()
+        assert q[k]["scale"].shape[1] == 1 and not q[k]["a"].numel()
         assert int(q[k]["codes"].abs().max()) > 7  # 8-bit codes
     assert q["blocks.2.attn.qkv"]["scale"].shape[1] == 2  # the rest stays W4 (groups of 64 over 96 inputs)
     mixed = open_artifact(cfg, {"stage": "mixed", "key": st["mixed"]["key"]})
@@ -142,5 +144,5 @@ def test_sequential_mixed_quantizes_fallbacks_in_the_walk(prefect_server, tmp_pa
     m = load_quantized(out, "cache")
     with torch.inference_mode():
         m.get_image_embeddings(x)
-    assert {n for n, mod in m.vision_encoder.backbone.named_modules() if getattr(mod, "a_dtype", None) == "sint8"
-            } == set(fb)
+    assert {n for n, mod in m.vision_encoder.backbone.named_modules()
+            if getattr(mod, "scheme", None) and mod.scheme.a_dtype == "sint8"} == set(fb)

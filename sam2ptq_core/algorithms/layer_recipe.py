@@ -15,15 +15,13 @@ from .gptq import gptq_quantize
 from .lowrank import low_rank_decompose, top_r_svd
 from .quantizers import QTensor, dequantize, fake_quantize, quantize
 from .rotation import Rotation
+from .scheme import GELU_SHIFT, LayerScheme
 from .statistics import LayerStats, transform_stats
 
 __all__ = ["LayerSpec", "LayerQuant", "transform_weight", "transform_input", "quantized_output",
            "smoothing_objective", "quantize_layer", "layer_errors", "round_branch", "GELU_SHIFT", "shifted_spec",
-           "folded_bias", "kernel_bias", "quantized_linear"]
+           "spec_for", "folded_bias", "kernel_bias", "quantized_linear"]
 
-# SVDQuant / nunchaku: the input of the second MLP layer (after GELU, whose minimum is ≈ −0.16997) is shifted by
-# this constant, so it is ≥ 0 and quantized unsigned; the shift is folded into the layer's bias.
-GELU_SHIFT = 0.171875
 
 
 @dataclass(frozen=True)
@@ -50,11 +48,17 @@ class LayerSpec:
         return None if self.scale_dtype is None else getattr(torch, self.scale_dtype)
 
 
+def spec_for(scheme: LayerScheme, settings: LayerSpec) -> LayerSpec:
+    """``settings`` (GPTQ, branch fit, seed, scale dtype) with the formats of ``scheme``."""
+    from dataclasses import replace
+    return replace(settings, w_dtype=scheme.w_dtype, w_group=scheme.w_group, a_dtype=scheme.a_dtype,
+                   a_group=scheme.a_group, rank=scheme.rank, a_shift=scheme.shift)
+
+
 def shifted_spec(spec: LayerSpec, shift: float = GELU_SHIFT) -> LayerSpec:
     """The spec of a layer whose input is shifted by ``shift`` and quantized unsigned with the same bits."""
-    from dataclasses import replace
-    a = spec.a_dtype
-    return replace(spec, a_shift=shift, a_dtype=None if a is None else "u" + a[1:] if a.startswith("s") else a)
+    return spec_for(LayerScheme(spec.w_dtype, spec.w_group, spec.a_dtype, spec.a_group, rank=spec.rank).shifted(shift),
+                    spec)
 
 
 @dataclass

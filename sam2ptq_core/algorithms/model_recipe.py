@@ -210,8 +210,9 @@ def saved_layers(lqs: dict[str, LayerQuant], layers: dict[str, nn.Module], spec:
                  smooth: dict[str, torch.Tensor]) -> dict[str, dict]:
     """What the GPTQ stage stores per layer: dequantized residual weight, int16 codes, scale, zero (empty for
     symmetric formats), group size, the branch a/b, the folded bias (b − shift·W·1, DeepCompressor's
-    ShiftedLinear bias, what model.pt holds), the bias the kernel adds (``kernel_bias``: with a shift and a branch,
-    the branch's share of the shift included) and the input shift."""
+    ShiftedLinear bias, what model.pt holds) and the bias the kernel adds (``kernel_bias``: with a shift and a
+    branch, the branch's share of the shift included). The layer's formats and shift are its scheme's, stored once
+    per run (``sam2ptq_core/schemes.py``), not here."""
     out = {}
     for k, lq in lqs.items():
         sp, a, b = spec_of(spec, k), lq.a.cpu(), lq.b.cpu()
@@ -222,6 +223,5 @@ def saved_layers(lqs: dict[str, LayerQuant], layers: dict[str, nn.Module], spec:
                   "zero": lq.q.qparams.zero.cpu() if lq.q.qparams.zero is not None else torch.empty(0),
                   "group_size": torch.tensor(lq.q.qparams.group_size), "a": a, "b": b, "bias": bias,
                   "kernel_bias": kernel_bias(bias, a, b, None if s is None else s.cpu(), sp.a_shift,
-                                             sp.torch_scale_dtype),
-                  "act_shift": torch.tensor(sp.a_shift, dtype=torch.float32)}
+                                             sp.torch_scale_dtype)}
     return out

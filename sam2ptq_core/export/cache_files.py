@@ -29,10 +29,11 @@ __all__ = ["PREFIX", "write_cache_files", "read_cache_files", "codes_from_weight
 PREFIX = "vision_encoder.backbone."
 
 
-def write_cache_files(d: Path, model_state: dict[str, torch.Tensor], qlayers: dict[str, dict],
+def write_cache_files(d: Path, model_state: dict[str, torch.Tensor], qlayers: dict[str, dict], schemes: dict,
                       smooth: dict[str, torch.Tensor], rotation: dict | None = None,
                       whole_model: bool = False) -> list[str]:
-    """Write the four files into ``d``; returns the names written. ``model_state`` is the float Sam2Model's state
+    """Write the four files into ``d``; returns the names written. ``schemes``: {layer: LayerScheme} (a shifted
+    layer's ``.shift`` entry comes from its scheme). ``model_state`` is the float Sam2Model's state
     dict; model.pt keeps its ``vision_encoder.*`` entries, or every entry with ``whole_model`` (--save-model), which
     makes the tree self-contained (the reader then needs no original checkpoint)."""
     d.mkdir(parents=True, exist_ok=True)
@@ -44,8 +45,8 @@ def write_cache_files(d: Path, model_state: dict[str, torch.Tensor], qlayers: di
         state[f"{full}.weight"] = q["weight"].float().clone()
         if q["bias"].numel():
             state[f"{full}.bias"] = q["bias"].float().clone()
-        if "act_shift" in q and float(q["act_shift"]):
-            state[f"{full}.shift"] = q["act_shift"].float().reshape(1).clone()
+        if schemes[name].shift:
+            state[f"{full}.shift"] = torch.tensor([schemes[name].shift], dtype=torch.float32)
         out, ng = q["scale"].shape
         scales[f"{full}.weight.scale.0"] = q["scale"].float().reshape(out, 1, ng, 1).clone()
         if q["zero"].numel():

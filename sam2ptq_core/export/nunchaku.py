@@ -125,9 +125,10 @@ def _layer_tensors(q: dict, bias: torch.Tensor | None, smooth: torch.Tensor | No
     return out
 
 
-def write_nunchaku(d: Path, cfg, model, qlayers: dict, smooth: dict, fallback: list[str] = ()) -> None:
+def write_nunchaku(d: Path, cfg, model, qlayers: dict, smooth: dict, schemes: dict) -> None:
     """``hiera_blocks.safetensors`` (every quantized linear) + ``unquantized_layers.safetensors`` (everything else,
-    including mixed precision's ``fallback`` layers in 16-bit, which the metadata of both files names)."""
+    including mixed precision's fallback layers in 16-bit, which the metadata of both files names). ``schemes``:
+    {layer: LayerScheme} of every quantizable layer (shift and fallback from there)."""
     check_supported(cfg)
     from ..config import config_hash
     d.mkdir(parents=True, exist_ok=True)
@@ -138,7 +139,7 @@ def write_nunchaku(d: Path, cfg, model, qlayers: dict, smooth: dict, fallback: l
         for key, t in _layer_tensors(q, b, smooth.get(name), dt).items():
             blocks[f"{name}.{key}"] = t.contiguous()
         shapes[name] = {"out": int(q["codes"].shape[0]), "in": int(q["codes"].shape[1]), "rank": int(q["a"].shape[0])}
-        shift = float(q["act_shift"]) if "act_shift" in q else 0.0
+        shift = schemes[name].shift
         if shift:  # its input arrives shifted (GELU + shift, fused into the kernel before) and is quantized uint4
             shapes[name]["act_unsigned"], shapes[name]["act_shift"] = True, shift
     rank = max((v["rank"] for v in shapes.values()), default=0)
@@ -151,7 +152,7 @@ def write_nunchaku(d: Path, cfg, model, qlayers: dict, smooth: dict, fallback: l
                                # SVDQuant's second MLP layer: input + shift after GELU, uint4 [0, 15], the bias
                                # already holds −shift·W·1 (+ the branch share, see ``bias`` above)
                                "unsigned": {"shift": GELU_SHIFT, "layers": unsigned} if unsigned else None},
-                "rank": rank}), "fallback_layers": json.dumps(sorted(fallback))}
+                "rank": rank}), "fallback_layers": json.dumps(sorted(k for k, s in schemes.items() if s.fallback))}
     save_file(blocks, str(d / "hiera_blocks.safetensors"), metadata=meta)
     quantized = {f"vision_encoder.backbone.{n}.{p}" for n in qlayers for p in ("weight", "bias")}
     rest = {k: v.detach().cpu().contiguous().clone() for k, v in model.state_dict().items() if k not in quantized}

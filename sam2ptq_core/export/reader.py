@@ -1,5 +1,9 @@
 """Rebuild the quantized SAM2 from an output tree alone: the DeepCompressor-style cache files or nunchaku's files.
 
+Each layer's formats (weight group, activation format, shift) come from the tree's ``scheme.json``, the schemes the
+run quantized with; a tree written before sam2ptq stored it (2026-11-29) is read with the same rules applied to its
+``config.yaml`` (which records mixed precision's choice), so both give the same schemes.
+
 Both paths produce the same QuantLinear parameters as the pipeline (weights exactly code·scale, the same smooth,
 branch and rotation), so the rebuilt model's encoder output equals the in-pipeline model's bit for bit.
 """
@@ -12,12 +16,27 @@ from torch import nn
 
 from ..algorithms.layer_recipe import kernel_bias
 from ..algorithms.quantizers import QParams, QTensor, dequantize
-from ..config import group_size_of, load_config
+from ..config import load_config
 from ..sam2.loading import build_config, load_model
 from ..sam2.quantized_model import LayerArtifacts, quantize_model
+from ..schemes import read_schemes, shipped_schemes
 from .cache_files import PREFIX, codes_from_weight, read_cache_files, split_shift
 
 __all__ = ["load_quantized"]
+
+
+def _schemes(out: Path, cfg, names) -> dict:
+    """{layer: LayerScheme} for ``names``: from scheme.json, or from config.yaml's rules in an older tree."""
+    f = out / "scheme.json"
+    if f.is_file():
+        import json
+        got = read_schemes(json.loads(f.read_text()))
+        missing = set(names) - set(got)
+        if missing:
+            raise ValueError(f"{f} has no scheme for {sorted(missing)[:3]}: the tree is incomplete; export it again")
+        return got
+    mix = cfg.quant.mixed
+    return shipped_schemes(cfg.quant, names, mix.layers if mix is not None else ())
 
 
 def _from_cache(out: Path, cfg) -> nn.Module:
@@ -42,28 +61,26 @@ def _from_cache(out: Path, cfg) -> nn.Module:
     arts = {}
     rot = files["rotation"]
     rotated = set(rot.get("layers", []))
-    for key in files["scale"]:
-        if not key.endswith(".weight.scale.0"):
-            continue
-        full = key[: -len(".weight.scale.0")]
+    names = [k[len(PREFIX): -len(".weight.scale.0")] for k in files["scale"] if k.endswith(".weight.scale.0")]
+    schemes = _schemes(out, cfg, names)
+    for name in names:
+        full, sch = PREFIX + name, schemes[name]
         w = files["state"][f"{full}.weight"]
-        name = full[len(PREFIX):]
-        mix = cfg.quant.mixed
-        w8 = mix is not None and mix.fallback == "w8a8" and name in mix.layers  # a per-channel W8A8 fallback
-        codes_from_weight(w, files["scale"][key], files["scale"].get(f"{full}.weight.zero"),
-                          -1 if w8 else group_size_of(cfg.quant.wgts.group_shapes))  # on-grid check
+        scale = files["scale"][f"{full}.weight.scale.0"]
+        codes_from_weight(w, scale, files["scale"].get(f"{full}.weight.zero"), sch.w_group)  # on-grid check
         br = files["branch"].get(full, {})
         shift, bias, sm = shifts.get(full, 0.0), files["state"].get(f"{full}.bias"), files["smooth"].get(full)
+        if shift != sch.shift:
+            raise ValueError(f"model.pt holds shift {shift} for {name} but scheme.json says {sch.shift}: the tree "
+                             "was edited; export it again")
         if shift:  # model.pt: the folded bias (DeepCompressor's ShiftedLinear); the kernel adds the branch's share
             sd = cfg.quant.wgts.scale_dtype
             bias = kernel_bias(bias, br.get("a.weight"), br.get("b.weight"), sm, shift,
                                None if sd is None else getattr(torch, sd))
-        arts[name] = LayerArtifacts(w.float(), bias, sm, br.get("a.weight"), br.get("b.weight"),
+        arts[name] = LayerArtifacts(sch, w.float(), bias, sm, br.get("a.weight"), br.get("b.weight"),
                                     rotate=full in rotated, rotate_random=rot.get("random", False),
-                                    rotate_seed=rot.get("seed", 0),
-                                    act_shift=shift, a_dtype="sint8" if w8 else None, a_group=-1 if w8 else None)
-    ip = cfg.quant.ipts
-    return quantize_model(model, arts, ip.dtype, group_size_of(ip.group_shapes))
+                                    rotate_seed=rot.get("seed", 0))
+    return quantize_model(model, arts)
 
 
 def _from_nunchaku(out: Path, cfg) -> nn.Module:
@@ -74,14 +91,18 @@ def _from_nunchaku(out: Path, cfg) -> nn.Module:
     with torch.device("meta"):
         model = Sam2Model(build_config(cfg.model.name, cfg.quant.calib.image_size, cfg.model.arch))
     arts = {}
+    schemes = _schemes(out, cfg, layers)
     for name, r in layers.items():
+        sch = schemes[name]
+        if (sch.w_dtype, sch.w_group, r["act_shift"]) != ("sint4", 64, sch.shift):
+            raise ValueError(f"nunchaku's {name} (sint4/g64, shift {r['act_shift']}) differs from scheme.json "
+                             f"({sch.label()}): the tree was edited; export it again")
         w = dequantize(QTensor(r["codes"], QParams(r["scale"], None, 64), "sint4"))  # nunchaku: groups of 64
-        arts[name] = LayerArtifacts(w, r["bias"], r["smooth"], r.get("a"), r.get("b"), act_shift=r["act_shift"])
+        arts[name] = LayerArtifacts(sch, w, r["bias"], r["smooth"], r.get("a"), r.get("b"))
         rest[f"{PREFIX}{name}.weight"] = w
         rest[f"{PREFIX}{name}.bias"] = r["bias"]  # the kernel's bias (the float model's slot only holds it)
     model.load_state_dict(rest, strict=True, assign=True)
-    ip = cfg.quant.ipts
-    return quantize_model(model.eval(), arts, ip.dtype, group_size_of(ip.group_shapes))
+    return quantize_model(model.eval(), arts)
 
 
 def load_quantized(out_dir: str | Path, fmt: str = "cache") -> nn.Module:

@@ -124,6 +124,14 @@ def _branch_line(lr: dict | None) -> str:
             f"{lr['lowbit_weight_bytes'] / 2**20:.2f} MiB low-bit codes).")
 
 
+def _scheme_lines(schemes: list[dict] | None) -> list[str]:
+    """The run's per-layer schemes (``scheme.json`` in the output tree has every layer's)."""
+    if not schemes:
+        return []
+    return ["| layers | scheme (scheme.json lists every layer) | e.g. |", "|---|---|---|",
+            *(f"| {r['layers']} | {r['scheme']} | {r['example']} |" for r in schemes), ""]
+
+
 def write_report(out_dir: Path, metrics: dict, overlays: list[dict], ious: dict[str, list[float]]) -> None:
     """metrics.json, report.md and PNGs into ``out_dir``. The report's first line flags random weights.
     ``ious``: per prompt kind, the IoU of every prompt (for the histogram)."""
@@ -136,6 +144,7 @@ def write_report(out_dir: Path, metrics: dict, overlays: list[dict], ious: dict[
              f"config hash `{metrics['config_hash'][:16]}`, {metrics['eval_images']} held-out images, "
              f"{metrics['masks']['num_prompts']} prompts, evaluated in {metrics.get('eval_dtype', 'float32')} on "
              f"{metrics.get('eval_device', 'cpu')}", "", _branch_line(metrics.get("low_rank")), "",
+             *_scheme_lines(metrics.get("schemes")),
              "## Encoder fidelity (quantized vs float)", "", "| level | SQNR dB | cosine |", "|---|---|---|"]
     for lv, v in metrics["encoder"]["sqnr_db"].items():
         lines.append(f"| {lv} | {_fmt(v)} | {_fmt(metrics['encoder']['cosine'][lv])} |")

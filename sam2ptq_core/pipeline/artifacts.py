@@ -14,7 +14,7 @@ from typing import Any, ClassVar
 from .store import Manifest
 
 __all__ = ["Artifact", "FetchedModel", "CalibrationSet", "ActivationStats", "RotationSpec", "SmoothingChoice",
-           "QuantizedLayers", "BlockQuant", "Sensitivity", "MixedChoice", "final_qlayers", "Evaluation"]
+           "QuantizedLayers", "BlockQuant", "Sensitivity", "MixedChoice", "shipped_layers", "Evaluation"]
 
 
 def _write(d: Path, files: dict[str, Any]) -> None:
@@ -161,9 +161,10 @@ class Sensitivity(Artifact):
 
 
 class MixedChoice(Artifact):
-    """Which layers fall back and to what (``mixed.json``), and the re-quantized w8a8 fallback layers
-    (``fallback.pt``, saved-layer dicts with their own activation format; empty for fp16 and without mixed)."""
-    FILES = ("fallback.pt", "mixed.json")
+    """Which layers fall back and to what (``mixed.json``), the re-quantized w8a8 fallback layers (``fallback.pt``;
+    empty for fp16 and without mixed), and the scheme of every layer the run ships (``scheme.json``: the rules and
+    each layer's resolved ``LayerScheme``, written with or without ``quant.mixed``)."""
+    FILES = ("fallback.pt", "mixed.json", "scheme.json")
 
     def choice(self) -> dict:
         """{"fallback": "w8a8" | "fp16" | None, "layers": [...], "avg_weight_bits", "order": [...]}."""
@@ -172,20 +173,23 @@ class MixedChoice(Artifact):
     def fallback_layers(self) -> dict:
         return self._pt("fallback.pt")
 
+    def schemes(self) -> dict:
+        """{layer: LayerScheme} of every quantizable layer (a float fallback's ``quantized`` is False)."""
+        from ..schemes import read_schemes
+        return read_schemes(self._json("scheme.json"))
 
-def final_qlayers(gptq: "QuantizedLayers", mixed: MixedChoice | None) -> dict:
-    """The quantized layers a run ships: the GPTQ stage's, with mixed precision's fallbacks swapped in (w8a8) or
-    left out, so they stay float (fp16)."""
-    q = dict(gptq.qlayers())
-    if mixed is None:
-        return q
-    ch = mixed.choice()
-    if ch.get("fallback") == "fp16":
-        for k in ch["layers"]:
-            q.pop(k, None)
-    elif ch.get("fallback") == "w8a8":
-        q.update(mixed.fallback_layers())
-    return q
+    def scheme_file(self) -> Path:
+        """``scheme.json`` itself (export copies it into the output tree)."""
+        return self.manifest.path("scheme.json")
+
+
+def shipped_layers(gptq: QuantizedLayers, mixed: MixedChoice) -> tuple[dict, dict]:
+    """(saved layers, {layer: LayerScheme}) of the quantized layers a run ships: the GPTQ stage's, with mixed
+    precision's w8a8 fallbacks swapped in and its float ones left out (they stay float)."""
+    schemes = mixed.schemes()
+    q = {k: v for k, v in gptq.qlayers().items() if schemes[k].quantized}
+    q.update(mixed.fallback_layers())
+    return q, {k: schemes[k] for k in q}
 
 
 class Evaluation(Artifact):

@@ -4,16 +4,16 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..config import RunConfig, config_hash, group_size_of
+from ..config import RunConfig, config_hash
 from ..sam2.evaluation import evaluate_images, prompt_ious, summarize
 from ..sam2.images import files_digest, held_out, preprocess
 from ..sam2.loading import trunk
 from ..sam2.quantized_model import build_quantized
-from .artifacts import CalibrationSet, FetchedModel, MixedChoice, QuantizedLayers, SmoothingChoice, final_qlayers
+from .artifacts import CalibrationSet, FetchedModel, MixedChoice, QuantizedLayers, SmoothingChoice, shipped_layers
 from .runtime import load_fp_model, to_run_dtype
 from .stages import store_of
 
-__all__ = ["held_out_images", "run_evaluation", "branch_share"]
+__all__ = ["held_out_images", "run_evaluation", "branch_share", "scheme_counts"]
 
 
 def held_out_images(c: RunConfig, calib_paths: set[str], only_names: set[str] | None = None) -> list[Path]:
@@ -27,10 +27,8 @@ def run_evaluation(c: RunConfig, fetched: FetchedModel, calib: CalibrationSet, s
     """(metrics, overlays, per-prompt IoUs by kind) of the quantized model against the float one."""
     from ..sam2.coco import gt_prompts, load_coco
     fp = load_fp_model(c, fetched)
-    ip = c.quant.ipts
-    qlayers = final_qlayers(gptq, mixed)
-    qm = build_quantized(fp.model, qlayers, smooth.scales(), smooth.rotation_choice(), ip.dtype,
-                         group_size_of(ip.group_shapes))
+    qlayers, schemes = shipped_layers(gptq, mixed)
+    qm = build_quantized(fp.model, qlayers, smooth.scales(), smooth.rotation_choice(), schemes)
     coco = load_coco(c.quant.eval.annotations) if c.quant.eval.annotations else None
     paths = held_out_images(c, {s["path"] for s in calib.sources()}, set(coco[1]) if coco else None)
     cache = store_of(c).preprocess_cache()
@@ -56,11 +54,12 @@ def run_evaluation(c: RunConfig, fetched: FetchedModel, calib: CalibrationSet, s
         "eval_images": len(paths), "eval_files": [str(p) for p in paths],
         "eval_dtype": str(next(qm.parameters()).dtype).replace("torch.", ""), "eval_device": c.model.device,
         "layer_errors_on": "calibration token sample (in-sample)", **summarize(per_img),
-        "low_rank": branch_share(qlayers, q.wgts.dtype, q.wgts.low_rank.rank if q.wgts.low_rank else 0),
+        "low_rank": branch_share(qlayers, schemes, q.wgts.low_rank.rank if q.wgts.low_rank else 0),
+        "schemes": scheme_counts(mixed.schemes()),
         "layers": layer_info["layers"], "gptq_fallbacks": sorted(layer_info["fallbacks"]),
     }
-    fp16 = {k: int(m.weight.numel()) for k, m in trunk(fp.model).named_modules()
-            if ch.get("fallback") == "fp16" and k in ch["layers"]}
+    floats = {k for k, s in mixed.schemes().items() if not s.quantized}
+    fp16 = {k: int(m.weight.numel()) for k, m in trunk(fp.model).named_modules() if k in floats}
     lr = metrics["low_rank"]
     metrics["size"] = {"quantized_linears_bytes": lr["lowbit_weight_bytes"] + lr["branch_16bit_bytes"]
                        + 2 * sum(fp16.values()), "fallback_16bit_bytes": 2 * sum(fp16.values())}
@@ -70,11 +69,18 @@ def run_evaluation(c: RunConfig, fetched: FetchedModel, calib: CalibrationSet, s
     return metrics, overlays, prompt_ious(per_img)
 
 
-def branch_share(qlayers: dict[str, dict], w_dtype: str, rank: int) -> dict:
+def branch_share(qlayers: dict[str, dict], schemes: dict, rank: int) -> dict:
     """The branch's rank and the share of the quantized layers' weight bytes it holds in 16-bit (codes at their
-    bit width, branch factors a [r, in] and b [out, r] at 2 bytes; scales not counted)."""
-    bits = int(w_dtype[-1])  # a mixed-precision fallback layer carries its own ("bits")
-    low = sum(q["codes"].numel() * int(q.get("bits", bits)) / 8 for q in qlayers.values())
+    scheme's bit width, branch factors a [r, in] and b [out, r] at 2 bytes; scales not counted)."""
+    low = sum(q["codes"].numel() * schemes[k].bits / 8 for k, q in qlayers.items())
     hi = sum(2 * (q["a"].numel() + q["b"].numel()) for q in qlayers.values())
     return {"rank": rank, "lowbit_weight_bytes": int(low), "branch_16bit_bytes": int(hi),
             "share_16bit": hi / (hi + low) if hi + low else 0.0}
+
+
+def scheme_counts(schemes: dict) -> list[dict]:
+    """The distinct per-layer schemes of a run, with how many layers have each (first seen first)."""
+    out: dict = {}
+    for k, s in schemes.items():
+        out.setdefault(s, []).append(k)
+    return [{"scheme": s.label(), "layers": len(v), "example": v[0]} for s, v in out.items()]

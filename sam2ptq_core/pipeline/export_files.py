@@ -1,13 +1,14 @@
 """The model files of the output tree, from the stage artifacts: the DeepCompressor-style cache files, the
-optional nunchaku safetensors and the resolved config."""
+optional nunchaku safetensors, the per-layer schemes and the resolved config."""
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import yaml
 
 from ..config import RunConfig
-from .artifacts import FetchedModel, MixedChoice, QuantizedLayers, SmoothingChoice, final_qlayers
+from .artifacts import FetchedModel, MixedChoice, QuantizedLayers, SmoothingChoice, shipped_layers
 from .runtime import load_fp_model
 
 __all__ = ["write_model_files"]
@@ -15,17 +16,19 @@ __all__ = ["write_model_files"]
 
 def write_model_files(d: Path, c: RunConfig, fetched: FetchedModel, smooth: SmoothingChoice,
                       gptq: QuantizedLayers, mixed: MixedChoice) -> None:
-    """The cache files, nunchaku's files (``convert_nunchaku``) and ``config.yaml``; with mixed precision the
+    """The cache files, nunchaku's files (``convert_nunchaku``), ``scheme.json`` (every layer's scheme, as the
+    mixed stage resolved it; the readers take formats from it) and ``config.yaml``; with mixed precision the
     config records the chosen fallback layers as ``quant.mixed.layers``, so it reproduces the choice."""
     from ..export.cache_files import write_cache_files
     fp = load_fp_model(c, fetched)
-    qlayers, scales = final_qlayers(gptq, mixed), smooth.scales()
+    (qlayers, schemes), scales = shipped_layers(gptq, mixed), smooth.scales()
     ch = mixed.choice()
-    write_cache_files(d / "cache", fp.model.state_dict(), qlayers, scales, smooth.rotation_choice(),
+    write_cache_files(d / "cache", fp.model.state_dict(), qlayers, schemes, scales, smooth.rotation_choice(),
                       whole_model=c.save_model)
     if c.convert_nunchaku:
         from ..export.nunchaku import write_nunchaku
-        write_nunchaku(d / "nunchaku", c, fp.model, qlayers, scales, fallback=ch["layers"])
+        write_nunchaku(d / "nunchaku", c, fp.model, qlayers, scales, mixed.schemes())
+    shutil.copyfile(mixed.scheme_file(), d / "scheme.json")
     cfg = c.model_dump(mode="json")
     if ch.get("fallback"):
         # the choice itself, so a reader rebuilds these fallbacks (none chosen: num_layers 0, still one valid policy)

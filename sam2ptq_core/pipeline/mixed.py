@@ -4,29 +4,21 @@ from __future__ import annotations
 
 import fnmatch
 
-from ..algorithms.mixed_precision import WeightFormat, average_bits, choose_fallback, fallback_order, weight_bytes
-from ..config import QuantCfg, RunConfig, group_size_of
+from ..algorithms.mixed_precision import average_bits, choose_fallback, fallback_order, weight_bytes
+from ..config import QuantCfg, RunConfig
+from ..schemes import calibration_schemes, scheme_rules, schemes_json, shipped_schemes
 
-__all__ = ["measure_sensitivity", "choose_and_requantize", "weight_formats", "layer_costs", "quantized_shapes",
-           "walk_fallbacks"]
-
-FALLBACK_FORMATS = {"w8a8": WeightFormat(8), "fp16": WeightFormat(16)}
-
-
-def weight_formats(q: QuantCfg) -> tuple[WeightFormat, WeightFormat]:
-    """(the run's weight format, its mixed-precision fallback's) as shipped: codes, 16-bit scales/zeros, branch."""
-    lr = q.wgts.low_rank
-    base = WeightFormat(int(q.wgts.dtype[-1]), group_size_of(q.wgts.group_shapes), q.wgts.dtype.startswith("u"),
-                        lr.rank if lr is not None else 0)
-    return base, FALLBACK_FORMATS[q.mixed.fallback if q.mixed is not None else "w8a8"]
+__all__ = ["measure_sensitivity", "choose_and_requantize", "layer_costs", "quantized_shapes"]
 
 
 def layer_costs(q: QuantCfg, shapes: dict[str, tuple[int, int]]) -> tuple[dict, dict, dict]:
-    """({layer: parameters}, {layer: bytes at the run's format}, {layer: bytes at the fallback}) for (in, out)
-    shapes."""
-    base, fb = weight_formats(q)
-    return ({k: i * o for k, (i, o) in shapes.items()}, {k: weight_bytes(i, o, base) for k, (i, o) in shapes.items()},
-            {k: weight_bytes(i, o, fb) for k, (i, o) in shapes.items()})
+    """({layer: parameters}, {layer: bytes at its scheme}, {layer: bytes at its fallback's scheme}) for (in, out)
+    shapes: codes, 16-bit scales/zeros and branch as shipped (``LayerScheme.weight_format``)."""
+    schemes = shipped_schemes(q, shapes)
+    fb = {k: s.fp16() if q.mixed is not None and q.mixed.fallback == "fp16" else s.w8a8() for k, s in schemes.items()}
+    return ({k: i * o for k, (i, o) in shapes.items()},
+            {k: weight_bytes(i, o, schemes[k].weight_format()) for k, (i, o) in shapes.items()},
+            {k: weight_bytes(i, o, fb[k].weight_format()) for k, (i, o) in shapes.items()})
 
 
 def measure_sensitivity(c: RunConfig, arts: dict, progress=None) -> dict:
@@ -43,28 +35,29 @@ def measure_sensitivity(c: RunConfig, arts: dict, progress=None) -> dict:
     images = arts["build_calibration_set"].images()[:c.quant.mixed.num_images]
     pixels = [normalize(images[i:i + 1]).to(dev, dt) for i in range(images.shape[0])]
     sm, qlayers = arts["smooth"], arts["gptq_lowrank"].qlayers()
-    if c.quant.calib.mode == "sequential":  # the walk already shipped the fallbacks at their own format
-        fb = walk_fallbacks(c.quant, qlayers)
-        qlayers = {k: v for k, v in qlayers.items() if k not in fb}
-    layer_arts = artifacts_from_saved(qlayers, sm.scales(), sm.rotation_choice())
-    ip = c.quant.ipts
-    res = layer_sensitivity(model, layer_arts, pixels, ip.dtype, group_size_of(ip.group_shapes), progress)
+    schemes = calibration_schemes(c.quant, qlayers)
+    # sequential: the walk already quantized the fallbacks at their own format; they are not candidates
+    qlayers = {k: v for k, v in qlayers.items() if not schemes[k].fallback}
+    layer_arts = artifacts_from_saved(qlayers, sm.scales(), sm.rotation_choice(), schemes)
+    res = layer_sensitivity(model, layer_arts, pixels, progress)
     for k, q in qlayers.items():
         res[k]["params"] = int(q["codes"].numel())
     return {"layers": res, "images": len(pixels)}
 
 
-def choose_and_requantize(c: RunConfig, arts: dict, progress=None) -> tuple[dict, dict]:
-    """(fallback layers as saved-layer dicts, mixed.json) for the configured policy."""
+def choose_and_requantize(c: RunConfig, arts: dict, progress=None) -> tuple[dict, dict, dict]:
+    """(fallback layers as saved-layer dicts, mixed.json, scheme.json) for the configured policy; without
+    ``quant.mixed`` no fallbacks and every layer at its calibration scheme."""
     m = c.quant.mixed
+    shapes = quantized_shapes(c)
     if m is None:
-        return {}, {"fallback": None, "layers": [], "order": []}
+        return {}, {"fallback": None, "layers": [], "order": []}, _scheme_file(c, shapes, [])
     sens = arts["sensitivity"].layers()
     loss = {k: v["loss"] for k, v in sens.items()}  # noise / signal power, mean of the three encoder outputs
-    shapes = quantized_shapes(c)
     params, cost, fb_cost = layer_costs(c.quant, shapes)
     if m.layers:
-        chosen = [k for k in shapes if any(fnmatch.fnmatch(k, p) for p in m.layers)]
+        fallback_rule = scheme_rules(c.quant)[-1]  # the rule quant.mixed.layers makes
+        chosen = [k for k in shapes if fallback_rule.applies(k)]
     else:
         chosen = choose_fallback(loss, params, cost, fb_cost, m.budget_bits, m.num_layers)
     info = {"fallback": m.fallback, "layers": chosen,
@@ -73,17 +66,22 @@ def choose_and_requantize(c: RunConfig, arts: dict, progress=None) -> tuple[dict
             "base_weight_bits": average_bits(params, cost, fb_cost, set()),
             "target_bits": int(c.quant.wgts.dtype[-1]),
             "sensitivity_db": {k: v["embedding_sqnr_db"] for k, v in sens.items()}}
+    scheme = _scheme_file(c, shapes, chosen)
     if m.fallback == "fp16":  # shipped as the float layers: no error
         info["layer_errors"] = [{"name": k, "weight_rel_err": 0.0, "output_rel_err": 0.0} for k in chosen]
     if m.fallback != "w8a8" or not chosen:
-        return {}, info
+        return {}, info, scheme
     if c.quant.calib.mode == "sequential":  # quantized at W8A8 inside the block walk, on the quantized prefix
         gptq = arts["gptq_lowrank"]
         rows = {r["name"]: r for r in gptq.layer_report()["layers"]}
         info["layer_errors"] = [rows[k] for k in chosen]
-        return {k: v for k, v in gptq.qlayers().items() if k in chosen}, info
+        return {k: v for k, v in gptq.qlayers().items() if k in chosen}, info, scheme
     saved, info["layer_errors"] = _requantize_w8a8(c, arts, chosen, progress)
-    return saved, info
+    return saved, info, scheme
+
+
+def _scheme_file(c: RunConfig, shapes: dict, chosen: list[str]) -> dict:
+    return schemes_json(shipped_schemes(c.quant, shapes, chosen), scheme_rules(c.quant, chosen))
 
 
 def quantized_shapes(c: RunConfig) -> dict[str, tuple[int, int]]:
@@ -93,25 +91,15 @@ def quantized_shapes(c: RunConfig) -> dict[str, tuple[int, int]]:
             if not any(fnmatch.fnmatch(k, p) for p in c.quant.skip)}
 
 
-def walk_fallbacks(q: QuantCfg, names) -> set[str]:
-    """Sequential mode decides each layer's format before calibration: the layers of ``names`` that the
-    ``quant.mixed.layers`` patterns match, which the block walk quantizes at W8A8 or leaves float (fp16)."""
-    if q.mixed is None or q.calib.mode != "sequential":
-        return set()
-    return {n for n in names if any(fnmatch.fnmatch(n, p) for p in q.mixed.layers)}
-
-
 def _requantize_w8a8(c: RunConfig, arts: dict, names: list[str], progress) -> tuple[dict, list[dict]]:
     """The fallback layers at W8A8 (sint8 per-channel weights with GPTQ when it is on, per-token sint8 activations),
     with the run's smoothing scales and rotation choice, on the captured float statistics; and their errors."""
     from ..algorithms.model_recipe import quantize_and_report
-    from .runtime import chosen_rotations, device_of, fallback_spec, load_layer_inputs, mark_fallback
+    from .runtime import chosen_rotations, device_of, layer_specs, load_layer_inputs
     li = load_layer_inputs(c, arts["fetch_model"], arts["capture_activations"], arts["rotate"])
     layers = {k: li.layers[k] for k in names}
-    spec = fallback_spec(c.quant, c.seed)
+    specs = layer_specs(c.quant, c.seed, shipped_schemes(c.quant, names, names))
     saved, rows, _ = quantize_and_report(layers, li.stats, arts["smooth"].scales(),
-                                         chosen_rotations(li, arts["smooth"], names), spec, progress,
+                                         chosen_rotations(li, arts["smooth"], names), specs, progress,
                                          device=device_of(c))
-    for d in saved.values():
-        mark_fallback(d, spec)
     return saved, rows

@@ -7,10 +7,12 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from ..algorithms.layer_recipe import LayerSpec, shifted_spec
+from ..algorithms.layer_recipe import LayerSpec, spec_for
 from ..algorithms.model_recipe import layer_rotations
-from ..config import QuantCfg, RunConfig, group_size_of
-from ..sam2.loading import DTYPES, after_gelu, load_model, quantizable_linears, shared_input_groups, weights_sha256
+from ..algorithms.scheme import LayerScheme
+from ..config import QuantCfg, RunConfig
+from ..sam2.loading import DTYPES, load_model, quantizable_linears, shared_input_groups, weights_sha256
+from ..schemes import base_scheme, calibration_schemes
 from .artifacts import ActivationStats, FetchedModel, RotationSpec, SmoothingChoice
 from .progress import run_logger
 from .stages import StageError
@@ -54,37 +56,21 @@ def to_run_dtype(model: nn.Module, cfg: RunConfig) -> nn.Module:
 
 
 def layer_spec(q: QuantCfg, seed: int) -> LayerSpec:
-    """The flat per-layer view of the wgts / ipts / low_rank / kernel_gptq config. A switched-off part (no branch,
+    """The algorithm settings of the wgts / low_rank / kernel_gptq config (GPTQ, branch fit, seed, scale dtype), at
+    the run's base format; ``layer_specs`` gives each layer its scheme's formats. A switched-off part (no branch,
     RTN instead of GPTQ) contributes nothing: its settings would not be read."""
     w, g, lr = q.wgts, q.wgts.kernel_gptq, q.wgts.low_rank
-    branch = dict(rank=lr.rank, lowrank_iters=lr.num_iters, randomized_svd=lr.randomized) if lr else dict(rank=0)
+    branch = dict(lowrank_iters=lr.num_iters, randomized_svd=lr.randomized) if lr else {}
     gptq = dict(block_size=g.block_size, damp_percentage=g.damp_percentage, num_inv_tries=g.num_inv_tries,
                 act_order=g.act_order) if g else {}
-    return LayerSpec(w_dtype=w.dtype, w_group=group_size_of(w.group_shapes), a_dtype=q.ipts.dtype,
-                     a_group=group_size_of(q.ipts.group_shapes), gptq=g is not None, seed=seed,
-                     scale_dtype=w.scale_dtype, **branch, **gptq)
+    return spec_for(base_scheme(q), LayerSpec(w_dtype=w.dtype, gptq=g is not None, seed=seed,
+                                              scale_dtype=w.scale_dtype, **branch, **gptq))
 
 
-def fallback_spec(q: QuantCfg, seed: int) -> LayerSpec:
-    """Mixed precision's W8A8 fallback: sint8 per-channel weights (GPTQ when it is on), sint8 per-token
-    activations, no branch, no shift."""
-    from dataclasses import replace
-    return replace(layer_spec(q, seed), w_dtype="sint8", w_group=-1, a_dtype="sint8", a_group=-1, rank=0)
-
-
-def mark_fallback(saved: dict, spec: LayerSpec) -> dict:
-    """A saved layer quantized at ``spec`` (``fallback_spec``) records its own activation format and bits, so
-    QuantLinear and the readers use them instead of the run's."""
-    saved.update(a_dtype=spec.a_dtype, a_group=spec.a_group, bits=int(spec.w_dtype[-1]))
-    return saved
-
-
-def layer_specs(q: QuantCfg, seed: int, names) -> LayerSpec | dict[str, LayerSpec]:
-    """One spec for every layer, or, with ``ipts.gelu_shift``, the shifted unsigned spec for layers after GELU."""
-    spec = layer_spec(q, seed)
-    if not q.ipts.gelu_shift:
-        return spec
-    return {n: shifted_spec(spec) if after_gelu(n) else spec for n in names}
+def layer_specs(q: QuantCfg, seed: int, schemes: dict[str, LayerScheme]) -> dict[str, LayerSpec]:
+    """Each layer's spec: the run's algorithm settings with the formats of its scheme."""
+    settings = layer_spec(q, seed)
+    return {n: spec_for(s, settings) for n, s in schemes.items()}
 
 
 def layer_groups(q: QuantCfg, names) -> list[tuple[str, str]]:
@@ -94,10 +80,10 @@ def layer_groups(q: QuantCfg, names) -> list[tuple[str, str]]:
     return shared_input_groups(names) if lr is not None and lr.rank > 0 and not lr.exclusive else []
 
 
-def layer_rots(q: QuantCfg, layers: dict, by_width: dict) -> dict:
-    """Each layer's candidate rotation; none for shifted (unsigned-input) layers, which a rotation would spoil."""
+def layer_rots(layers: dict, by_width: dict, schemes: dict[str, LayerScheme]) -> dict:
+    """Each layer's candidate rotation: none where its scheme takes none (shifted, unsigned-input layers)."""
     rots = layer_rotations(layers, by_width)
-    return {k: None if q.ipts.gelu_shift and after_gelu(k) else r for k, r in rots.items()}
+    return {k: r if schemes[k].rotate else None for k, r in rots.items()}
 
 
 @dataclass
@@ -109,6 +95,7 @@ class LayerInputs:
     stats: dict
     rots: dict
     by_width: dict
+    schemes: dict  # {layer: LayerScheme} as calibration quantizes it (schemes.calibration_schemes)
 
 
 def load_layer_inputs(cfg: RunConfig, fetched: FetchedModel, acts: ActivationStats, rot: RotationSpec) -> LayerInputs:
@@ -116,7 +103,8 @@ def load_layer_inputs(cfg: RunConfig, fetched: FetchedModel, acts: ActivationSta
     stats = acts.stats()
     layers = {k: v for k, v in quantizable_linears(fp.model, cfg.quant.skip).items() if k in stats}
     by_width = rot.matrices()
-    return LayerInputs(fp, layers, stats, layer_rots(cfg.quant, layers, by_width), by_width)
+    schemes = calibration_schemes(cfg.quant, layers)
+    return LayerInputs(fp, layers, stats, layer_rots(layers, by_width, schemes), by_width, schemes)
 
 
 def chosen_rotations(li: LayerInputs, smooth: SmoothingChoice, names=None) -> dict:

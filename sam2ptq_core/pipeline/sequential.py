@@ -24,6 +24,7 @@ from torch import nn
 from ..algorithms.layer_recipe import LayerSpec
 from ..algorithms.model_recipe import quantize_and_report, search_all_smoothing, smoothing_record
 from ..algorithms.rotation import Rotation
+from ..algorithms.scheme import LayerScheme
 from ..algorithms.statistics import LayerStats
 from ..files import sweep_leftovers, writer_tag
 from ..sam2.capture import block_stats, trunk_input
@@ -38,13 +39,14 @@ __all__ = ["SequentialCalibrator", "quantize_block"]
 class SequentialCalibrator:
     """Walks the trunk block by block. ``stats(i)`` gives block i's statistics on the quantized prefix's outputs;
     ``quantized(i, qlayers, smooth, rotation)`` records block i's result, applied to the hidden states only when a
-    later block needs them. ``pixels()`` yields the normalised calibration batches on the model's device/dtype."""
+    later block needs them (each layer at its ``schemes`` entry). ``pixels()`` yields the normalised calibration
+    batches on the model's device/dtype."""
 
     def __init__(self, model: nn.Module, pixels: Callable[[], Iterator[torch.Tensor]], work_dir: Path,
-                 sample_tokens: int, seed: int, skip: list[str] | tuple, a_dtype: str | None, a_group: int):
+                 sample_tokens: int, seed: int, skip: list[str] | tuple, schemes: dict[str, LayerScheme]):
         self.model, self.pixels, self.work = model, pixels, Path(work_dir)
         self.sample_tokens, self.seed, self.skip = sample_tokens, seed, skip
-        self.a_dtype, self.a_group = a_dtype, a_group
+        self.schemes = schemes
         self.blocks = trunk(model).blocks
         self.at: int | None = None  # the hidden states on disk are the input of this block (None: none yet)
         self.results: dict[int, tuple[dict, dict, dict]] = {}
@@ -72,7 +74,7 @@ class SequentialCalibrator:
         i = self.at
         qlayers, smooth, rotation = self.results.pop(i)
         if qlayers:
-            quantize_model(self.model, artifacts_from_saved(qlayers, smooth, rotation), self.a_dtype, self.a_group)
+            quantize_model(self.model, artifacts_from_saved(qlayers, smooth, rotation, self.schemes))
         nxt = self.work / "next"
         nxt.mkdir(exist_ok=True)
         for f, h in zip(self._files("cur"), self._inputs()):
@@ -115,20 +117,10 @@ def quantize_block(layers: dict[str, nn.Module], stats: dict[str, LayerStats], r
 def run_blocks(c, refs: dict, progress: Callable[[int, int, str], None] | None = None) -> list[dict]:
     """Every trunk block as a ``seq_block`` stage (reused where stored, built in order otherwise); returns the
     blocks' Refs. ``refs``: fetch_model, build_calibration_set and rotate."""
-    from ..algorithms.model_recipe import spec_of
     from ..algorithms.smoothing import smooth_candidates
     from ..sam2.images import normalize
-    from .mixed import walk_fallbacks
-    from .runtime import (
-        fallback_spec,
-        layer_groups,
-        layer_rots,
-        layer_spec,
-        layer_specs,
-        load_fp_model,
-        mark_fallback,
-        to_run_dtype,
-    )
+    from ..schemes import calibration_schemes
+    from .runtime import layer_groups, layer_rots, layer_specs, load_fp_model, to_run_dtype
     from .stages import STAGES, local_dir, open_artifact, run_stage
 
     stage = STAGES["seq_block"]
@@ -141,7 +133,9 @@ def run_blocks(c, refs: dict, progress: Callable[[int, int, str], None] | None =
     def pixels():
         for i in range(0, images.shape[0], bs):
             yield normalize(images[i:i + bs]).to(dev, dt)
-    spec, proj, rot = layer_spec(q, c.seed), (q.smooth.proj if q.smooth else None), q.rotation
+    proj, rot = (q.smooth.proj if q.smooth else None), q.rotation
+    # formats fixed before calibration, mixed precision's fallbacks included (quant.mixed.layers)
+    schemes = calibration_schemes(q, quantizable_linears(model, q.skip))
     cands = smooth_candidates(proj.strategy, proj.alpha, proj.beta, proj.num_grids) if proj else [(0.0, 0.0)]
     by_width = open_artifact(c, refs["rotate"]).matrices()
     rotation = {"random": bool(rot and rot.random), "seed": c.seed}
@@ -151,26 +145,21 @@ def run_blocks(c, refs: dict, progress: Callable[[int, int, str], None] | None =
         _log.info("removed %s, left by a sequential run that was killed", gone)
     work = tmp_root / f".sequential.tmp-{writer_tag()}"  # named by its writer, so the next run can sweep it
     work.mkdir()
-    cal = SequentialCalibrator(model, pixels, work, q.calib.sample_tokens, c.seed, q.skip, q.ipts.dtype,
-                               spec.a_group)
+    cal = SequentialCalibrator(model, pixels, work, q.calib.sample_tokens, c.seed, q.skip, schemes)
     out, previous, n = [], None, len(trunk(model).blocks)
     upstream = {k: refs[k] for k in stage.upstream}
     try:
         for i in range(n):
-            layers = {k: v for k, v in quantizable_linears(model, q.skip).items() if k.split(".")[1] == str(i)}
-            fb = walk_fallbacks(q, layers)  # mixed precision: formats decided before calibration
-            if fb and q.mixed.fallback == "fp16":  # float layers: not quantized, the walk runs them in float
-                layers = {k: v for k, v in layers.items() if k not in fb}
+            # float (fp16 fallback) layers are not quantized: the walk runs them in float
+            layers = {k: v for k, v in quantizable_linears(model, q.skip).items()
+                      if k.split(".")[1] == str(i) and schemes[k].quantized}
+            fb = {k for k in layers if schemes[k].fallback}
 
             def build(tmp, i=i, layers=layers, previous=previous, fb=fb):
-                specs, w8 = layer_specs(q, c.seed, layers), fallback_spec(q, c.seed)
-                if fb:
-                    specs = {k: w8 if k in fb else spec_of(specs, k) for k in layers}
-                r = quantize_block(layers, cal.stats(i), layer_rots(q, layers, by_width), specs, cands,
-                                   proj is not None, bool(rot and rot.mode == "auto"), dev,
+                sch = {k: schemes[k] for k in layers}
+                r = quantize_block(layers, cal.stats(i), layer_rots(layers, by_width, sch), layer_specs(q, c.seed, sch),
+                                   cands, proj is not None, bool(rot and rot.mode == "auto"), dev,
                                    [g for g in layer_groups(q, layers) if not set(g) & fb])
-                for k in fb & set(r["qlayers"]):
-                    mark_fallback(r["qlayers"][k], w8)
                 stage.artifact.write(tmp, {"smooth": r["smooth"], "qlayers": r["qlayers"]},
                                      {"block": i, **{k: r[k] for k in ("rotated", "log", "layers", "fallbacks")}})
                 return {"block": i, "num_layers": len(layers), "previous": previous}

@@ -115,17 +115,17 @@ STAGES: dict[str, Stage] = {s.name: s for s in [
     Stage("smooth", 8, ("fetch_model", "build_calibration_set", "capture_activations", "rotate"), _smooth_slice,
           A.SmoothingChoice, "per-layer smoothing scales and the per-layer rotation choice (sequential mode: "
           "the whole block-by-block calibration, one seq_block stage per block)"),
-    Stage("seq_block", 3, ("fetch_model", "build_calibration_set", "rotate"), _smooth_slice, A.BlockQuant,
+    Stage("seq_block", 4, ("fetch_model", "build_calibration_set", "rotate"), _smooth_slice, A.BlockQuant,
           "sequential mode: one trunk block smoothed and quantized on the quantized earlier blocks' outputs"),
-    Stage("gptq_lowrank", 5, ("fetch_model", "capture_activations", "rotate", "smooth"), _gptq_slice,
+    Stage("gptq_lowrank", 6, ("fetch_model", "capture_activations", "rotate", "smooth"), _gptq_slice,
           A.QuantizedLayers, "low-rank branch + GPTQ (or RTN) of every trunk linear, per-layer errors"),
     Stage("sensitivity", 2, ("fetch_model", "build_calibration_set", "smooth", "gptq_lowrank"), _sensitivity_slice,
           A.Sensitivity, "quant.mixed: each layer alone at the target precision, its effect on its block's output "
           "and on the image embedding"),
-    Stage("mixed", 4, ("fetch_model", "capture_activations", "rotate", "smooth", "gptq_lowrank", "sensitivity"),
+    Stage("mixed", 5, ("fetch_model", "capture_activations", "rotate", "smooth", "gptq_lowrank", "sensitivity"),
           _mixed_slice, A.MixedChoice, "quant.mixed: the layers that fall back (budget policy) and their w8a8 "
           "re-quantization"),
-    Stage("evaluate", 7, ("fetch_model", "build_calibration_set", "smooth", "gptq_lowrank", "mixed"),
+    Stage("evaluate", 8, ("fetch_model", "build_calibration_set", "smooth", "gptq_lowrank", "mixed"),
           _evaluate_slice, A.Evaluation, "float vs quantized SAM2 on held-out images: SQNR, mask IoU, report"),
 ]}
 

@@ -132,11 +132,6 @@ def shared_input_groups(names) -> list[tuple[str, str]]:
             if n.count(".") == 2 and n.endswith(".proj") and f"{n[:-len('.proj')]}.attn.qkv" in names]
 
 
-def after_gelu(name: str) -> bool:
-    """Whether a trunk linear reads a GELU output: the second layer of every Hiera MLP."""
-    return name.endswith("mlp.proj_out")
-
-
 def weights_sha256(model: nn.Module) -> str:
     """sha256 over the state dict (names, shapes, bytes), to tie artifacts to the exact weights."""
     h = hashlib.sha256()

@@ -9,10 +9,11 @@ QuantLinear computes, for input x [..., in]:
 
 ``weight`` is the dequantized (fake-quant) residual, exactly (code − zero) · scale; the low-rank branch runs on the
 unquantized input, *unshifted*, as nunchaku's kernel feeds it (its GELU kernel adds the shift only to what it
-quantizes); Qa is dynamic per-token group quantization (``ipts``; its unsigned twin, e.g. uint4 for sint4, on a
-shifted input). ``bias`` is the bias the kernel adds: for a shifted layer −shift·W·1 is folded in and, with a
-branch, +b·(a / smooth)·shift·1 (``layer_recipe.kernel_bias``), so the output equals the shifted layer's exactly in
-real arithmetic. The module keeps a float ``.weight`` so that code reading ``module.weight.dtype`` keeps working.
+quantizes); Qa is dynamic per-token group quantization in the layer's scheme (``algorithms/scheme.py``: the
+run's ``ipts``, its unsigned twin on a shifted input, sint8 per token for a W8A8 fallback). ``bias`` is the bias
+the kernel adds: for a shifted layer −shift·W·1 is folded in and, with a branch, +b·(a / smooth)·shift·1
+(``layer_recipe.kernel_bias``), so the output equals the shifted layer's exactly in real arithmetic.
+The module keeps a float ``.weight`` so that code reading ``module.weight.dtype`` keeps working.
 """
 from __future__ import annotations
 
@@ -24,6 +25,7 @@ from torch import nn
 
 from ..algorithms.layer_recipe import quantized_linear
 from ..algorithms.rotation import Rotation
+from ..algorithms.scheme import LayerScheme
 from .loading import quantizable_linears, trunk
 
 __all__ = ["QuantLinear", "LayerArtifacts", "quantize_model", "artifacts_from_saved", "build_quantized", "swapped"]
@@ -31,8 +33,10 @@ __all__ = ["QuantLinear", "LayerArtifacts", "quantize_model", "artifacts_from_sa
 
 @dataclass
 class LayerArtifacts:
-    """Everything one quantized linear needs (tensors on CPU, float32). ``bias`` is the bias the kernel adds
-    (``kernel_bias`` of the stored layer)."""
+    """Everything one quantized linear needs (tensors on CPU, float32): its ``scheme`` (activation format and
+    group, input shift) and its tensors. ``bias`` is the bias the kernel adds (``kernel_bias`` of the stored
+    layer); ``rotate`` whether the smooth stage kept the layer's rotation."""
+    scheme: LayerScheme
     weight: torch.Tensor
     bias: torch.Tensor | None
     smooth: torch.Tensor | None
@@ -41,14 +45,14 @@ class LayerArtifacts:
     rotate: bool = False
     rotate_random: bool = False
     rotate_seed: int = 0
-    act_shift: float = 0.0  # SVDQuant's shift after GELU: input + shift quantized unsigned (bias already folded)
-    a_dtype: str | None = None  # this layer's own activation format (a mixed-precision fallback), else the model's
-    a_group: int | None = None
 
 
 class QuantLinear(nn.Module):
-    def __init__(self, art: LayerArtifacts, a_dtype: str | None, a_group: int):
+    def __init__(self, art: LayerArtifacts):
         super().__init__()
+        if not art.scheme.quantized:
+            raise ValueError("a float (fp16 fallback) layer has no QuantLinear: keep the float module")
+        self.scheme = art.scheme
         self.out_features, self.in_features = art.weight.shape
         self.weight = nn.Parameter(art.weight.clone(), requires_grad=False)
         self.bias = None if art.bias is None else nn.Parameter(art.bias.clone(), requires_grad=False)
@@ -57,25 +61,18 @@ class QuantLinear(nn.Module):
         self.register_buffer("lora_a", art.a.clone() if has_branch else None)
         self.register_buffer("lora_b", art.b.clone() if has_branch else None)
         self.rotation = Rotation(self.in_features, art.rotate_random, art.rotate_seed) if art.rotate else None
-        self.act_shift = float(art.act_shift)
-        if art.a_dtype is not None:
-            a_dtype, a_group = art.a_dtype, art.a_group if art.a_group is not None else -1
-        if self.act_shift and a_dtype and a_dtype.startswith("s"):
-            a_dtype = "u" + a_dtype[1:]
-        self.a_dtype, self.a_group = a_dtype, a_group
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return quantized_linear(x, self.weight, self.bias, self.smooth, self.lora_a, self.lora_b, self.a_dtype,
-                                self.a_group, self.act_shift, self.rotation)
+        sc = self.scheme
+        return quantized_linear(x, self.weight, self.bias, self.smooth, self.lora_a, self.lora_b, sc.a_dtype,
+                                sc.a_group, sc.shift, self.rotation)
 
     def extra_repr(self) -> str:
-        return (f"in={self.in_features}, out={self.out_features}, act={self.a_dtype}/{self.a_group}, "
-                f"shift={self.act_shift}, "
-                f"smooth={self.smooth is not None}, rotate={self.rotation is not None}, "
-                f"rank={0 if self.lora_a is None else self.lora_a.shape[0]}")
+        return (f"in={self.in_features}, out={self.out_features}, {self.scheme.label()}, "
+                f"smooth={self.smooth is not None}, rotate={self.rotation is not None}")
 
 
-def quantize_model(model: nn.Module, layers: dict[str, LayerArtifacts], a_dtype: str | None, a_group: int) -> nn.Module:
+def quantize_model(model: nn.Module, layers: dict[str, LayerArtifacts]) -> nn.Module:
     """Swap the named trunk linears of ``model`` (in place) for QuantLinear modules; returns the model."""
     known = quantizable_linears(model)
     missing = set(layers) - set(known)
@@ -86,41 +83,39 @@ def quantize_model(model: nn.Module, layers: dict[str, LayerArtifacts], a_dtype:
         parent_name, leaf = name.rsplit(".", 1)
         parent = root.get_submodule(parent_name)
         old = getattr(parent, leaf)
-        ql = QuantLinear(art, a_dtype, a_group).to(device=old.weight.device)
+        ql = QuantLinear(art).to(device=old.weight.device)
         setattr(parent, leaf, ql)
     return model
 
 
-def artifacts_from_saved(qlayers: dict[str, dict], smooth: dict[str, torch.Tensor],
-                         rotation: dict) -> dict[str, LayerArtifacts]:
-    """LayerArtifacts from the stored per-layer dicts (weight, kernel_bias, a, b). ``rotation``: {"random", "seed",
-    "layers": [names of the rotated layers]}."""
+def artifacts_from_saved(qlayers: dict[str, dict], smooth: dict[str, torch.Tensor], rotation: dict,
+                         schemes: dict[str, LayerScheme]) -> dict[str, LayerArtifacts]:
+    """LayerArtifacts from the stored per-layer dicts (weight, kernel_bias, a, b) and each layer's scheme.
+    ``rotation``: {"random", "seed", "layers": [names of the rotated layers]}."""
     arts = {}
     rotated = set(rotation.get("layers", []))
     for name, d in qlayers.items():
         bias = d["kernel_bias"] if d["kernel_bias"].numel() else None
-        arts[name] = LayerArtifacts(d["weight"].float(), bias, smooth.get(name), d["a"], d["b"],
+        arts[name] = LayerArtifacts(schemes[name], d["weight"].float(), bias, smooth.get(name), d["a"], d["b"],
                                     rotate=name in rotated, rotate_random=rotation.get("random", False),
-                                    rotate_seed=rotation.get("seed", 0),
-                                    act_shift=float(d["act_shift"]) if "act_shift" in d else 0.0,
-                                    a_dtype=d.get("a_dtype"), a_group=int(d["a_group"]) if "a_group" in d else None)
+                                    rotate_seed=rotation.get("seed", 0))
     return arts
 
 
 def build_quantized(fp_model: nn.Module, qlayers: dict[str, dict], smooth: dict[str, torch.Tensor],
-                    rotation: dict, a_dtype: str | None, a_group: int) -> nn.Module:
+                    rotation: dict, schemes: dict[str, LayerScheme]) -> nn.Module:
     """A deep copy of the float model with its trunk linears swapped for QuantLinear from the stored artifacts."""
     import copy
-    return quantize_model(copy.deepcopy(fp_model), artifacts_from_saved(qlayers, smooth, rotation), a_dtype, a_group)
+    return quantize_model(copy.deepcopy(fp_model), artifacts_from_saved(qlayers, smooth, rotation, schemes))
 
 
 @contextmanager
-def swapped(model: nn.Module, name: str, art: LayerArtifacts, a_dtype: str | None, a_group: int):
+def swapped(model: nn.Module, name: str, art: LayerArtifacts):
     """Trunk linear ``name`` of ``model`` replaced by its QuantLinear for the block, then restored."""
     parent_name, leaf = name.rsplit(".", 1)
     parent = trunk(model).get_submodule(parent_name)
     old = getattr(parent, leaf)
-    setattr(parent, leaf, QuantLinear(art, a_dtype, a_group).to(device=old.weight.device, dtype=old.weight.dtype))
+    setattr(parent, leaf, QuantLinear(art).to(device=old.weight.device, dtype=old.weight.dtype))
     try:
         yield
     finally:

@@ -51,7 +51,7 @@ def _replaying(blocks: nn.ModuleList, upto: int):
 
 @torch.inference_mode()
 def layer_sensitivity(model: nn.Module, arts: dict[str, LayerArtifacts], pixels: list[torch.Tensor],
-                      a_dtype: str | None, a_group: int, progress: Callable[[int, int, str], None] | None = None
+                      progress: Callable[[int, int, str], None] | None = None
                       ) -> dict[str, dict]:
     """{layer: {"sqnr_db": {fpn0, fpn1, embedding}, "embedding_sqnr_db", "loss", "block_rel_err"}} over ``pixels``
     (batches on the model's device/dtype). ``loss`` is the mean over the three levels of the noise-to-signal
@@ -76,7 +76,7 @@ def layer_sensitivity(model: nn.Module, arts: dict[str, LayerArtifacts], pixels:
         err_num = err_den = 0.0
         got_levels = []
         try:
-            with swapped(model, name, art, a_dtype, a_group), _replaying(blocks, bi) as replays:
+            with swapped(model, name, art), _replaying(blocks, bi) as replays:
                 for px, b_ref in zip(pixels, ref_blocks):
                     for j, r in enumerate(replays):
                         r.output = b_ref[j]

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-__all__ = ["VARIANTS", "VARIANT_NAMES", "hub_id", "narrowest_linear", "linear_shapes", "ModelUnavailable",
-           "check_checkpoint_dir"]
+__all__ = ["VARIANTS", "VARIANT_NAMES", "GELU_INPUT_LAYERS", "hub_id", "narrowest_linear", "linear_shapes",
+           "ModelUnavailable", "check_checkpoint_dir"]
 
 # Published Hiera configurations of facebook/sam2.1-hiera-* .
 VARIANTS: dict[str, dict] = {
@@ -27,6 +27,9 @@ VARIANTS: dict[str, dict] = {
 }
 
 VARIANT_NAMES = tuple(VARIANTS)
+
+# The trunk linears that read a GELU output (the second layer of every Hiera MLP): SVDQuant's shifted layers.
+GELU_INPUT_LAYERS = ("*.mlp.proj_out",)
 
 
 def hub_id(name: str) -> str:
