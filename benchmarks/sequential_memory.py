@@ -24,7 +24,8 @@ import torch
 sys.path.insert(0, {root!r})
 from sam2ptq_core.algorithms.layer_recipe import LayerSpec
 from sam2ptq_core.algorithms.scheme import LayerScheme
-from sam2ptq_core.pipeline.sequential import SequentialCalibrator, quantize_block
+from sam2ptq_core.algorithms.model_recipe import quantize_block
+from sam2ptq_core.sam2.sequential import SequentialCalibrator
 from sam2ptq_core.sam2.images import normalize
 from sam2ptq_core.sam2.loading import build_random, quantizable_linears, trunk
 torch.set_num_threads(2)

@@ -14,6 +14,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from .algorithms.scheme import FORMATS
 from .sam2.variants import VARIANT_NAMES
 
 __all__ = ["RunConfig", "QuantCfg", "ConfigError", "load_config", "config_hash", "canonical_json", "group_size_of"]
@@ -93,7 +94,7 @@ def _group_shapes(v):
 
 
 class WgtsCfg(_Node):
-    dtype: Literal["sint4", "uint4", "sint8", "uint8"] = "uint4"
+    dtype: Literal[tuple(FORMATS)] = "uint4"  # type: ignore[valid-type]  (algorithms/scheme.py::FORMATS)
     group_shapes: list[list[int]] = Field(default_factory=lambda: [[1, 128]])
     kernel_gptq: GPTQCfg | None = Field(default_factory=GPTQCfg)
     low_rank: LowRankCfg | None = None
@@ -102,7 +103,7 @@ class WgtsCfg(_Node):
 
 
 class IptsCfg(_Node):
-    dtype: Literal["sint4", "uint4", "sint8", "uint8"] | None = "uint8"
+    dtype: Literal[tuple(FORMATS)] | None = "uint8"  # type: ignore[valid-type]
     group_shapes: list[list[int]] = Field(default_factory=lambda: [[1, -1]])
     static: bool = False
     # SVDQuant: mlp.proj_out's input (after GELU) + 0.171875, quantized unsigned (uint4 for sint4), shift in the
@@ -119,7 +120,7 @@ class IptsCfg(_Node):
 
     @model_validator(mode="after")
     def _shift_needs_signed(self):
-        if self.gelu_shift and not (self.dtype or "").startswith("s"):
+        if self.gelu_shift and not (self.dtype and FORMATS[self.dtype].signed):
             raise ValueError(f"gelu_shift turns signed activations unsigned, but dtype is {self.dtype}; use "
                              "sint4/sint8 with it, or gelu_shift: false (uint formats have a zero point already)")
         return self
@@ -223,8 +224,8 @@ class RunConfig(_Node):
     def job_name(self) -> str:
         if self.output.job:
             return self.output.job
-        a = self.quant.ipts.dtype[-1] if self.quant.ipts.dtype else "16"
-        return f"hiera_{self.model.name.replace('-', '_')}_w{self.quant.wgts.dtype[-1]}a{a}"
+        a = FORMATS[self.quant.ipts.dtype].bits if self.quant.ipts.dtype else 16
+        return f"hiera_{self.model.name.replace('-', '_')}_w{FORMATS[self.quant.wgts.dtype].bits}a{a}"
 
 
 def group_size_of(group_shapes: list[list[int]]) -> int:

@@ -1,4 +1,6 @@
-"""The run's quantization scheme rules, from the config: the one place a layer's format is decided.
+"""The run's per-layer decisions, from the config: the one place a layer's format is decided (scheme rules and
+their resolution), plus what follows from the formats (each layer's algorithm spec, which layers share a branch,
+which layers are quantized, their byte costs).
 
 Rules, in order (the last that matches a layer wins, ``algorithms/scheme.py::resolve``):
 1. ``*``: the run's format (``quant.wgts`` / ``quant.ipts`` / ``low_rank.rank``; rotation when ``quant.rotation``);
@@ -9,18 +11,24 @@ Rules, in order (the last that matches a layer wins, ``algorithms/scheme.py::res
    and after the mixed stage otherwise (its choice, ``fallback_layers``).
 
 The mixed stage stores the resolved schemes of the layers a run ships (``scheme.json``, copied into the output
-tree); the readers take them from there. Adding a format means a new ``LayerScheme`` value and a rule here.
-No torch import.
+tree); the readers take them from there. Adding a format: docs/ARCHITECTURE.md, "How to add a quantization
+format". No torch import (``layer_spec`` imports the recipe when called).
 """
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import TYPE_CHECKING
 
-from .algorithms.scheme import GELU_SHIFT, LayerScheme, SchemeRule, resolve
-from .config import QuantCfg, group_size_of
-from .sam2.variants import GELU_INPUT_LAYERS
+from .algorithms.mixed_precision import weight_bytes
+from .algorithms.scheme import GELU_SHIFT, LayerScheme, SchemeRule, matches, resolve
+from .config import QuantCfg, RunConfig, group_size_of
+from .sam2.variants import GELU_INPUT_LAYERS, linear_shapes, shared_input_groups
 
-__all__ = ["base_scheme", "scheme_rules", "calibration_schemes", "shipped_schemes", "schemes_json", "read_schemes"]
+if TYPE_CHECKING:
+    from .algorithms.layer_recipe import LayerSpec
+
+__all__ = ["base_scheme", "scheme_rules", "calibration_schemes", "shipped_schemes", "layer_spec", "layer_specs",
+           "layer_groups", "quantized_shapes", "layer_costs", "schemes_json", "read_schemes"]
 
 
 def base_scheme(q: QuantCfg) -> LayerScheme:
@@ -55,6 +63,50 @@ def calibration_schemes(q: QuantCfg, names: Iterable[str]) -> dict[str, LayerSch
 def shipped_schemes(q: QuantCfg, names: Iterable[str], fallback_layers: Iterable[str] = ()) -> dict[str, LayerScheme]:
     """The schemes of the layers a run ships, with mixed precision's chosen ``fallback_layers``."""
     return resolve(scheme_rules(q, tuple(fallback_layers)), names)
+
+
+def layer_spec(q: QuantCfg, seed: int) -> "LayerSpec":
+    """The algorithm settings of the wgts / low_rank / kernel_gptq config (GPTQ, branch fit, seed, scale dtype), at
+    the run's base format; ``layer_specs`` gives each layer its scheme's formats. A switched-off part (no branch,
+    RTN instead of GPTQ) contributes nothing: its settings would not be read."""
+    from .algorithms.layer_recipe import LayerSpec, spec_for
+    w, g, lr = q.wgts, q.wgts.kernel_gptq, q.wgts.low_rank
+    branch = dict(lowrank_iters=lr.num_iters, randomized_svd=lr.randomized) if lr else {}
+    gptq = dict(block_size=g.block_size, damp_percentage=g.damp_percentage, num_inv_tries=g.num_inv_tries,
+                act_order=g.act_order) if g else {}
+    return spec_for(base_scheme(q), LayerSpec(w_dtype=w.dtype, gptq=g is not None, seed=seed,
+                                              scale_dtype=w.scale_dtype, **branch, **gptq))
+
+
+def layer_specs(q: QuantCfg, seed: int, schemes: dict[str, LayerScheme]) -> dict[str, "LayerSpec"]:
+    """Each layer's spec: the run's algorithm settings with the formats of its scheme."""
+    from .algorithms.layer_recipe import spec_for
+    settings = layer_spec(q, seed)
+    return {n: spec_for(s, settings) for n, s in schemes.items()}
+
+
+def layer_groups(q: QuantCfg, names) -> list[tuple[str, str]]:
+    """Layers that share one branch down-projection (``low_rank.exclusive: false``, as DeepCompressor): those that
+    read the same input; none without a branch or with ``exclusive: true``."""
+    lr = q.wgts.low_rank
+    return shared_input_groups(names) if lr is not None and lr.rank > 0 and not lr.exclusive else []
+
+
+def quantized_shapes(c: RunConfig) -> dict[str, tuple[int, int]]:
+    """{layer: (in, out)} of every trunk linear the run quantizes (the variant table minus ``quant.skip``)."""
+    return {k: v for k, v in linear_shapes(c.model.name, c.model.arch).items()
+            if not any(matches(p, k) for p in c.quant.skip)}
+
+
+def layer_costs(q: QuantCfg, shapes: dict[str, tuple[int, int]]) -> tuple[dict, dict, dict]:
+    """({layer: parameters}, {layer: bytes at its scheme}, {layer: bytes at its fallback's scheme}) for (in, out)
+    shapes: codes, 16-bit scales/zeros and branch as shipped (``LayerScheme.weight_format``)."""
+    schemes = shipped_schemes(q, shapes)
+    kind = q.mixed.fallback if q.mixed is not None else "w8a8"
+    fb = {k: getattr(s, kind)() for k, s in schemes.items()}  # as the fallback rule derives it
+    return ({k: i * o for k, (i, o) in shapes.items()},
+            {k: weight_bytes(i, o, schemes[k].weight_format()) for k, (i, o) in shapes.items()},
+            {k: weight_bytes(i, o, fb[k].weight_format()) for k, (i, o) in shapes.items()})
 
 
 def schemes_json(schemes: dict[str, LayerScheme], rules: list[SchemeRule]) -> dict:

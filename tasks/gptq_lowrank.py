@@ -24,13 +24,14 @@ def gptq_lowrank(cfg: dict, model_ref: Ref, acts_ref: Ref, rot_ref: Ref, smooth_
             return {"num_layers": len(qlayers), "gptq_fallbacks": len(report["fallbacks"]), "mode": "sequential"}
         from sam2ptq_core.algorithms.model_recipe import quantize_and_report
         from sam2ptq_core.pipeline import runtime as rt
+        from sam2ptq_core.schemes import layer_groups, layer_specs
         li = rt.load_layer_inputs(c, *(open_artifact(c, r) for r in (model_ref, acts_ref, rot_ref)))
         sm = open_artifact(c, smooth_ref)
-        spec = rt.layer_specs(c.quant, c.seed, li.schemes)
+        spec = layer_specs(c.quant, c.seed, li.schemes)
         with Progress(STAGE.name, len(li.layers), "layer") as prog:
             saved, rows, fallbacks = quantize_and_report(li.layers, li.stats, sm.scales(), rt.chosen_rotations(li, sm),
                                                          spec, prog, device=rt.device_of(c),
-                                                         groups=rt.layer_groups(c.quant, li.layers))
+                                                         groups=layer_groups(c.quant, li.layers))
         for k, msg in fallbacks.items():
             run_logger().warning("%s: %s", k, msg)
         STAGE.artifact.write(tmp, saved, {"layers": rows, "fallbacks": fallbacks})

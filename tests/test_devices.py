@@ -15,7 +15,7 @@ from sam2ptq_core.algorithms.model_recipe import (
 from sam2ptq_core.algorithms.rotation import Rotation
 from sam2ptq_core.algorithms.statistics import StatsAccumulator
 from sam2ptq_core.config import load_config
-from sam2ptq_core.pipeline.runtime import layer_spec
+from sam2ptq_core.schemes import layer_spec
 from tests.helpers import REDUCED_CFG
 
 

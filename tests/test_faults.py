@@ -197,9 +197,10 @@ def test_stage_failure_without_verbose_is_one_line_with_the_log(tmp_path):
 
 
 def test_metrics_state_rank_and_16bit_share():
-    from sam2ptq_core.pipeline.evaluation import branch_share
+    from sam2ptq_core.algorithms.mixed_precision import branch_share
+    from sam2ptq_core.algorithms.scheme import LayerScheme
     q = {"l": {"codes": torch.zeros(64, 32), "a": torch.zeros(4, 32), "b": torch.zeros(64, 4)}}
-    got = branch_share(q, "sint4", 4)
+    got = branch_share(q, {"l": LayerScheme("sint4", rank=4)}, 4)
     # 64·32 codes at 4 bits = 1024 B; branch (4·32 + 64·4)·2 B = 768 B → 768 / 1792
     assert got == {"rank": 4, "lowbit_weight_bytes": 1024, "branch_16bit_bytes": 768, "share_16bit": 768 / 1792}
     assert json.dumps(got)

@@ -13,11 +13,12 @@ import pytest
 import torch
 
 from sam2ptq_core.algorithms.layer_recipe import LayerSpec
-from sam2ptq_core.pipeline.sequential import SequentialCalibrator, quantize_block
+from sam2ptq_core.algorithms.model_recipe import quantize_block
 from sam2ptq_core.sam2.capture import capture_stats
 from sam2ptq_core.sam2.images import normalize
 from sam2ptq_core.sam2.loading import build_random, quantizable_linears, trunk
 from sam2ptq_core.sam2.quantized_model import artifacts_from_saved, quantize_model
+from sam2ptq_core.sam2.sequential import SequentialCalibrator
 from tests.helpers import ARCH, REDUCED_CFG, ROOT, digest_tree, scheme_of
 
 SPEC = LayerSpec(w_dtype="sint4", w_group=-1, a_dtype="sint4", a_group=-1, rank=4, gptq=True, block_size=16, seed=3)

@@ -4,7 +4,7 @@ import torch
 from sam2ptq_core.algorithms.layer_recipe import LayerSpec
 from sam2ptq_core.algorithms.model_recipe import quantize_all, search_all_smoothing
 from sam2ptq_core.algorithms.statistics import StatsAccumulator
-from sam2ptq_core.sam2.loading import shared_input_groups
+from sam2ptq_core.sam2.variants import shared_input_groups
 
 
 def test_groups_are_the_transition_blocks_qkv_and_proj():

@@ -13,7 +13,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-__all__ = ["WeightFormat", "weight_bytes", "fallback_order", "choose_fallback", "average_bits", "minimum_bits"]
+__all__ = ["WeightFormat", "weight_bytes", "fallback_order", "choose_fallback", "average_bits", "minimum_bits",
+           "branch_share"]
 
 
 @dataclass(frozen=True)
@@ -75,3 +76,12 @@ def choose_fallback(loss: dict[str, float], params: dict[str, int], cost: dict[s
         raise ValueError(f"quant.mixed.budget_bits {budget_bits} is below the minimum "
                          f"{minimum_bits(params, cost, fb_cost):.3f} average weight bits these layers can reach")
     return order[:best]
+
+
+def branch_share(qlayers: dict[str, dict], schemes: dict, rank: int) -> dict:
+    """The branch's rank and the share of the quantized layers' weight bytes it holds in 16-bit (codes at their
+    scheme's bit width, branch factors a [r, in] and b [out, r] at 2 bytes; scales not counted)."""
+    low = sum(q["codes"].numel() * schemes[k].bits / 8 for k, q in qlayers.items())
+    hi = sum(2 * (q["a"].numel() + q["b"].numel()) for q in qlayers.values())
+    return {"rank": rank, "lowbit_weight_bytes": int(low), "branch_16bit_bytes": int(hi),
+            "share_16bit": hi / (hi + low) if hi + low else 0.0}

@@ -25,7 +25,8 @@ from .smoothing import SmoothResult, search_smoothing
 from .statistics import LayerStats, shift_stats
 
 __all__ = ["rotation_spec", "rotation_matrices", "layer_rotations", "search_all_smoothing", "smoothing_record",
-           "quantize_all", "quantize_and_report", "all_layer_errors", "export_bias", "saved_layers", "spec_of"]
+           "quantize_all", "quantize_and_report", "all_layer_errors", "export_bias", "saved_layers", "spec_of",
+           "quantize_block"]
 
 Progress = Callable[[int, int, str], None]
 Specs = LayerSpec | dict[str, LayerSpec]  # one spec for every layer, or one per layer name
@@ -225,3 +226,18 @@ def saved_layers(lqs: dict[str, LayerQuant], layers: dict[str, nn.Module], spec:
                   "kernel_bias": kernel_bias(bias, a, b, None if s is None else s.cpu(), sp.a_shift,
                                              sp.torch_scale_dtype)}
     return out
+
+
+def quantize_block(layers: dict[str, nn.Module], stats: dict[str, LayerStats], rots: dict[str, Rotation | None],
+                   spec: LayerSpec | dict[str, LayerSpec], candidates: list[tuple[float, float]], smoothing: bool,
+                   auto_rotate: bool, device, groups=()) -> dict:
+    """Smoothing search, branch + GPTQ and errors for one block's layers (the one-shot per-layer functions)."""
+    searched = smoothing or any(r is not None for r in rots.values())
+    found = search_all_smoothing(layers, stats, rots, spec, candidates, auto_rotate=auto_rotate,
+                                 device=device, groups=groups) if searched else {}
+    scales, rotated, log = smoothing_record(found)
+    scales = scales if smoothing else {}
+    chosen = {k: (rots.get(k) if k in rotated else None) for k in layers}
+    saved, rows, fallbacks = quantize_and_report(layers, stats, scales, chosen, spec, device=device, groups=groups)
+    return {"smooth": scales, "qlayers": saved, "rotated": rotated, "log": log, "layers": rows,
+            "fallbacks": fallbacks}

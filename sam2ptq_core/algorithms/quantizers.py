@@ -19,33 +19,10 @@ from dataclasses import dataclass
 
 import torch
 
+from .scheme import QDType, qdtype
+
 __all__ = ["QDType", "QParams", "QTensor", "qdtype", "compute_qparams", "quantize", "dequantize",
            "fake_quantize", "expand_groups", "quantize_with", "num_groups"]
-
-
-@dataclass(frozen=True)
-class QDType:
-    """An integer format: ``name``, ``signed`` and the code range [qmin, qmax]."""
-    name: str
-    signed: bool
-    bits: int
-    qmin: int
-    qmax: int
-
-
-_DTYPES = {
-    "sint4": QDType("sint4", True, 4, -7, 7),
-    "sint8": QDType("sint8", True, 8, -127, 127),
-    "uint4": QDType("uint4", False, 4, 0, 15),
-    "uint8": QDType("uint8", False, 8, 0, 255),
-}
-
-
-def qdtype(name: str) -> QDType:
-    """Look up a dtype by name; raises ValueError naming the supported ones."""
-    if name not in _DTYPES:
-        raise ValueError(f"unknown quantization dtype {name!r}; supported: {', '.join(_DTYPES)}")
-    return _DTYPES[name]
 
 
 @dataclass(frozen=True)

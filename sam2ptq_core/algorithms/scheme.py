@@ -19,11 +19,38 @@ from dataclasses import asdict, dataclass, replace
 
 from .mixed_precision import WeightFormat
 
-__all__ = ["LayerScheme", "SchemeRule", "resolve", "matches", "GELU_SHIFT"]
+__all__ = ["QDType", "FORMATS", "qdtype", "LayerScheme", "SchemeRule", "resolve", "matches", "tally", "GELU_SHIFT"]
 
 # SVDQuant / nunchaku: the input of the second MLP layer (after GELU, whose minimum is ≈ −0.16997) is shifted by
 # this constant, so it is ≥ 0 and quantized unsigned; the shift is folded into the layer's bias.
 GELU_SHIFT = 0.171875
+
+
+@dataclass(frozen=True)
+class QDType:
+    """An integer format: ``name``, ``signed`` and the code range [qmin, qmax]."""
+    name: str
+    signed: bool
+    bits: int
+    qmin: int
+    qmax: int
+
+
+# The integer formats, by the names configs and schemes use (quantizers.py implements them; config.py's dtype keys
+# accept exactly these names).
+FORMATS = {
+    "sint4": QDType("sint4", True, 4, -7, 7),
+    "sint8": QDType("sint8", True, 8, -127, 127),
+    "uint4": QDType("uint4", False, 4, 0, 15),
+    "uint8": QDType("uint8", False, 8, 0, 255),
+}
+
+
+def qdtype(name: str) -> QDType:
+    """Look up a dtype by name; raises ValueError naming the supported ones."""
+    if name not in FORMATS:
+        raise ValueError(f"unknown quantization dtype {name!r}; supported: {', '.join(FORMATS)}")
+    return FORMATS[name]
 
 
 @dataclass(frozen=True)
@@ -50,20 +77,21 @@ class LayerScheme:
     @property
     def bits(self) -> int:
         """Bits per weight code (16 for a float layer)."""
-        return int(self.w_dtype[-1]) if self.w_dtype else 16
+        return qdtype(self.w_dtype).bits if self.w_dtype else 16
 
     def weight_format(self) -> WeightFormat:
         """What the weight costs as shipped (``mixed_precision.weight_bytes``)."""
         if not self.quantized:
             return WeightFormat(16)
-        return WeightFormat(self.bits, self.w_group, self.w_dtype.startswith("u"), self.rank)
+        return WeightFormat(self.bits, self.w_group, not qdtype(self.w_dtype).signed, self.rank)
 
     def shifted(self, shift: float) -> LayerScheme:
         """This scheme for an input shifted by ``shift``: the unsigned twin of the activation format (sint4 →
         uint4), no rotation (it would spoil the sign)."""
-        a = self.a_dtype
-        return replace(self, shift=shift, rotate=False,
-                       a_dtype=None if a is None else "u" + a[1:] if a.startswith("s") else a)
+        a = None if self.a_dtype is None else qdtype(self.a_dtype)
+        twin = None if a is None else a.name if not a.signed else next(
+            f.name for f in FORMATS.values() if not f.signed and f.bits == a.bits)
+        return replace(self, shift=shift, rotate=False, a_dtype=twin)
 
     def w8a8(self) -> LayerScheme:
         """Mixed precision's W8A8 fallback of this layer: sint8 per-channel weights, sint8 per-token activations,
@@ -157,3 +185,11 @@ def resolve(rules: Iterable[SchemeRule], names: Iterable[str]) -> dict[str, Laye
             raise KeyError(f"no quantization scheme rule matches layer {n}")
         out[n] = got
     return out
+
+
+def tally(schemes: dict[str, LayerScheme]) -> list[dict]:
+    """The distinct per-layer schemes of a run, with how many layers have each (first seen first)."""
+    out: dict = {}
+    for k, s in schemes.items():
+        out.setdefault(s, []).append(k)
+    return [{"scheme": s.label(), "layers": len(v), "example": v[0]} for s, v in out.items()]

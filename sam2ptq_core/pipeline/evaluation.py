@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from ..algorithms.mixed_precision import branch_share
+from ..algorithms.scheme import qdtype, tally
 from ..config import RunConfig, config_hash
 from ..sam2.evaluation import evaluate_images, prompt_ious, summarize
 from ..sam2.images import files_digest, held_out, preprocess
@@ -13,7 +15,7 @@ from .artifacts import CalibrationSet, FetchedModel, MixedChoice, QuantizedLayer
 from .runtime import load_fp_model, to_run_dtype
 from .stages import store_of
 
-__all__ = ["held_out_images", "run_evaluation", "branch_share", "scheme_counts"]
+__all__ = ["held_out_images", "run_evaluation"]
 
 
 def held_out_images(c: RunConfig, calib_paths: set[str], only_names: set[str] | None = None) -> list[Path]:
@@ -42,7 +44,7 @@ def run_evaluation(c: RunConfig, fetched: FetchedModel, calib: CalibrationSet, s
     per_img, overlays = evaluate_images(to_run_dtype(fp.model, c), to_run_dtype(qm, c), items(), size,
                                         c.quant.eval.points_per_side, c.quant.eval.num_overlays, progress)
     q = c.quant
-    a_bits = q.ipts.dtype[-1] if q.ipts.dtype else "16"
+    a_bits = qdtype(q.ipts.dtype).bits if q.ipts.dtype else 16
     layer_info = gptq.layer_report()
     ch = mixed.choice()
     shipped = {r["name"]: r for r in ch.get("layer_errors", [])}  # mixed-precision fallbacks as shipped
@@ -50,12 +52,13 @@ def run_evaluation(c: RunConfig, fetched: FetchedModel, calib: CalibrationSet, s
     metrics = {  # random_weights first: whoever opens the file sees it before any number
         "random_weights": fp.random_weights, "model": c.model.name, "source": fp.source,
         "config_hash": config_hash(c),
-        "quant": f"W{q.wgts.dtype[-1]}A{a_bits} ({q.wgts.dtype} weights, {q.ipts.dtype or 'float'} activations)",
+        "quant": f"W{qdtype(q.wgts.dtype).bits}A{a_bits} ({q.wgts.dtype} weights, "
+                 f"{q.ipts.dtype or 'float'} activations)",
         "eval_images": len(paths), "eval_files": [str(p) for p in paths],
         "eval_dtype": str(next(qm.parameters()).dtype).replace("torch.", ""), "eval_device": c.model.device,
         "layer_errors_on": "calibration token sample (in-sample)", **summarize(per_img),
         "low_rank": branch_share(qlayers, schemes, q.wgts.low_rank.rank if q.wgts.low_rank else 0),
-        "schemes": scheme_counts(mixed.schemes()),
+        "schemes": tally(mixed.schemes()),
         "layers": layer_info["layers"], "gptq_fallbacks": sorted(layer_info["fallbacks"]),
     }
     floats = {k for k, s in mixed.schemes().items() if not s.quantized}
@@ -67,20 +70,3 @@ def run_evaluation(c: RunConfig, fetched: FetchedModel, calib: CalibrationSet, s
         metrics["mixed"] = {k: ch[k] for k in ("fallback", "layers", "avg_weight_bits", "base_weight_bits",
                                                "target_bits", "sensitivity_db")}
     return metrics, overlays, prompt_ious(per_img)
-
-
-def branch_share(qlayers: dict[str, dict], schemes: dict, rank: int) -> dict:
-    """The branch's rank and the share of the quantized layers' weight bytes it holds in 16-bit (codes at their
-    scheme's bit width, branch factors a [r, in] and b [out, r] at 2 bytes; scales not counted)."""
-    low = sum(q["codes"].numel() * schemes[k].bits / 8 for k, q in qlayers.items())
-    hi = sum(2 * (q["a"].numel() + q["b"].numel()) for q in qlayers.values())
-    return {"rank": rank, "lowbit_weight_bytes": int(low), "branch_16bit_bytes": int(hi),
-            "share_16bit": hi / (hi + low) if hi + low else 0.0}
-
-
-def scheme_counts(schemes: dict) -> list[dict]:
-    """The distinct per-layer schemes of a run, with how many layers have each (first seen first)."""
-    out: dict = {}
-    for k, s in schemes.items():
-        out.setdefault(s, []).append(k)
-    return [{"scheme": s.label(), "layers": len(v), "example": v[0]} for s, v in out.items()]

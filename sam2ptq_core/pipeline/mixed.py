@@ -2,23 +2,12 @@
 fall back under the configured policy, and re-quantize them at w8a8 (or leave them float for fp16)."""
 from __future__ import annotations
 
-import fnmatch
+from ..algorithms.mixed_precision import average_bits, choose_fallback, fallback_order
+from ..algorithms.scheme import qdtype
+from ..config import RunConfig
+from ..schemes import calibration_schemes, layer_costs, quantized_shapes, scheme_rules, schemes_json, shipped_schemes
 
-from ..algorithms.mixed_precision import average_bits, choose_fallback, fallback_order, weight_bytes
-from ..config import QuantCfg, RunConfig
-from ..schemes import calibration_schemes, scheme_rules, schemes_json, shipped_schemes
-
-__all__ = ["measure_sensitivity", "choose_and_requantize", "layer_costs", "quantized_shapes"]
-
-
-def layer_costs(q: QuantCfg, shapes: dict[str, tuple[int, int]]) -> tuple[dict, dict, dict]:
-    """({layer: parameters}, {layer: bytes at its scheme}, {layer: bytes at its fallback's scheme}) for (in, out)
-    shapes: codes, 16-bit scales/zeros and branch as shipped (``LayerScheme.weight_format``)."""
-    schemes = shipped_schemes(q, shapes)
-    fb = {k: s.fp16() if q.mixed is not None and q.mixed.fallback == "fp16" else s.w8a8() for k, s in schemes.items()}
-    return ({k: i * o for k, (i, o) in shapes.items()},
-            {k: weight_bytes(i, o, schemes[k].weight_format()) for k, (i, o) in shapes.items()},
-            {k: weight_bytes(i, o, fb[k].weight_format()) for k, (i, o) in shapes.items()})
+__all__ = ["measure_sensitivity", "choose_and_requantize"]
 
 
 def measure_sensitivity(c: RunConfig, arts: dict, progress=None) -> dict:
@@ -64,7 +53,7 @@ def choose_and_requantize(c: RunConfig, arts: dict, progress=None) -> tuple[dict
             "order": fallback_order(loss, cost, fb_cost),
             "avg_weight_bits": average_bits(params, cost, fb_cost, set(chosen)),
             "base_weight_bits": average_bits(params, cost, fb_cost, set()),
-            "target_bits": int(c.quant.wgts.dtype[-1]),
+            "target_bits": qdtype(c.quant.wgts.dtype).bits,
             "sensitivity_db": {k: v["embedding_sqnr_db"] for k, v in sens.items()}}
     scheme = _scheme_file(c, shapes, chosen)
     if m.fallback == "fp16":  # shipped as the float layers: no error
@@ -84,18 +73,12 @@ def _scheme_file(c: RunConfig, shapes: dict, chosen: list[str]) -> dict:
     return schemes_json(shipped_schemes(c.quant, shapes, chosen), scheme_rules(c.quant, chosen))
 
 
-def quantized_shapes(c: RunConfig) -> dict[str, tuple[int, int]]:
-    """{layer: (in, out)} of every trunk linear the run quantizes (the variant table minus ``quant.skip``)."""
-    from ..sam2.variants import linear_shapes
-    return {k: v for k, v in linear_shapes(c.model.name, c.model.arch).items()
-            if not any(fnmatch.fnmatch(k, p) for p in c.quant.skip)}
-
-
 def _requantize_w8a8(c: RunConfig, arts: dict, names: list[str], progress) -> tuple[dict, list[dict]]:
     """The fallback layers at W8A8 (sint8 per-channel weights with GPTQ when it is on, per-token sint8 activations),
     with the run's smoothing scales and rotation choice, on the captured float statistics; and their errors."""
     from ..algorithms.model_recipe import quantize_and_report
-    from .runtime import chosen_rotations, device_of, layer_specs, load_layer_inputs
+    from ..schemes import layer_specs
+    from .runtime import chosen_rotations, device_of, load_layer_inputs
     li = load_layer_inputs(c, arts["fetch_model"], arts["capture_activations"], arts["rotate"])
     layers = {k: li.layers[k] for k in names}
     specs = layer_specs(c.quant, c.seed, shipped_schemes(c.quant, names, names))

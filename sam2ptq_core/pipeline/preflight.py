@@ -56,7 +56,7 @@ def _check_mixed(cfg: RunConfig) -> None:
     import difflib
     import fnmatch
 
-    from .mixed import layer_costs, quantized_shapes
+    from ..schemes import layer_costs, quantized_shapes
     shapes = quantized_shapes(cfg)
     everything = f"every quantized layer would fall back to {m.fallback}: nothing would be quantized"
     if cfg.quant.calib.mode == "sequential" and not m.layers:

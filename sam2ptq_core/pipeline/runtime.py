@@ -7,18 +7,16 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from ..algorithms.layer_recipe import LayerSpec, spec_for
 from ..algorithms.model_recipe import layer_rotations
 from ..algorithms.scheme import LayerScheme
-from ..config import QuantCfg, RunConfig
-from ..sam2.loading import DTYPES, load_model, quantizable_linears, shared_input_groups, weights_sha256
-from ..schemes import base_scheme, calibration_schemes
+from ..config import RunConfig
+from ..sam2.loading import DTYPES, load_model, quantizable_linears, weights_sha256
+from ..schemes import calibration_schemes
 from .artifacts import ActivationStats, FetchedModel, RotationSpec, SmoothingChoice
 from .progress import run_logger
 from .stages import StageError
 
-__all__ = ["device_of", "FPModel", "load_fp_model", "to_run_dtype", "layer_spec", "layer_specs", "layer_rots",
-           "layer_groups", "LayerInputs", "chosen_rotations",
+__all__ = ["device_of", "FPModel", "load_fp_model", "to_run_dtype", "layer_rots", "LayerInputs", "chosen_rotations",
            "load_layer_inputs"]
 
 
@@ -53,31 +51,6 @@ def to_run_dtype(model: nn.Module, cfg: RunConfig) -> nn.Module:
                              "use --model.dtype bfloat16 or float32 to silence this")
         dt = torch.float32
     return model.to(device=device_of(cfg), dtype=dt)
-
-
-def layer_spec(q: QuantCfg, seed: int) -> LayerSpec:
-    """The algorithm settings of the wgts / low_rank / kernel_gptq config (GPTQ, branch fit, seed, scale dtype), at
-    the run's base format; ``layer_specs`` gives each layer its scheme's formats. A switched-off part (no branch,
-    RTN instead of GPTQ) contributes nothing: its settings would not be read."""
-    w, g, lr = q.wgts, q.wgts.kernel_gptq, q.wgts.low_rank
-    branch = dict(lowrank_iters=lr.num_iters, randomized_svd=lr.randomized) if lr else {}
-    gptq = dict(block_size=g.block_size, damp_percentage=g.damp_percentage, num_inv_tries=g.num_inv_tries,
-                act_order=g.act_order) if g else {}
-    return spec_for(base_scheme(q), LayerSpec(w_dtype=w.dtype, gptq=g is not None, seed=seed,
-                                              scale_dtype=w.scale_dtype, **branch, **gptq))
-
-
-def layer_specs(q: QuantCfg, seed: int, schemes: dict[str, LayerScheme]) -> dict[str, LayerSpec]:
-    """Each layer's spec: the run's algorithm settings with the formats of its scheme."""
-    settings = layer_spec(q, seed)
-    return {n: spec_for(s, settings) for n, s in schemes.items()}
-
-
-def layer_groups(q: QuantCfg, names) -> list[tuple[str, str]]:
-    """Layers that share one branch down-projection (``low_rank.exclusive: false``, as DeepCompressor): those that
-    read the same input; none without a branch or with ``exclusive: true``."""
-    lr = q.wgts.low_rank
-    return shared_input_groups(names) if lr is not None and lr.rank > 0 and not lr.exclusive else []
 
 
 def layer_rots(layers: dict, by_width: dict, schemes: dict[str, LayerScheme]) -> dict:

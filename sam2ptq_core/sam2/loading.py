@@ -124,14 +124,6 @@ def quantizable_linears(model: nn.Module, skip: list[str] | tuple = ()) -> dict[
     return out
 
 
-def shared_input_groups(names) -> list[tuple[str, str]]:
-    """Trunk linears that read the same tensor: in a stage-transition block the residual ``proj`` and
-    ``attn.qkv`` both read the block's first LayerNorm output."""
-    names = set(names)
-    return [(f"{n[:-len('.proj')]}.attn.qkv", n) for n in sorted(names)
-            if n.count(".") == 2 and n.endswith(".proj") and f"{n[:-len('.proj')]}.attn.qkv" in names]
-
-
 def weights_sha256(model: nn.Module) -> str:
     """sha256 over the state dict (names, shapes, bytes), to tie artifacts to the exact weights."""
     h = hashlib.sha256()

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-__all__ = ["VARIANTS", "VARIANT_NAMES", "GELU_INPUT_LAYERS", "hub_id", "narrowest_linear", "linear_shapes",
-           "ModelUnavailable", "check_checkpoint_dir"]
+__all__ = ["VARIANTS", "VARIANT_NAMES", "GELU_INPUT_LAYERS", "shared_input_groups", "hub_id", "narrowest_linear",
+           "linear_shapes", "ModelUnavailable", "check_checkpoint_dir"]
 
 # Published Hiera configurations of facebook/sam2.1-hiera-* .
 VARIANTS: dict[str, dict] = {
@@ -30,6 +30,14 @@ VARIANT_NAMES = tuple(VARIANTS)
 
 # The trunk linears that read a GELU output (the second layer of every Hiera MLP): SVDQuant's shifted layers.
 GELU_INPUT_LAYERS = ("*.mlp.proj_out",)
+
+
+def shared_input_groups(names) -> list[tuple[str, str]]:
+    """Trunk linears that read the same tensor: in a stage-transition block the residual ``proj`` and
+    ``attn.qkv`` both read the block's first LayerNorm output."""
+    names = set(names)
+    return [(f"{n[:-len('.proj')]}.attn.qkv", n) for n in sorted(names)
+            if n.count(".") == 2 and n.endswith(".proj") and f"{n[:-len('.proj')]}.attn.qkv" in names]
 
 
 def hub_id(name: str) -> str:
