@@ -38,9 +38,10 @@ def choose_and_requantize(c: RunConfig, arts: dict, progress=None) -> tuple[dict
     """(fallback layers as saved-layer dicts, mixed.json, scheme.json) for the configured policy; without
     ``quant.mixed`` no fallbacks and every layer at its calibration scheme."""
     m = c.quant.mixed
-    shapes = quantized_shapes(c)
+    names = list(arts["capture_activations"].stats())  # the model's own quantizable layers (a local checkpoint's)
     if m is None:
-        return {}, {"fallback": None, "layers": [], "order": []}, _scheme_file(c, shapes, [])
+        return {}, {"fallback": None, "layers": [], "order": []}, _scheme_file(c, names, [])
+    shapes = quantized_shapes(c)
     sens = arts["sensitivity"].layers()
     loss = {k: v["loss"] for k, v in sens.items()}  # noise / signal power, mean of the three encoder outputs
     params, cost, fb_cost = layer_costs(c.quant, shapes)
@@ -55,7 +56,7 @@ def choose_and_requantize(c: RunConfig, arts: dict, progress=None) -> tuple[dict
             "base_weight_bits": average_bits(params, cost, fb_cost, set()),
             "target_bits": qdtype(c.quant.wgts.dtype).bits,
             "sensitivity_db": {k: v["embedding_sqnr_db"] for k, v in sens.items()}}
-    scheme = _scheme_file(c, shapes, chosen)
+    scheme = _scheme_file(c, names, chosen)
     if m.fallback == "fp16":  # shipped as the float layers: no error
         info["layer_errors"] = [{"name": k, "weight_rel_err": 0.0, "output_rel_err": 0.0} for k in chosen]
     if m.fallback != "w8a8" or not chosen:
@@ -69,8 +70,8 @@ def choose_and_requantize(c: RunConfig, arts: dict, progress=None) -> tuple[dict
     return saved, info, scheme
 
 
-def _scheme_file(c: RunConfig, shapes: dict, chosen: list[str]) -> dict:
-    return schemes_json(shipped_schemes(c.quant, shapes, chosen), scheme_rules(c.quant, chosen))
+def _scheme_file(c: RunConfig, names: list[str], chosen: list[str]) -> dict:
+    return schemes_json(shipped_schemes(c.quant, names, chosen), scheme_rules(c.quant, chosen))
 
 
 def _requantize_w8a8(c: RunConfig, arts: dict, names: list[str], progress) -> tuple[dict, list[dict]]:
