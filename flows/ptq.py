@@ -13,6 +13,7 @@ from tasks.export import export
 from tasks.fetch_model import fetch_model
 from tasks.gptq_lowrank import gptq_lowrank
 from tasks.mixed import mixed
+from tasks.onnx_export import onnx_export
 from tasks.regression import regression_check
 from tasks.rotate import rotate
 from tasks.sensitivity import sensitivity
@@ -39,8 +40,10 @@ def sam2_ptq(config: dict | str = "", overrides: list[str] | None = None) -> str
                                       refs["gptq_lowrank"])
     refs["mixed"] = mixed(cfg, refs["fetch_model"], refs["capture_activations"], refs["rotate"], refs["smooth"],
                           refs["gptq_lowrank"], refs["sensitivity"])
+    refs["onnx_export"] = onnx_export(cfg, refs["fetch_model"], refs["build_calibration_set"],
+                                      refs["capture_activations"], refs["smooth"], refs["gptq_lowrank"], refs["mixed"])
     refs["evaluate"] = evaluate(cfg, refs["fetch_model"], refs["build_calibration_set"], refs["smooth"],
-                                refs["gptq_lowrank"], refs["mixed"])
+                                refs["gptq_lowrank"], refs["mixed"], refs["onnx_export"])
     # fails the flow before a regressed model replaces the output
     verdict = regression_check(cfg, refs["evaluate"], refs["fetch_model"])
     out = export(cfg, refs, verdict["message"] if verdict["message"].startswith("new model weights") else "")

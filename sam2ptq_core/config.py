@@ -199,6 +199,14 @@ class OutputCfg(_Node):
     job: str = ""  # default: hiera_<name>_<wbits>a<abits>
 
 
+class OnnxCfg(_Node):
+    """The ONNX export of the quantized encoder for graph runtimes (export/onnx.py): int8 QDQ weights from the
+    pipeline's codes, static per-tensor 8-bit activations from the calibration ranges."""
+    runtime: Literal["auto", "openvino", "onnxruntime"] = "auto"  # what evaluation and latency run (auto: fastest)
+    latency_runs: int = Field(5, ge=1)  # timed encoder runs (median) after 2 warm-up runs, torch fp32 and runtime
+    precision: Literal["auto", "f32"] = "auto"  # OpenVINO's float ops: its default (bf16 where the CPU has it) or f32
+
+
 class RunConfig(_Node):
     model: ModelCfg = Field(default_factory=ModelCfg)
     cache: CacheCfg = Field(default_factory=CacheCfg)
@@ -206,6 +214,7 @@ class RunConfig(_Node):
     output: OutputCfg = Field(default_factory=OutputCfg)
     save_model: bool = False
     convert_nunchaku: bool = False
+    onnx: OnnxCfg | None = None  # set ({} for the defaults) to export and run the encoder on a graph runtime
     seed: int = 42
 
     @model_validator(mode="before")

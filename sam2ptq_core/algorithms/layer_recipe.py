@@ -13,7 +13,7 @@ import torch
 
 from .gptq import gptq_quantize
 from .lowrank import low_rank_decompose, top_r_svd
-from .quantizers import QTensor, dequantize, fake_quantize, quantize
+from .quantizers import QParams, QTensor, dequantize, fake_quantize, fake_quantize_static, quantize
 from .rotation import Rotation
 from .scheme import GELU_SHIFT, LayerScheme
 from .statistics import LayerStats, transform_stats
@@ -193,17 +193,24 @@ def kernel_bias(bias: torch.Tensor, a: torch.Tensor | None, b: torch.Tensor | No
 
 def quantized_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, s: torch.Tensor | None,
                      a: torch.Tensor | None, b: torch.Tensor | None, a_dtype: str | None, a_group: int,
-                     shift: float = 0.0, R: Rotation | None = None) -> torch.Tensor:
+                     shift: float = 0.0, R: Rotation | None = None, a_static: QParams | None = None) -> torch.Tensor:
     """The one quantized forward (QuantLinear's, the per-layer errors'; the smoothing search keeps its own fast path
     on pre-transformed inputs): y = Qa((x + shift)·R / s)·weightᵀ + ((x·R) / s · aᵀ)·bᵀ + bias, in x's dtype. The
-    branch reads the unshifted input, as nunchaku's kernel feeds it; ``bias`` is the kernel's (``kernel_bias``)."""
+    branch reads the unshifted input, as nunchaku's kernel feeds it; ``bias`` is the kernel's (``kernel_bias``).
+    ``a_static``: fixed per-tensor activation parameters (graph runtimes' static quantization) instead of dynamic
+    per-token groups."""
     def transform(v: torch.Tensor) -> torch.Tensor:
         if R is not None:
             v = R.apply(v)
         return v / s.to(v.dtype) if s is not None else v
     F = torch.nn.functional
     xt = transform(x + shift) if shift else transform(x)
-    xq = fake_quantize(xt, a_dtype, a_group) if a_dtype else xt
+    if a_dtype is None:
+        xq = xt
+    elif a_static is not None:
+        xq = fake_quantize_static(xt, a_dtype, a_static)
+    else:
+        xq = fake_quantize(xt, a_dtype, a_group)
     y = F.linear(xq, weight.to(x.dtype), None if bias is None else bias.to(x.dtype))
     if a is not None and a.numel():
         xb = transform(x) if shift else xt

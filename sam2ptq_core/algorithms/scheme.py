@@ -69,6 +69,7 @@ class LayerScheme:
     rotate: bool = False
     rank: int = 0
     fallback: str | None = None
+    a_static: bool = False
 
     @property
     def quantized(self) -> bool:
@@ -98,6 +99,15 @@ class LayerScheme:
         no branch, no shift; the layer's rotation policy kept (the smoothing search ran under it)."""
         return LayerScheme("sint8", -1, "sint8", -1, 0.0, self.rotate, 0, "w8a8")
 
+    def static8(self) -> LayerScheme:
+        """This layer as graph runtimes run it (the ONNX export): activations 8-bit per tensor with static scales
+        from calibration ranges (``a_static``), signed or unsigned as the scheme's; weights as they are."""
+        if self.a_dtype is None:
+            return self
+        signed = qdtype(self.a_dtype).signed
+        a8 = next(f.name for f in FORMATS.values() if f.signed == signed and f.bits == 8)
+        return replace(self, a_dtype=a8, a_group=-1, a_static=True)
+
     def fp16(self) -> LayerScheme:
         """Mixed precision's float fallback: the layer is not quantized."""
         return LayerScheme(None, fallback="fp16")
@@ -119,6 +129,8 @@ class LayerScheme:
             parts.append("may rotate")
         if self.fallback:
             parts.append(f"{self.fallback} fallback")
+        if self.a_static:
+            parts.append("static per-tensor activations")
         return ", ".join(parts)
 
     def to_dict(self) -> dict:

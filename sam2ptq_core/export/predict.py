@@ -24,6 +24,9 @@ def main(argv: list[str]) -> int:
                         "it as <name>_overlay.png")
     p.add_argument("--device", choices=["cuda", "cpu"], default=None,
                    help="where to run (default: the run's model.device)")
+    p.add_argument("--runtime", choices=["auto", "openvino", "onnxruntime", "fake"], default="auto",
+                   help="the encoder on real int8 kernels (the tree's onnx/encoder.onnx on OpenVINO or ONNX Runtime, "
+                        "CPU) or fake quantization in torch; auto: the fastest available here (default)")
     a = p.parse_args(argv)
     try:
         run, im, pts = _checked_inputs(a)
@@ -38,21 +41,26 @@ def main(argv: list[str]) -> int:
     try:
         cfg = load_config(run / "config.yaml")
         model = load_quantized(run, a.format)
-    except (OSError, ValueError) as e:
+        device = a.device or cfg.model.device
+        runtime = _runtime(a, run, device)
+    except (OSError, ValueError, RuntimeError) as e:
         print(f"error: {str(e).splitlines()[0]}", file=sys.stderr)
         return 2
-    device = a.device or cfg.model.device
     if device == "cuda" and not torch.cuda.is_available():
         print("error: the run was quantized for cuda but no CUDA device is available; add --device cpu",
               file=sys.stderr)
         return 2
     model = model.to(device)
+    if runtime != "fake":
+        from .onnx import RuntimeSam2, open_runtime
+        model = RuntimeSam2(model, open_runtime(run / "onnx" / "encoder.onnx", runtime))
     size = cfg.quant.calib.image_size
     with torch.inference_mode():
         emb = model.get_image_embeddings(normalize(resize_uint8(im, size))[None].to(device))
         masks = predict_masks(model, emb, size, (im.height, im.width), points=pts)
     union = masks.any(0).numpy()
-    title = ("RANDOM WEIGHTS — " if cfg.model.random_init else "") + f"{cfg.model.name} quantized ({a.format})"
+    title = (("RANDOM WEIGHTS — " if cfg.model.random_init else "") + f"{cfg.model.name} quantized ("
+             + (f"{runtime}, onnx" if runtime != "fake" else a.format) + ")")
     from PIL import Image
     out = Path(a.out)
     Image.fromarray((union * 255).astype(np.uint8), mode="L").save(out, format="PNG")
@@ -61,6 +69,24 @@ def main(argv: list[str]) -> int:
     print(f"{out}: mask covers {100 * union.mean():.1f} % of the image (overlay: {overlay})"
           + (f" ({RANDOM_BANNER})" if cfg.model.random_init else ""))
     return 0
+
+
+def _runtime(a, run: Path, device: str) -> str:
+    """The encoder's runtime: a graph runtime on the tree's ONNX file (CPU) or "fake" (torch fake quantization)."""
+    from .onnx import available_runtimes, pick_runtime
+    has_onnx = (run / "onnx" / "encoder.onnx").is_file()
+    if a.runtime == "auto":
+        usable = has_onnx and device == "cpu" and a.format == "cache" and available_runtimes()
+        return pick_runtime("auto") if usable else "fake"
+    if a.runtime == "fake":
+        return "fake"
+    if not has_onnx:
+        raise ValueError(f"--runtime {a.runtime}: {run} has no onnx/encoder.onnx; quantize with the onnx key "
+                         "(--onnx '{}') or use --runtime fake")
+    if device != "cpu" or a.format != "cache":
+        raise ValueError(f"--runtime {a.runtime} runs on the CPU from the cache files; add --device cpu and drop "
+                         "--format nunchaku")
+    return pick_runtime(a.runtime)
 
 
 def _checked_inputs(a) -> tuple[Path, object, torch.Tensor]:

@@ -14,7 +14,8 @@ from typing import Any, ClassVar
 from .store import Manifest
 
 __all__ = ["Artifact", "FetchedModel", "CalibrationSet", "ActivationStats", "RotationSpec", "SmoothingChoice",
-           "QuantizedLayers", "BlockQuant", "Sensitivity", "MixedChoice", "shipped_layers", "Evaluation"]
+           "QuantizedLayers", "BlockQuant", "Sensitivity", "MixedChoice", "shipped_layers", "OnnxExport",
+           "Evaluation"]
 
 
 def _write(d: Path, files: dict[str, Any]) -> None:
@@ -190,6 +191,18 @@ def shipped_layers(gptq: QuantizedLayers, mixed: MixedChoice) -> tuple[dict, dic
     q = {k: v for k, v in gptq.qlayers().items() if schemes[k].quantized}
     q.update(mixed.fallback_layers())
     return q, {k: schemes[k] for k in q}
+
+
+class OnnxExport(Artifact):
+    """``onnx.json`` (formats, SQNR against float / fake quant / its static twin, latency, sizes; ``enabled`` false
+    without ``onnx``) and ``encoder.onnx`` (the quantized encoder as int8 QDQ, export/onnx.py)."""
+    FILES = ("onnx.json",)
+
+    def info(self) -> dict:
+        return self._json("onnx.json")
+
+    def encoder_file(self) -> Path:
+        return self.manifest.path("encoder.onnx")
 
 
 class Evaluation(Artifact):

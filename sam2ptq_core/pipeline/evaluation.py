@@ -11,7 +11,7 @@ from ..sam2.evaluation import evaluate_images, prompt_ious, summarize
 from ..sam2.images import files_digest, held_out, preprocess
 from ..sam2.loading import trunk
 from ..sam2.quantized_model import build_quantized
-from .artifacts import CalibrationSet, FetchedModel, MixedChoice, QuantizedLayers, SmoothingChoice, shipped_layers
+from . import artifacts as A
 from .runtime import load_fp_model, to_run_dtype
 from .stages import store_of
 
@@ -24,12 +24,14 @@ def held_out_images(c: RunConfig, calib_paths: set[str], only_names: set[str] | 
     return held_out(ev.path, c.quant.calib.path, ev.num_samples, c.seed, calib_paths, only_names)
 
 
-def run_evaluation(c: RunConfig, fetched: FetchedModel, calib: CalibrationSet, smooth: SmoothingChoice,
-                   gptq: QuantizedLayers, mixed: MixedChoice, progress=None) -> tuple[dict, list[dict], dict]:
-    """(metrics, overlays, per-prompt IoUs by kind) of the quantized model against the float one."""
+def run_evaluation(c: RunConfig, fetched: A.FetchedModel, calib: A.CalibrationSet, smooth: A.SmoothingChoice,
+                   gptq: A.QuantizedLayers, mixed: A.MixedChoice, onnx: A.OnnxExport,
+                   progress=None) -> tuple[dict, list[dict], dict]:
+    """(metrics, overlays, per-prompt IoUs by kind) of the quantized model against the float one; with ``onnx``
+    also the real-kernel encoder's row (``metrics["runtime"]``)."""
     from ..sam2.coco import gt_prompts, load_coco
     fp = load_fp_model(c, fetched)
-    qlayers, schemes = shipped_layers(gptq, mixed)
+    qlayers, schemes = A.shipped_layers(gptq, mixed)
     qm = build_quantized(fp.model, qlayers, smooth.scales(), smooth.rotation_choice(), schemes)
     coco = load_coco(c.quant.eval.annotations) if c.quant.eval.annotations else None
     paths = held_out_images(c, {s["path"] for s in calib.sources()}, set(coco[1]) if coco else None)
@@ -66,7 +68,12 @@ def run_evaluation(c: RunConfig, fetched: FetchedModel, calib: CalibrationSet, s
     lr = metrics["low_rank"]
     metrics["size"] = {"quantized_linears_bytes": lr["lowbit_weight_bytes"] + lr["branch_16bit_bytes"]
                        + 2 * sum(fp16.values()), "fallback_16bit_bytes": 2 * sum(fp16.values())}
+    if onnx.info()["enabled"]:  # the real-kernel encoder's row
+        from ..export.onnx import score_runtime
+        metrics["runtime"] = score_runtime(fp.model, onnx.encoder_file(), onnx.info(), items, size,
+                                           c.quant.eval.points_per_side)
     if ch.get("fallback"):
         metrics["mixed"] = {k: ch[k] for k in ("fallback", "layers", "avg_weight_bits", "base_weight_bits",
                                                "target_bits", "sensitivity_db")}
     return metrics, overlays, prompt_ious(per_img)
+

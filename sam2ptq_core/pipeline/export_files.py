@@ -1,5 +1,5 @@
 """The model files of the output tree, from the stage artifacts: the DeepCompressor-style cache files, the
-optional nunchaku safetensors, the per-layer schemes and the resolved config."""
+optional nunchaku safetensors and ONNX encoder, the per-layer schemes and the resolved config."""
 from __future__ import annotations
 
 import shutil
@@ -8,14 +8,14 @@ from pathlib import Path
 import yaml
 
 from ..config import RunConfig
-from .artifacts import FetchedModel, MixedChoice, QuantizedLayers, SmoothingChoice, shipped_layers
+from .artifacts import FetchedModel, MixedChoice, OnnxExport, QuantizedLayers, SmoothingChoice, shipped_layers
 from .runtime import load_fp_model
 
 __all__ = ["write_model_files"]
 
 
 def write_model_files(d: Path, c: RunConfig, fetched: FetchedModel, smooth: SmoothingChoice,
-                      gptq: QuantizedLayers, mixed: MixedChoice) -> None:
+                      gptq: QuantizedLayers, mixed: MixedChoice, onnx: OnnxExport) -> None:
     """The cache files, nunchaku's files (``convert_nunchaku``), ``scheme.json`` (every layer's scheme, as the
     mixed stage resolved it; the readers take formats from it) and ``config.yaml``; with mixed precision the
     config records the chosen fallback layers as ``quant.mixed.layers``, so it reproduces the choice."""
@@ -29,6 +29,10 @@ def write_model_files(d: Path, c: RunConfig, fetched: FetchedModel, smooth: Smoo
         from ..export.nunchaku import write_nunchaku
         write_nunchaku(d / "nunchaku", c, fp.model, qlayers, scales, mixed.schemes())
     shutil.copyfile(mixed.scheme_file(), d / "scheme.json")
+    if onnx.info()["enabled"]:  # the ONNX encoder and what it measured
+        (d / "onnx").mkdir()
+        for f in onnx.files():
+            shutil.copyfile(f, d / "onnx" / f.name)
     cfg = c.model_dump(mode="json")
     if ch.get("fallback"):
         # the choice itself, so a reader rebuilds these fallbacks (none chosen: num_layers 0, still one valid policy)

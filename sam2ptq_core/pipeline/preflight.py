@@ -35,6 +35,12 @@ def preflight(cfg: RunConfig) -> None:
     if cfg.convert_nunchaku:
         from ..export.nunchaku import check_supported
         check_supported(cfg)
+    if cfg.onnx is not None:  # the exporter and a runtime are extras
+        from ..export.onnx import MissingRuntime, check_exporter
+        try:
+            check_exporter(cfg.onnx.runtime)
+        except MissingRuntime as e:
+            raise ConfigError(f"onnx: {e}") from None
 
 
 def _check_rank(cfg: RunConfig) -> None:

@@ -97,6 +97,10 @@ def _mixed_slice(c: RunConfig) -> dict:
         "mixed": None}
 
 
+def _onnx_slice(c: RunConfig) -> dict:
+    return {"onnx": _dump(c.onnx), "seed": c.seed} if c.onnx else {}
+
+
 def _evaluate_slice(c: RunConfig) -> dict:
     q = c.quant
     return {"ipts": _dump(q.ipts), "eval": _dump(q.eval, exclude={"regression_threshold", "regression_across_models"}),
@@ -122,10 +126,13 @@ STAGES: dict[str, Stage] = {s.name: s for s in [
     Stage("sensitivity", 2, ("fetch_model", "build_calibration_set", "smooth", "gptq_lowrank"), _sensitivity_slice,
           A.Sensitivity, "quant.mixed: each layer alone at the target precision, its effect on its block's output "
           "and on the image embedding"),
-    Stage("mixed", 5, ("fetch_model", "capture_activations", "rotate", "smooth", "gptq_lowrank", "sensitivity"),
+    Stage("mixed", 6, ("fetch_model", "capture_activations", "rotate", "smooth", "gptq_lowrank", "sensitivity"),
           _mixed_slice, A.MixedChoice, "quant.mixed: the layers that fall back (budget policy) and their w8a8 "
           "re-quantization"),
-    Stage("evaluate", 8, ("fetch_model", "build_calibration_set", "smooth", "gptq_lowrank", "mixed"),
+    Stage("onnx_export", 1, ("fetch_model", "build_calibration_set", "capture_activations", "smooth", "gptq_lowrank",
+                             "mixed"), _onnx_slice, A.OnnxExport,
+          "onnx: the quantized encoder as int8 QDQ ONNX, run on a graph runtime: SQNR and latency against torch"),
+    Stage("evaluate", 9, ("fetch_model", "build_calibration_set", "smooth", "gptq_lowrank", "mixed", "onnx_export"),
           _evaluate_slice, A.Evaluation, "float vs quantized SAM2 on held-out images: SQNR, mask IoU, report"),
 ]}
 

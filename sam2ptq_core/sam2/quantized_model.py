@@ -24,6 +24,7 @@ import torch
 from torch import nn
 
 from ..algorithms.layer_recipe import quantized_linear
+from ..algorithms.quantizers import QParams
 from ..algorithms.rotation import Rotation
 from ..algorithms.scheme import LayerScheme
 from .loading import quantizable_linears, trunk
@@ -45,6 +46,7 @@ class LayerArtifacts:
     rotate: bool = False
     rotate_random: bool = False
     rotate_seed: int = 0
+    act_qparams: QParams | None = None  # a static-activation scheme's per-tensor parameters (``scheme.a_static``)
 
 
 class QuantLinear(nn.Module):
@@ -61,11 +63,14 @@ class QuantLinear(nn.Module):
         self.register_buffer("lora_a", art.a.clone() if has_branch else None)
         self.register_buffer("lora_b", art.b.clone() if has_branch else None)
         self.rotation = Rotation(self.in_features, art.rotate_random, art.rotate_seed) if art.rotate else None
+        if art.scheme.a_static and art.scheme.a_dtype and art.act_qparams is None:
+            raise ValueError("a static-activation scheme needs the layer's activation parameters (act_qparams)")
+        self.act_qparams = art.act_qparams if art.scheme.a_static else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         sc = self.scheme
         return quantized_linear(x, self.weight, self.bias, self.smooth, self.lora_a, self.lora_b, sc.a_dtype,
-                                sc.a_group, sc.shift, self.rotation)
+                                sc.a_group, sc.shift, self.rotation, self.act_qparams)
 
     def extra_repr(self) -> str:
         return (f"in={self.in_features}, out={self.out_features}, {self.scheme.label()}, "
