@@ -6,7 +6,7 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from sam2ptq_core.config import load_config
-from sam2ptq_core.pipeline.progress import run_logger
+from sam2ptq_core.pipeline.progress import Progress, run_logger
 from sam2ptq_core.pipeline.stages import STAGES, Ref, open_artifact, run_stage
 
 STAGE = STAGES["onnx_export"]
@@ -36,8 +36,9 @@ def onnx_export(cfg: dict, model_ref: Ref, calib_ref: Ref, acts_ref: Ref, smooth
         qm = build_quantized(fp, qlayers, sm.scales(), sm.rotation_choice(), schemes)
         twin = static_twin(qm, activation_ranges(art["capture_activations"].stats(), qm))
         pixels = normalize(art["build_calibration_set"].images()[:2])
-        info = build_export(tmp, fp, qm, twin, qlayers, schemes, pixels, runtime, c.onnx.latency_runs,
-                            c.onnx.precision)
+        with Progress(STAGE.name, 4, "step") as prog:
+            info = build_export(tmp, fp, qm, twin, qlayers, schemes, pixels, runtime, c.onnx.latency_runs,
+                                c.onnx.precision, prog)
         STAGE.artifact.write(tmp, {"enabled": True, "precision_setting": c.onnx.precision, **info})
         run_logger().info("onnx: %s runs the encoder %.2f× as fast as torch fp32 (%.2f× vs bf16)", runtime,
                           info["speedup_vs_fp32"], info["speedup_vs_bf16"])

@@ -415,14 +415,19 @@ def _sqnr_db(ref, got) -> float:
 
 def build_export(d: Path, fp_model: nn.Module, quant_model: nn.Module, static_model: nn.Module,
                  qlayers: dict[str, dict], schemes: dict[str, LayerScheme], pixels: torch.Tensor, runtime: str,
-                 latency_runs: int, precision: str = "auto") -> dict:
+                 latency_runs: int, precision: str = "auto", progress=None) -> dict:
     """``d/encoder.onnx`` from ``static_model`` (the quantized model with each layer at its ``static8`` scheme),
     and what it does against the others on ``pixels`` [n, 3, S, S] (normalised): the runtime's encoder SQNR against
     the float model, against the pipeline's fake-quant model (per-token activations) and against ``static_model``
     (the same formats: only the kernels' rounding differs), per level; and the encoder latency at batch 1 (median of
-    ``latency_runs`` after 2 warm-up runs) of torch fp32 eager, torch bf16 eager and the runtime, with file sizes."""
+    ``latency_runs`` after 2 warm-up runs) of torch fp32 eager, torch bf16 eager and the runtime, with file sizes.
+    ``progress(done, total, what)`` is told each of the 4 steps."""
+    step = progress or (lambda *a: None)
+    step(0, 4, "export")
     info = export_onnx(d / "encoder.onnx", static_model, qlayers, schemes, pixels.shape[-1])
+    step(1, 4, f"compile ({runtime})")
     run = open_runtime(d / "encoder.onnx", runtime, precision=precision)
+    step(2, 4, "fidelity")
     levels = ("fpn0", "fpn1", "embedding")
     sq = {k: {lv: [] for lv in levels} for k in ("vs_float", "vs_fake_quant", "vs_static_fake_quant",
                                                "fake_quant_vs_float", "static_vs_float")}
@@ -440,6 +445,7 @@ def build_export(d: Path, fp_model: nn.Module, quant_model: nn.Module, static_mo
                 sq["fake_quant_vs_float"][lv].append(_sqnr_db(ref[j], fq[j]))
                 sq["static_vs_float"][lv].append(_sqnr_db(ref[j], st[j]))
     mean = {k: {lv: sum(v) / len(v) for lv, v in per.items()} for k, per in sq.items()}
+    step(3, 4, "latency")
     x = pixels[:1].float()
     with torch.inference_mode():
         t_fp32 = time_encoder(fp_model.get_image_embeddings, x, runs=latency_runs)
@@ -447,6 +453,7 @@ def build_export(d: Path, fp_model: nn.Module, quant_model: nn.Module, static_mo
         t_bf16 = time_encoder(bf.get_image_embeddings, x.bfloat16(), runs=latency_runs)
         del bf
     t_rt = time_encoder(run, x.numpy(), runs=latency_runs)
+    step(4, 4, "done")
     fp32_bytes = sum(m.weight.numel() * 4 for m in (dict(trunk(fp_model).named_modules())[k] for k in qlayers))
     return {**info, "runtime": runtime, "precision": _precision(runtime, precision),
             "images": int(pixels.shape[0]), "image_size": int(pixels.shape[-1]),
@@ -462,7 +469,7 @@ def _precision(runtime: str, wanted: str) -> str:
     """The precision the runtime's float ops run in."""
     if runtime == "openvino" and wanted == "auto":
         import openvino as ov
-        return str(ov.Core().get_property("CPU", "INFERENCE_PRECISION_HINT"))
+        return ov.Core().get_property("CPU", "INFERENCE_PRECISION_HINT").get_type_name()
     return "f32"
 
 

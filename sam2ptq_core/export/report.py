@@ -124,8 +124,9 @@ def _branch_line(lr: dict | None) -> str:
             f"{lr['lowbit_weight_bytes'] / 2**20:.2f} MiB low-bit codes).")
 
 
-def _runtime_lines(r: dict | None) -> list[str]:
+def _runtime_lines(metrics: dict) -> list[str]:
     """The real-kernel encoder (onnx/encoder.onnx on a graph runtime) beside the fake-quant model."""
+    r = metrics.get("runtime")
     if not r:
         return []
     lat = r["latency_s"]
@@ -136,12 +137,14 @@ def _runtime_lines(r: dict | None) -> list[str]:
             f"from the calibration ranges): encoder {r['speedup_vs_fp32']:.2f}× as fast as torch fp32 eager, "
             f"{r['speedup_vs_bf16']:.2f}× vs bf16 (" + ", ".join(f"{k} {1000 * v:.0f} ms" for k, v in lat.items())
             + f", batch 1); file {r['bytes'] / 2**20:.1f} MiB.", "",
-            "| encoder | embedding SQNR dB vs float | mask mIoU vs float |", "|---|---|---|",
-            f"| fake quant (pipeline) | {_fmt(st['fake_quant_vs_float']['embedding'])} | — |",
-            f"| fake quant, static activations (the runtime's formats) | {_fmt(st['static_vs_float']['embedding'])} "
-            "| — |",
-            f"| {r['runtime']} (held-out images) | {_fmt(r['encoder']['sqnr_db']['embedding'])} | "
-            f"{_fmt(r['masks']['miou_vs_fp'])} |", "",
+            "| encoder | held-out: embedding SQNR dB vs float | held-out: mask mIoU vs float | calibration images: "
+            "embedding SQNR dB vs float |", "|---|---|---|---|",
+            f"| fake quant (pipeline) | {_fmt(metrics['encoder']['sqnr_db']['embedding'])} | "
+            f"{_fmt(metrics['masks']['miou_vs_fp'])} | {_fmt(st['fake_quant_vs_float']['embedding'])} |",
+            f"| fake quant, static activations (the runtime's formats) | — | — | "
+            f"{_fmt(st['static_vs_float']['embedding'])} |",
+            f"| {r['runtime']} | {_fmt(r['encoder']['sqnr_db']['embedding'])} | {_fmt(r['masks']['miou_vs_fp'])} | "
+            f"{_fmt(st['vs_float']['embedding'])} |", "",
             f"The runtime against the static fake-quant model (same formats; kernel rounding only): "
             f"{_fmt(st['vs_static_fake_quant']['embedding'])} dB at the embedding (calibration images)."]
 
@@ -171,7 +174,7 @@ def write_report(out_dir: Path, metrics: dict, overlays: list[dict], ious: dict[
     for lv, v in metrics["encoder"]["sqnr_db"].items():
         lines.append(f"| {lv} | {_fmt(v)} | {_fmt(metrics['encoder']['cosine'][lv])} |")
     mk = metrics["masks"]
-    lines += ["", "![encoder SQNR and mask IoU histogram](agreement.png)", *_runtime_lines(metrics.get("runtime"))]
+    lines += ["", "![encoder SQNR and mask IoU histogram](agreement.png)", *_runtime_lines(metrics)]
     lines += ["", "## Mask agreement", "", "| prompts | mIoU vs float | IoU < 0.9 |", "|---|---|---|",
               f"| all ({mk['num_prompts']}) | {_fmt(mk['miou_vs_fp'])} | {_fmt(mk['frac_iou_below_0_9'])} |",
               *(f"| {k} ({mk[k]['num']}) | {_fmt(mk[k]['miou'])} | {_fmt(mk[k]['frac_below_0_9'])} |"

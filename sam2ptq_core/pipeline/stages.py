@@ -129,10 +129,10 @@ STAGES: dict[str, Stage] = {s.name: s for s in [
     Stage("mixed", 6, ("fetch_model", "capture_activations", "rotate", "smooth", "gptq_lowrank", "sensitivity"),
           _mixed_slice, A.MixedChoice, "quant.mixed: the layers that fall back (budget policy) and their w8a8 "
           "re-quantization"),
-    Stage("onnx_export", 1, ("fetch_model", "build_calibration_set", "capture_activations", "smooth", "gptq_lowrank",
+    Stage("onnx_export", 2, ("fetch_model", "build_calibration_set", "capture_activations", "smooth", "gptq_lowrank",
                              "mixed"), _onnx_slice, A.OnnxExport,
           "onnx: the quantized encoder as int8 QDQ ONNX, run on a graph runtime: SQNR and latency against torch"),
-    Stage("evaluate", 9, ("fetch_model", "build_calibration_set", "smooth", "gptq_lowrank", "mixed", "onnx_export"),
+    Stage("evaluate", 10, ("fetch_model", "build_calibration_set", "smooth", "gptq_lowrank", "mixed", "onnx_export"),
           _evaluate_slice, A.Evaluation, "float vs quantized SAM2 on held-out images: SQNR, mask IoU, report"),
 ]}
 
