@@ -336,7 +336,17 @@ def open_runtime(path: Path, runtime: str, threads: int | None = None, precision
         cfg = {"CACHE_DIR": str(cache), **({"INFERENCE_NUM_THREADS": threads} if threads else {})}
         if precision == "f32":
             cfg["INFERENCE_PRECISION_HINT"] = "f32"
-        compiled = ov.Core().compile_model(str(path), "CPU", cfg)
+        # OpenVINO keys its cache by the file's path: compile a copy named by the content, so the stage's temp
+        # file, the published stage and an output tree share one compiled model
+        import hashlib
+        import shutil
+        named = cache / "models" / f"{hashlib.sha256(Path(path).read_bytes()).hexdigest()[:32]}.onnx"
+        if not named.is_file():
+            named.parent.mkdir(exist_ok=True)
+            tmp = named.with_suffix(f".tmp-{os.getpid()}")
+            shutil.copyfile(path, tmp)
+            tmp.replace(named)
+        compiled = ov.Core().compile_model(str(named), "CPU", cfg)
         req = compiled.create_infer_request()
 
         def run(px):
