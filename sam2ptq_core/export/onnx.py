@@ -30,6 +30,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from ..algorithms.metrics import sqnr_db
 from ..algorithms.quantizers import QParams, range_qparams
 from ..algorithms.rotation import hadamard, hadamard_factors, random_signs
 from ..algorithms.scheme import LayerScheme, qdtype
@@ -418,9 +419,8 @@ def check_exporter(runtime: str) -> str:
 
 
 def _sqnr_db(ref, got) -> float:
-    ref, got = torch.as_tensor(ref).double(), torch.as_tensor(got).double()
-    noise = (ref - got).pow(2).sum()
-    return float(10 * torch.log10(ref.pow(2).sum() / noise)) if noise > 0 else float("inf")
+    """``metrics.sqnr_db`` for a runtime's numpy output against a torch reference."""
+    return sqnr_db(torch.as_tensor(ref), torch.as_tensor(got))
 
 
 def build_export(d: Path, fp_model: nn.Module, quant_model: nn.Module, static_model: nn.Module,
@@ -459,7 +459,8 @@ def build_export(d: Path, fp_model: nn.Module, quant_model: nn.Module, static_mo
     x = pixels[:1].float()
     with torch.inference_mode():
         t_fp32 = time_encoder(fp_model.get_image_embeddings, x, runs=latency_runs)
-        bf = copy_to_bf16(fp_model)
+        import copy
+        bf = copy.deepcopy(fp_model).to(torch.bfloat16)
         t_bf16 = time_encoder(bf.get_image_embeddings, x.bfloat16(), runs=latency_runs)
         del bf
     t_rt = time_encoder(run, x.numpy(), runs=latency_runs)
@@ -481,8 +482,3 @@ def _precision(runtime: str, wanted: str) -> str:
         import openvino as ov
         return ov.Core().get_property("CPU", "INFERENCE_PRECISION_HINT").get_type_name()
     return "f32"
-
-
-def copy_to_bf16(model: nn.Module) -> nn.Module:
-    import copy
-    return copy.deepcopy(model).to(torch.bfloat16)
