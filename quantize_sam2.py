@@ -105,14 +105,39 @@ def _server_needed() -> bool:
     return True
 
 
-def _log_to_file(cfg) -> Path:
+class RunLogFile(logging.FileHandler):
+    """The run's log file. When it cannot be written (its disk is full, it went read-only) it closes, says so once
+    on the console and drops later records: the stdlib's default would print "--- Logging error ---" and the
+    traceback being handled (torch's ``enforce fail`` included) on the console for every record."""
+
+    def __init__(self, path: Path):
+        super().__init__(path)
+        self.failure = ""  # why the file stopped being written; "" while it works
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if not self.failure:
+            super().emit(record)
+
+    def handleError(self, record: logging.LogRecord) -> None:
+        err = sys.exc_info()[1]
+        if not isinstance(err, OSError):
+            return super().handleError(record)  # a formatting bug in a log call, not the file
+        self.failure = err.strerror or str(err)
+        with contextlib.suppress(OSError):
+            self.close()
+        from tqdm import tqdm  # between the progress bars, not through them
+        tqdm.write(f"warning: cannot write the log file {self.baseFilename} ({self.failure}); the rest of this "
+                   f"run's log is dropped (rerun with -v to see it on the console)", file=sys.stderr)
+
+
+def _log_to_file(cfg) -> RunLogFile:
     """Without -v every log line (Prefect's and ours, warnings included) goes to a file under cache.root/logs
     (cache.local/logs with a URL root); the console keeps the progress bars, the summary or the one error line."""
     from sam2ptq_core.pipeline.stages import local_dir
     logs = local_dir(cfg) / "logs"
     logs.mkdir(parents=True, exist_ok=True)
     path = logs / f"{cfg.job_name()}-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}.log"
-    handler = logging.FileHandler(path)
+    handler = RunLogFile(path)
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     handler.setLevel(logging.INFO)
     loggers = [logging.getLogger()] + [lg for lg in logging.root.manager.loggerDict.values()
@@ -126,7 +151,16 @@ def _log_to_file(cfg) -> Path:
     for name in ("prefect", "sam2ptq", "sam2ptq_core"):
         logging.getLogger(name).setLevel(logging.INFO)
     logging.captureWarnings(True)
-    return path
+    return handler
+
+
+def _where(log_file: RunLogFile | None) -> str:
+    """Where the error line sends the reader: the log file, or what became of it."""
+    if log_file is None:
+        return ""
+    if log_file.failure:
+        return f" (log file {log_file.baseFilename} incomplete: {log_file.failure})"
+    return f" (full log: {log_file.baseFilename})"
 
 
 def _summary(out: Path, wall: float) -> str:
@@ -203,7 +237,6 @@ def main(argv: list[str] | None = None) -> int:
     from flows.ptq import sam2_ptq
     from sam2ptq_core.pipeline.prefect_server import ServerDidNotStart, temporary_server
     log_file = None if args.verbose else _log_to_file(cfg)
-    where = f" (full log: {log_file})" if log_file else ""
     try:
         with contextlib.ExitStack() as stack:
             if _server_needed():
@@ -211,7 +244,7 @@ def main(argv: list[str] | None = None) -> int:
             flow = run_ablation if args.ablation else sam2_ptq
             out = flow(cfg.model_dump(mode="json"), [])
     except (StageError, ServerDidNotStart) as e:
-        print(f"error: {e}{where}", file=sys.stderr)
+        print(f"error: {e}{_where(log_file)}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("interrupted: finished stages are kept in the cache; rerun the same command to resume", file=sys.stderr)

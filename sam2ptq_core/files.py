@@ -107,6 +107,17 @@ def _is_disk_full(e: BaseException) -> bool:
     return isinstance(e, (OSError, RuntimeError)) and any(w in str(e) for w in _DISK_FULL_WORDS)
 
 
+def _drop_frames(e: BaseException | None) -> None:
+    """Free the locals of the frames of a failed write and of every error it was raised while handling (their
+    tracebacks still print). DiskFull keeps them as its context, and torch.save's frame holds its writer, whose
+    file (deleted with the temp directory) keeps its blocks allocated while the writer lives: the disk would stay
+    full for the rest of the process, and the run's log file on it would fail too."""
+    import traceback
+    while e is not None:
+        traceback.clear_frames(e.__traceback__)
+        e = e.__cause__ or e.__context__
+
+
 @contextmanager
 def disk_full_reported(folder: Path, written: Path):
     """Turn any form of "disk full" raised in the block (ENOSPC, torch's ``enforce fail … file write failed``) into
@@ -118,7 +129,8 @@ def disk_full_reported(folder: Path, written: Path):
         if not _is_disk_full(e):
             raise
         full = f"{_size(written) / 2**20:.1f} MiB" if written.is_dir() else "nothing"
-    if full is not None:  # raised outside the handler: the failed writer's frames (and open files) are freed
+        _drop_frames(e)
+    if full is not None:
         free = shutil.disk_usage(folder).free
         raise DiskFull(f"no space left on {folder.resolve()}: {full} were written before the disk filled "
                        f"({free / 2**20:.1f} MiB free now); free space or point it at a larger disk and rerun: "

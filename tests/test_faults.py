@@ -133,10 +133,68 @@ def test_disk_full_on_a_real_small_file_system(tmp_path):
                       lambda d: torch.save(torch.zeros(1 << 20), d / "images.pt"))
         assert "finished stages are kept" in str(e.value)
         assert not any(p.name.startswith(".") for p in (mnt / "build_calibration_set").iterdir())
+        # while the error is still held (Prefect keeps it in the task's state), the deleted file's blocks are free
+        # again: torch's writer in the failed frames no longer pins them (main: 0 bytes free until the process ended)
+        assert shutil.disk_usage(mnt).free > 0.9 * 2**20
         del e
     finally:
         r = subprocess.run(["umount", str(mnt)], capture_output=True, text=True)
     assert r.returncode == 0, f"the failed writer still holds files on the full disk: {r.stderr}"
+
+
+def test_cli_on_a_full_disk_is_one_line_and_the_log_keeps_the_traceback(tmp_path):
+    """cache.root on a 20 MiB tmpfs (needs root and mount; skipped otherwise): capture_activations fills it. Main
+    ended with the right line, but before it printed Python's "--- Logging error ---" and the tracebacks being
+    handled (torch's ``enforce fail at inline_container.cc``) several times, the run's log file sharing the full
+    disk. Now the console shows one line, the log file holds the traceback, finished stages are kept."""
+    mnt = tmp_path / "small"
+    mnt.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=20m", "tmpfs", str(mnt)], capture_output=True).returncode:
+        pytest.skip("cannot mount a tmpfs here")
+    try:
+        env = {**os.environ, "PREFECT_HOME": str(tmp_path / "home")}
+        env.pop("PREFECT_API_URL", None)
+        r = _cli("--config", str(REDUCED_CFG), "--cache.root", str(mnt), "--output.root", str(tmp_path / "o"),
+                 env=env, timeout=600)
+        text = [ln for ln in r.stderr.replace("\r", "\n").splitlines()
+                if ln.strip() and "%|" not in ln and not ln.startswith("starting Prefect")]
+        assert r.returncode == 1 and len(text) == 1, r.stderr[-3000:]
+        assert text[0].startswith("error: stage capture_activations failed: no space left on ") and \
+            "finished stages are kept (full log: " in text[0], text
+        log = Path(text[0].split("(full log: ")[1].rstrip(")")).read_text()
+        assert "DiskFull: no space left on" in log and "enforce fail" in log  # the whole story is in the log
+        for stage in ("fetch_model", "build_calibration_set"):
+            assert len(list((mnt / stage).glob("*/manifest.json"))) == 1
+        assert not [p for p in mnt.rglob(".*") if ".tmp-" in p.name]  # nothing half-written
+    finally:
+        r = subprocess.run(["umount", str(mnt)], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+
+
+def test_a_log_file_that_cannot_be_written_warns_once(capsys):
+    """The run's log file on a disk that stays full (/dev/full fails every write with ENOSPC): one warning line on
+    the console, later records dropped, the error line says the log is incomplete; the stdlib's default printed
+    "--- Logging error ---" and a traceback on the console for every record."""
+    import logging
+
+    import quantize_sam2
+    handler = quantize_sam2.RunLogFile(Path("/dev/full"))
+    lg = logging.getLogger("sam2ptq.test_log_file")
+    lg.addHandler(handler)
+    try:
+        try:
+            raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 4096 vs 0")
+        except RuntimeError:
+            for i in range(5):
+                lg.error("record %d", i, exc_info=True)
+    finally:
+        lg.removeHandler(handler)
+    err = capsys.readouterr().err
+    assert err.strip().splitlines() == [
+        "warning: cannot write the log file /dev/full (No space left on device); the rest of this run's log is "
+        "dropped (rerun with -v to see it on the console)"], err
+    assert handler.failure == "No space left on device" and handler.stream is None
+    assert quantize_sam2._where(handler) == " (log file /dev/full incomplete: No space left on device)"
 
 
 def test_disk_full_on_cache_local_of_an_object_store(tmp_path):
