@@ -14,6 +14,7 @@ import logging
 import os
 import sys
 import time
+import warnings
 from pathlib import Path
 
 RANDOM_LINE = "RANDOM WEIGHTS — not a real SAM2 checkpoint (model.random_init: true)"
@@ -91,17 +92,22 @@ def _quiet_prefect(verbose: bool) -> None:
     os.environ["SAM2PTQ_PROGRESS_BAR"] = "1"
 
 
-def _server_needed() -> bool:
-    """No Prefect API configured: this run needs the temporary local server. Says on the console what happens."""
+def _server_needed(home_note: str, fallback: Path) -> bool:
+    """No Prefect API configured: this run needs the temporary local server. Says on the console what happens
+    (``home_note``: where its home went when ~/.prefect cannot be written); an unwritable home is refused first."""
     from prefect.settings import get_current_settings
+
+    from sam2ptq_core.pipeline.prefect_server import check_home
     s = get_current_settings()
     if s.api.url:
         print(f"Prefect API: {s.api.url}", file=sys.stderr)
         return False
-    first = not (Path(s.home) / "prefect.db").exists()
-    print("starting Prefect's temporary local server" + (
-        " (first start on this machine: creating its database, this can take a minute)" if first else "") + " …",
-        file=sys.stderr, flush=True)
+    check_home(s.home, fallback)
+    notes = [home_note] if home_note else []
+    if not (Path(s.home) / "prefect.db").exists():
+        notes.append("first start on this machine: creating its database, this can take a minute")
+    print("starting Prefect's temporary local server" + (f" ({'; '.join(notes)})" if notes else "") + " …",
+          file=sys.stderr, flush=True)
     return True
 
 
@@ -176,8 +182,9 @@ def _summary(out: Path, wall: float) -> str:
                  f"below IoU 0.9)")
     if "runtime" in m:  # the real-kernel encoder (ONNX on a graph runtime)
         r = m["runtime"]
-        lines.append(f"real kernels ({r['runtime']}, ONNX int8): encoder {r['speedup_vs_fp32']:.2f}× as fast as "
-                     f"torch fp32 ({r['speedup_vs_bf16']:.2f}× vs bf16), embedding SQNR "
+        lines.append(f"real kernels ({r['runtime']}, ONNX int8): encoder {r['speedup_vs_float_runtime']:.2f}× as fast "
+                     f"as the float encoder on {r['runtime']} ({r['speedup_vs_torch_fp32']:.2f}× torch fp32), "
+                     "embedding SQNR "
                      f"{r['encoder']['sqnr_db']['embedding']:.2f} dB, mask mIoU vs float "
                      f"{r['masks']['miou_vs_fp']:.4f}")
     lines += [f"output: {out}", f"wall time: {wall:.1f} s"]
@@ -233,13 +240,24 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, DataError, ModelUnavailable, NunchakuUnsupported, StageError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    from flows.ablation import run_ablation
-    from flows.ptq import sam2_ptq
-    from sam2ptq_core.pipeline.prefect_server import ServerDidNotStart, temporary_server
+    from sam2ptq_core.pipeline.prefect_server import choose_home
+    from sam2ptq_core.pipeline.stages import local_dir
+    fallback_home = local_dir(cfg) / "prefect-home"
+    home_note = choose_home(fallback_home)  # before Prefect is imported: it reads PREFECT_HOME once
+    with warnings.catch_warnings():  # an unwritable home is refused below when a server needs it, in one line
+        warnings.filterwarnings("ignore", "Failed to create the Prefect home directory")
+        from flows.ablation import run_ablation
+        from flows.ptq import sam2_ptq
+    from sam2ptq_core.pipeline.prefect_server import HomeNotWritable, ServerDidNotStart, temporary_server
+    try:
+        server = _server_needed(home_note, fallback_home)
+    except HomeNotWritable as e:  # bad environment, said before anything starts or is written
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     log_file = None if args.verbose else _log_to_file(cfg)
     try:
         with contextlib.ExitStack() as stack:
-            if _server_needed():
+            if server:
                 stack.enter_context(temporary_server(int(os.environ["PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS"])))
             flow = run_ablation if args.ablation else sam2_ptq
             out = flow(cfg.model_dump(mode="json"), [])

@@ -18,6 +18,7 @@ from tasks.regression import regression_check
 from tasks.rotate import rotate
 from tasks.sensitivity import sensitivity
 from tasks.smooth import smooth
+from tasks.static_ranges import static_ranges
 
 
 @flow(name="sam2-ptq", log_prints=False, validate_parameters=True)
@@ -40,10 +41,12 @@ def sam2_ptq(config: dict | str = "", overrides: list[str] | None = None) -> str
                                       refs["gptq_lowrank"])
     refs["mixed"] = mixed(cfg, refs["fetch_model"], refs["capture_activations"], refs["rotate"], refs["smooth"],
                           refs["gptq_lowrank"], refs["sensitivity"])
-    refs["onnx_export"] = onnx_export(cfg, refs["fetch_model"], refs["build_calibration_set"],
-                                      refs["capture_activations"], refs["smooth"], refs["gptq_lowrank"], refs["mixed"])
+    refs["static_ranges"] = static_ranges(cfg, refs["fetch_model"], refs["build_calibration_set"], refs["smooth"],
+                                          refs["gptq_lowrank"], refs["mixed"])
+    refs["onnx_export"] = onnx_export(cfg, refs["fetch_model"], refs["build_calibration_set"], refs["smooth"],
+                                      refs["gptq_lowrank"], refs["mixed"], refs["static_ranges"])
     refs["evaluate"] = evaluate(cfg, refs["fetch_model"], refs["build_calibration_set"], refs["smooth"],
-                                refs["gptq_lowrank"], refs["mixed"], refs["onnx_export"])
+                                refs["gptq_lowrank"], refs["mixed"], refs["static_ranges"], refs["onnx_export"])
     # fails the flow before a regressed model replaces the output
     verdict = regression_check(cfg, refs["evaluate"], refs["fetch_model"])
     out = export(cfg, refs, verdict["message"] if verdict["message"].startswith("new model weights") else "")

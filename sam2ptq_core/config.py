@@ -105,18 +105,23 @@ class WgtsCfg(_Node):
 class IptsCfg(_Node):
     dtype: Literal[tuple(FORMATS)] | None = "uint8"  # type: ignore[valid-type]
     group_shapes: list[list[int]] = Field(default_factory=lambda: [[1, -1]])
+    # static per-tensor activations, as graph runtimes run them (uint8 with a zero point, ranges observed on the
+    # quantized model: ``static_method`` mse (the clipped range with the least squared error) or minmax, over
+    # ``static_images`` calibration images); the whole pipeline then calibrates and evaluates that format
     static: bool = False
+    static_method: Literal["mse", "minmax"] = "mse"
+    static_images: int = Field(8, ge=1)
     # SVDQuant: mlp.proj_out's input (after GELU) + 0.171875, quantized unsigned (uint4 for sint4), shift in the
     # bias; such layers are never rotated (a rotation would make the input signed again)
     gelu_shift: bool = False
     _gs = field_validator("group_shapes")(classmethod(lambda cls, v: _group_shapes(v)))
 
-    @field_validator("static")
-    @classmethod
-    def _dynamic_only(cls, v):
-        if v:
-            raise ValueError("static activation quantization is not supported; use static: false (dynamic per token)")
-        return v
+    @model_validator(mode="after")
+    def _static_is_8bit(self):
+        if self.static and not (self.dtype and FORMATS[self.dtype].bits == 8):
+            raise ValueError(f"static activations are 8-bit per tensor (uint8, as graph runtimes run them), but dtype "
+                             f"is {self.dtype}; use dtype uint8 or sint8 with static: true, or static: false")
+        return self
 
     @model_validator(mode="after")
     def _shift_needs_signed(self):
@@ -192,6 +197,14 @@ class QuantCfg(_Node):
     eval: EvalCfg = Field(default_factory=EvalCfg)
     skip: list[str] = Field(default_factory=list)  # fnmatch patterns of trunk linears kept in 16-bit
     mixed: MixedCfg | None = None  # mixed precision from the sensitivity stage (pipeline/stages.py)
+
+    @model_validator(mode="after")
+    def _static_alone(self):
+        if self.ipts.static and (self.mixed is not None or self.calib.mode == "sequential"):
+            raise ValueError("quant.ipts.static: true works with one-shot calibration and without quant.mixed (the "
+                             "sensitivity trials and the block walk run dynamic activations); drop quant.mixed or "
+                             "set quant.calib.mode: oneshot")
+        return self
 
 
 class OutputCfg(_Node):

@@ -34,9 +34,9 @@ __all__ = ["base_scheme", "scheme_rules", "calibration_schemes", "shipped_scheme
 def base_scheme(q: QuantCfg) -> LayerScheme:
     """The run's format for every layer no other rule names."""
     lr = q.wgts.low_rank
-    return LayerScheme(q.wgts.dtype, group_size_of(q.wgts.group_shapes), q.ipts.dtype,
-                       group_size_of(q.ipts.group_shapes), 0.0, q.rotation is not None,
-                       lr.rank if lr is not None else 0)
+    s = LayerScheme(q.wgts.dtype, group_size_of(q.wgts.group_shapes), q.ipts.dtype,
+                    group_size_of(q.ipts.group_shapes), 0.0, q.rotation is not None, lr.rank if lr is not None else 0)
+    return s.static8() if q.ipts.static else s
 
 
 def scheme_rules(q: QuantCfg, fallback_layers: Iterable[str] | None = None) -> list[SchemeRule]:
@@ -75,7 +75,8 @@ def layer_spec(q: QuantCfg, seed: int) -> "LayerSpec":
     gptq = dict(block_size=g.block_size, damp_percentage=g.damp_percentage, num_inv_tries=g.num_inv_tries,
                 act_order=g.act_order) if g else {}
     return spec_for(base_scheme(q), LayerSpec(w_dtype=w.dtype, gptq=g is not None, seed=seed,
-                                              scale_dtype=w.scale_dtype, **branch, **gptq))
+                                              scale_dtype=w.scale_dtype, static_method=q.ipts.static_method,
+                                              **branch, **gptq))
 
 
 def layer_specs(q: QuantCfg, seed: int, schemes: dict[str, LayerScheme]) -> dict[str, "LayerSpec"]:

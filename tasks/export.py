@@ -38,7 +38,7 @@ def export(cfg: dict, refs: dict[str, Ref], guard: str = "") -> str:
             def write_files(tmp: Path) -> None:
                 from sam2ptq_core.pipeline.export_files import write_model_files
                 write_model_files(tmp, c, art["fetch_model"], art["smooth"], art["gptq_lowrank"], art["mixed"],
-                                  art["onnx_export"])
+                                  art["static_ranges"], art["onnx_export"])
                 if guard and report:
                     first, *rest = report[0].read_text().split("\n")
                     (tmp / "report.md").write_text("\n".join([first, "", f"**Regression guard:** {guard}", *rest]))

@@ -1,6 +1,7 @@
-"""The ONNX export against its consumer: ONNX Runtime running each exported layer kind computes what QuantLinear
-computes with the same formats (int8 QDQ weights from our codes, static per-tensor 8-bit activations), and the
-exported encoder runs on ONNX Runtime and OpenVINO."""
+"""The ONNX export against its consumers: the graph is traced from QuantLinear's own forward (no second definition),
+and ONNX Runtime and OpenVINO, each fed its own input, compute the activation codes our quantizer computes, layer
+by layer; with activation quantization off, the graph and the eager layer agree to float32 rounding."""
+import numpy as np
 import pytest
 import torch
 
@@ -8,10 +9,10 @@ pytest.importorskip("onnxruntime", reason="the '.[onnx]' extra (scripts/setup.sh
 
 from sam2ptq_core.algorithms.layer_recipe import GELU_SHIFT, LayerSpec, shifted_spec  # noqa: E402
 from sam2ptq_core.algorithms.model_recipe import quantize_all, saved_layers  # noqa: E402
-from sam2ptq_core.algorithms.quantizers import range_qparams  # noqa: E402
 from sam2ptq_core.algorithms.rotation import Rotation  # noqa: E402
 from sam2ptq_core.algorithms.statistics import StatsAccumulator  # noqa: E402
-from sam2ptq_core.export.onnx import OPSET, RuntimeLinear, _to_qdq, open_runtime  # noqa: E402
+from sam2ptq_core.export.onnx_graph import export_module  # noqa: E402
+from sam2ptq_core.export.runtimes import available_runtimes  # noqa: E402
 from sam2ptq_core.sam2.quantized_model import QuantLinear, artifacts_from_saved  # noqa: E402
 from tests.helpers import scheme_of  # noqa: E402
 
@@ -35,11 +36,11 @@ class _One(torch.nn.Module):
         return self.layer(x)
 
 
-def _layers():
-    """Each kind quantized by the pipeline's own per-layer code on GELU-like inputs with outlier channels
-    (96 inputs: the 4-bit groups of 64 end with a ragged one)."""
-    g = torch.Generator().manual_seed(0)
-    n_in, n_out, tokens = 96, 80, 512
+def _layers(n_in: int = 96):
+    """Each kind quantized by the pipeline's own per-layer code on inputs with outlier channels (GELU outputs for
+    the shifted kind); 96 inputs give the 4-bit groups of 64 a ragged last group, 144 a Paley-only rotation."""
+    g = torch.Generator().manual_seed(n_in)
+    n_out, tokens = 80, 512
     lin, x, stats, smooth, rots = {}, {}, {}, {}, {}
     for i, (k, (spec, smoothed, rotated)) in enumerate(KINDS.items()):
         m = torch.nn.Linear(n_in, n_out).requires_grad_(False)
@@ -60,47 +61,128 @@ def _layers():
     return x, saved, schemes, smooth, {"random": True, "seed": 3, "layers": [k for k in KINDS if KINDS[k][2]]}
 
 
-def test_onnxruntime_runs_each_layer_kind_as_quantlinear(tmp_path):
-    """Measured relative output error (ORT vs QuantLinear at the static 8-bit scheme, float32 both): 1.6e-7 – 1.8e-7
-    on the kinds with 8-bit weights (ORT's integer kernels; the activation codes round alike, what is left is float
-    summation order), 0 on the 4-bit ones (ORT dequantizes them to float); tolerance 2e-6. The same layers with the
-    pipeline's dynamic per-token / per-group activations differ from ORT by 0.012 – 0.10: the per-tensor format,
-    not the kernel."""
-    import onnx
-    x, saved, schemes, smooth, rotation = _layers()
-    arts = artifacts_from_saved(saved, smooth, rotation, schemes)
-    errs = {}
-    for k, art in arts.items():
-        dyn = QuantLinear(art)
-        sch = schemes[k].static8()
-        xt = x[k] + sch.shift
-        if dyn.rotation is not None:
-            xt = dyn.rotation.apply(xt)
-        xt = xt / smooth[k] if k in smooth else xt
-        art.scheme, art.act_qparams = sch, range_qparams(float(xt.min()), float(xt.max()), sch.a_dtype)
+def _runtime_layers(n_in: int):
+    """(inputs, {kind: QuantLinear in its runtime form}): observed on its inputs, converted to static uint8,
+    weights packed as codes — what ``onnx_graph.runtime_model`` does to every layer of the encoder."""
+    x, saved, schemes, smooth, rotation = _layers(n_in)
+    out = {}
+    for k, art in artifacts_from_saved(saved, smooth, rotation, schemes).items():
         ql = QuantLinear(art)
-        prog = torch.onnx.export(_One(RuntimeLinear(ql)).eval(), (x[k],), dynamo=True, opset_version=OPSET,
-                                 input_names=["pixel_values"], verbose=False)
-        proto = prog.model_proto
-        assert _to_qdq(proto.graph, {"layer": saved[k]}, {"layer": sch}, {"layer": ql.act_qparams}, "") == 1
-        path = tmp_path / f"{k}.onnx"
-        onnx.save_model(proto, str(path))
-        ops = {n.op_type for n in proto.graph.node}
-        assert {"QuantizeLinear", "DequantizeLinear", "MatMul"} <= ops, (k, ops)
-        got = torch.from_numpy(open_runtime(path, "onnxruntime")(x[k].numpy())[0])
+        from sam2ptq_core.algorithms.qdq import RangeObserver
+        ql.observer = ob = RangeObserver(seed=1)
         with torch.no_grad():
-            want, dyn_y = ql(x[k]), dyn(x[k])
-        errs[k] = float((got - want).norm() / want.norm())
-        assert errs[k] < 2e-6, (k, errs[k])
-        assert float((got - dyn_y).norm() / dyn_y.norm()) > 10 * errs[k]  # the static format is what differs
-    assert schemes["shifted"].a_dtype == "uint4" and schemes["shifted"].static8().a_dtype == "uint8"
-    assert schemes["shifted"].shift == GELU_SHIFT
+            ql(x[k])
+        ql.observer = None
+        ql.set_static(ql.scheme.static8(), ob.qparams("mse"))
+        dense = ql.weight.clone()
+        ql.pack(saved[k])
+        assert torch.equal(ql.packed().T, dense), k  # the codes dequantize to exactly the weight evaluated
+        out[k] = ql
+    return x, out
+
+
+def _probe(path, runtime: str, x: np.ndarray, precision: str = "f32") -> dict:
+    """Run the one-layer file with every QuantizeLinear's input and output as graph outputs; returns
+    {"y", "x_q_in": [...], "codes": [...], "scale", "zero"}."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+    m = onnx.load(str(path))
+    qls = [n for n in m.graph.node if n.op_type == "QuantizeLinear"]
+    init = {i.name: numpy_helper.to_array(i) for i in m.graph.initializer}
+    for n in qls:
+        m.graph.output.append(helper.make_tensor_value_info(n.input[0], TensorProto.FLOAT, None))
+        m.graph.output.append(helper.make_tensor_value_info(n.output[0], TensorProto.UINT8, None))
+    probe = path.with_suffix(".probe.onnx")
+    onnx.save(m, str(probe))
+    if runtime == "onnxruntime":
+        import onnxruntime as ort
+        so = ort.SessionOptions()
+        so.log_severity_level = 3
+        so.add_session_config_entry("session.x64quantprecision", "1")
+        outs = ort.InferenceSession(str(probe), so, disabled_optimizers=["MatMulAddFusion"]).run(None, {"x": x})
+    else:
+        import openvino as ov
+        cfg = {"INFERENCE_PRECISION_HINT": "f32"} if precision == "f32" else {}
+        c = ov.Core().compile_model(str(probe), "CPU", cfg)
+        r = c.create_infer_request().infer({0: x})
+        outs = [r[o] for o in c.outputs]
+    n = qls[0]
+    return {"y": outs[0], "x_in": outs[1], "codes": outs[2], "scale": init[n.input[1]], "zero": init[n.input[2]]}
+
+
+RUNTIME_CASES = [(rt, p) for rt in ("onnxruntime", "openvino") for p in (("f32", "auto") if rt == "openvino"
+                                                                             else ("f32",))]
+
+
+@pytest.mark.parametrize("n_in", [96, 144, 128])
+@pytest.mark.parametrize("runtime,precision", RUNTIME_CASES)
+def test_runtime_codes_equal_ours_layer_by_layer(tmp_path, n_in, runtime, precision):
+    """Each layer kind traced from QuantLinear, run on the runtime with its QuantizeLinear's input and codes as
+    outputs: our quantizer applied to the runtime's own input gives the runtime's codes. Measured mismatch
+    fraction: 0 on every kind, width, runtime and precision (ties at exactly .5 would be the only allowed
+    difference; tolerance 1e-4). Output agreement with the eager layer: ONNX Runtime 1.5e-7 – 2e-7 relative
+    (summation order only; tolerance 2e-6); OpenVINO at f32 the same on most kinds but 1.2e-4 (rotated, 4-bit),
+    1.8e-4 (smoothed, 8-bit) and 4.7e-3 (uint4 groups at width 128), without the probe outputs as with them,
+    although its codes equal ours (tolerance 1e-2: not yet explained); OpenVINO's default bf16 float ops: up to 4e-3
+    (tolerance 2e-2)."""
+    if runtime not in available_runtimes():
+        pytest.skip(f"{runtime} is not installed")
+    x, layers = _runtime_layers(n_in)
+    for k, ql in layers.items():
+        path = tmp_path / f"{k}.onnx"
+        export_module(path, _One(ql), (x[k],), ["x"], ["y"])
+        got = _probe(path, runtime, x[k].numpy(), precision)
+        ours = np.clip(np.round(got["x_in"] / got["scale"]) + got["zero"].astype(np.float32), 0, 255)
+        mismatch = float((ours.astype(np.uint8) != got["codes"]).mean())
+        assert mismatch <= 1e-4, (k, n_in, mismatch)
+        with torch.no_grad():
+            want = ql(x[k])
+        err = float((torch.from_numpy(got["y"]) - want).norm() / want.norm())
+        tol = 2e-2 if precision != "f32" else 2e-6 if runtime == "onnxruntime" else 1e-2
+        assert err < tol, (k, n_in, err)
+
+
+def test_graph_is_the_eager_forward_without_activation_quantization(tmp_path):
+    """With activation quantization switched off, the exported layer and QuantLinear agree to float32 rounding:
+    measured SQNR 137 – 143 dB on every kind (ONNX Runtime); threshold 100 dB."""
+    from dataclasses import replace
+
+    from sam2ptq_core.algorithms.metrics import sqnr_db
+    x, layers = _runtime_layers(96)
+    for k, ql in layers.items():
+        ql.scheme = replace(ql.scheme, a_dtype=None, a_static=False)
+        path = tmp_path / f"{k}.onnx"
+        export_module(path, _One(ql), (x[k],), ["x"], ["y"])
+        import onnx
+        assert "QuantizeLinear" not in {n.op_type for n in onnx.load(str(path)).graph.node}
+        import onnxruntime as ort
+        got = torch.from_numpy(ort.InferenceSession(str(path)).run(None, {"x": x[k].numpy()})[0])
+        with torch.no_grad():
+            assert sqnr_db(ql(x[k]), got) > 100, k
+
+
+def test_traced_graph_has_the_runtime_patterns(tmp_path):
+    """The traced file holds integer codes (int8 per channel, 4-bit blocks as INT4/UINT4 initializers) feeding
+    DequantizeLinear → MatMul, and one QuantizeLinear → DequantizeLinear per quantized input."""
+    import onnx
+    x, layers = _runtime_layers(96)
+    types = {}
+    for k, ql in layers.items():
+        path = tmp_path / f"{k}.onnx"
+        export_module(path, _One(ql), (x[k],), ["x"], ["y"])
+        g = onnx.load(str(path)).graph
+        ops = [n.op_type for n in g.node]
+        assert ops.count("QuantizeLinear") == 1 and "MatMul" in ops, (k, ops)
+        types[k] = {i.data_type for i in g.initializer if i.name.endswith("codes") or "val_" in i.name}
+    assert onnx.TensorProto.INT8 in types["plain"]
+    assert onnx.TensorProto.INT4 in types["rotated"] and onnx.TensorProto.UINT4 in types["grouped_unsigned"]
+    assert KINDS["shifted"][0].a_shift == GELU_SHIFT
 
 
 def test_missing_runtime_is_one_line(monkeypatch):
     import sys
 
-    from sam2ptq_core.export.onnx import MissingRuntime, pick_runtime
+    from sam2ptq_core.export.runtimes import MissingRuntime, pick_runtime
     monkeypatch.setitem(sys.modules, "openvino", None)  # import fails as if not installed
     with pytest.raises(MissingRuntime, match=r"openvino is not installed; install the extra: pip install -e "):
         pick_runtime("openvino")
@@ -109,9 +191,10 @@ def test_missing_runtime_is_one_line(monkeypatch):
 @pytest.mark.slow
 def test_flow_exports_and_runs_the_onnx_encoder(prefect_server, tmp_path):
     """The reduced W4A4 config with ``onnx``: the stage writes onnx/encoder.onnx, scores it against float and its
-    static twin, times it; evaluate adds the real-kernel row; a rerun reuses the stage; predict runs it. Measured
-    (random weights, 128², ONNX Runtime): embedding SQNR vs the static twin 30–40 dB (per-tensor codes flip at
-    rounding boundaries as float op order differs; per layer the agreement is 2e-7, test above)."""
+    runtime twin, times it against the float encoder on the same runtime; evaluate adds the real-kernel row; a rerun
+    reuses the stage; predict runs it. Measured (random weights, 128², ONNX Runtime): embedding SQNR vs the runtime
+    twin 30–40 dB (per-tensor codes flip at rounding boundaries as float op order differs over 12 blocks; layer by
+    layer the codes are equal, tests above)."""
     import json
     from pathlib import Path
 
@@ -124,8 +207,9 @@ def test_flow_exports_and_runs_the_onnx_encoder(prefect_server, tmp_path):
     assert info["enabled"] and info["runtime"] == "onnxruntime" and info["layers"] == 23
     assert (out / "onnx" / "encoder.onnx").stat().st_size == info["bytes"]
     sq = info["sqnr_db"]
-    assert sq["vs_static_fake_quant"]["fpn0"] > 40 and sq["vs_static_fake_quant"]["embedding"] > 25, sq
-    assert set(info["latency_s"]) == {"torch_fp32", "torch_bf16", "onnxruntime"}
+    assert sq["vs_runtime_twin"]["fpn0"] > 40 and sq["vs_runtime_twin"]["embedding"] > 25, sq
+    assert set(info["latency_s"]) == {"float_runtime", "quantized_runtime", "torch_fp32"}
+    assert info["runtime_version"] and info["speedup_vs_float_runtime"] > 0
     m = json.loads((out / "metrics.json").read_text())
     assert m["runtime"]["runtime"] == "onnxruntime" and 0 < m["runtime"]["masks"]["miou_vs_fp"] <= 1
     assert "## Real kernels (onnx/encoder.onnx)" in (out / "report.md").read_text()

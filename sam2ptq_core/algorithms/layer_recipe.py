@@ -13,7 +13,8 @@ import torch
 
 from .gptq import gptq_quantize
 from .lowrank import low_rank_decompose, top_r_svd
-from .quantizers import QParams, QTensor, dequantize, fake_quantize, fake_quantize_static, quantize
+from .qdq import quantize_dequantize, static_params, static_qparams
+from .quantizers import QTensor, dequantize, fake_quantize, quantize
 from .rotation import Rotation
 from .scheme import GELU_SHIFT, LayerScheme
 from .statistics import LayerStats, transform_stats
@@ -42,6 +43,8 @@ class LayerSpec:
     seed: int = 0
     scale_dtype: str | None = None  # "float16"/"bfloat16": scales, smooth and branch exactly representable in it
     a_shift: float = 0.0  # input shift before quantization (unsigned activations), folded into the bias
+    a_static: bool = False  # static per-tensor activations (uint8): ranked with the token sample's static range
+    static_method: str = "mse"  # how a static range is chosen (qdq.static_qparams)
 
     @property
     def torch_scale_dtype(self) -> torch.dtype | None:
@@ -52,7 +55,7 @@ def spec_for(scheme: LayerScheme, settings: LayerSpec) -> LayerSpec:
     """``settings`` (GPTQ, branch fit, seed, scale dtype) with the formats of ``scheme``."""
     from dataclasses import replace
     return replace(settings, w_dtype=scheme.w_dtype, w_group=scheme.w_group, a_dtype=scheme.a_dtype,
-                   a_group=scheme.a_group, rank=scheme.rank, a_shift=scheme.shift)
+                   a_group=scheme.a_group, rank=scheme.rank, a_shift=scheme.shift, a_static=scheme.a_static)
 
 
 def shifted_spec(spec: LayerSpec, shift: float = GELU_SHIFT) -> LayerSpec:
@@ -80,9 +83,13 @@ def transform_weight(W: torch.Tensor, s: torch.Tensor | None, R: Rotation | None
     return Wd * s.to(dtype) if s is not None else Wd
 
 
-def transform_input(X: torch.Tensor, s: torch.Tensor | None, R: Rotation | None, dtype=torch.float64) -> torch.Tensor:
-    """X' = (X·R) / s."""
+def transform_input(X: torch.Tensor, s: torch.Tensor | None, R: Rotation | None, dtype=torch.float64,
+                    shift: float = 0.0) -> torch.Tensor:
+    """X' = ((X + shift)·R) / s, in ``dtype``: the one implementation of the input transform (calibration
+    statistics, the smoothing search, QuantLinear and so the ONNX graph)."""
     Xd = X.to(dtype)
+    if shift:
+        Xd = Xd + shift
     if R is not None:
         Xd = R.apply(Xd)
     return Xd / s.to(dtype) if s is not None else Xd
@@ -97,8 +104,17 @@ def quantized_output(Xt: torch.Tensor, lq: LayerQuant, spec: LayerSpec) -> torch
     return y
 
 
+def _static_on(Xt: torch.Tensor, spec: LayerSpec) -> tuple[torch.Tensor, torch.Tensor]:
+    """Static parameters of transformed inputs ``Xt`` (the token sample stands for the calibration images)."""
+    return static_params(static_qparams(float(Xt.min()), float(Xt.max()), Xt, spec.static_method))
+
+
 def _input_quantized(X: torch.Tensor, spec: LayerSpec) -> torch.Tensor:
-    return fake_quantize(X.float(), spec.a_dtype, spec.a_group).to(X.dtype) if spec.a_dtype else X
+    if not spec.a_dtype:
+        return X
+    if spec.a_static:
+        return quantize_dequantize(X.float(), *_static_on(X, spec)).to(X.dtype)
+    return fake_quantize(X.float(), spec.a_dtype, spec.a_group).to(X.dtype)
 
 
 def _rtn_layer(Wt: torch.Tensor, spec: LayerSpec, X: torch.Tensor, Xq: torch.Tensor) -> LayerQuant:
@@ -191,29 +207,38 @@ def kernel_bias(bias: torch.Tensor, a: torch.Tensor | None, b: torch.Tensor | No
     return t.float() if dt is None else t.to(dt).float()
 
 
-def quantized_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, s: torch.Tensor | None,
+def quantized_linear(x: torch.Tensor, weight, bias: torch.Tensor | None, s: torch.Tensor | None,
                      a: torch.Tensor | None, b: torch.Tensor | None, a_dtype: str | None, a_group: int,
-                     shift: float = 0.0, R: Rotation | None = None, a_static: QParams | None = None) -> torch.Tensor:
-    """The one quantized forward (QuantLinear's, the per-layer errors'; the smoothing search keeps its own fast path
-    on pre-transformed inputs): y = Qa((x + shift)·R / s)·weightᵀ + ((x·R) / s · aᵀ)·bᵀ + bias, in x's dtype. The
-    branch reads the unshifted input, as nunchaku's kernel feeds it; ``bias`` is the kernel's (``kernel_bias``).
-    ``a_static``: fixed per-tensor activation parameters (graph runtimes' static quantization) instead of dynamic
-    per-token groups."""
-    def transform(v: torch.Tensor) -> torch.Tensor:
-        if R is not None:
-            v = R.apply(v)
-        return v / s.to(v.dtype) if s is not None else v
+                     shift: float = 0.0, R: Rotation | None = None,
+                     a_static: tuple[torch.Tensor, torch.Tensor] | None = None, observe=None) -> torch.Tensor:
+    """The one quantized forward (QuantLinear's, the per-layer errors', the exported ONNX graph's; the smoothing
+    search keeps its own fast path on pre-transformed inputs): y = Qa((x + shift)·R / s)·Wᵀ + ((x·R) / s · aᵀ)·bᵀ +
+    bias, in x's dtype. The branch reads the unshifted input, as nunchaku's kernel feeds it; ``bias`` is the
+    kernel's (``kernel_bias``).
+
+    ``weight``: the dequantized weight [out, in], or a ``qdq.PackedWeight`` that dequantizes its codes to Wᵀ
+    [in, out] (what the export traces: DequantizeLinear → MatMul). ``a_static``: (scale, zero) of static per-tensor
+    activations (``qdq.quantize_dequantize``, ONNX's QuantizeLinear → DequantizeLinear) instead of dynamic
+    per-token groups. ``observe(xt)``: called with the tensor the activation quantizer reads (calibration of static
+    ranges)."""
     F = torch.nn.functional
-    xt = transform(x + shift) if shift else transform(x)
+    xt = transform_input(x, s, R, x.dtype, shift)
+    if observe is not None:
+        observe(xt)
     if a_dtype is None:
         xq = xt
     elif a_static is not None:
-        xq = fake_quantize_static(xt, a_dtype, a_static)
+        xq = quantize_dequantize(xt, *a_static)
     else:
         xq = fake_quantize(xt, a_dtype, a_group)
-    y = F.linear(xq, weight.to(x.dtype), None if bias is None else bias.to(x.dtype))
+    bias = None if bias is None else bias.to(x.dtype)
+    if isinstance(weight, torch.Tensor):
+        y = F.linear(xq, weight.to(x.dtype), bias)
+    else:
+        y = xq @ weight().to(x.dtype)
+        y = y + bias if bias is not None else y
     if a is not None and a.numel():
-        xb = transform(x) if shift else xt
+        xb = transform_input(x, s, R, x.dtype) if shift else xt
         y = y + F.linear(F.linear(xb, a.to(x.dtype)), b.to(x.dtype))
     return y
 
@@ -233,7 +258,9 @@ def layer_errors(W: torch.Tensor, bias: torch.Tensor | None, X: torch.Tensor, lq
         ref = ref + bias.double()
     folded = folded_bias(W, bias, spec.a_shift)
     kb = None if folded is None else kernel_bias(folded, lq.a, lq.b, s, spec.a_shift).double()
-    y = quantized_linear(X.double(), lq.weight.double(), kb, None if s is None else s.double(), lq.a.double(),
-                         lq.b.double(), spec.a_dtype, spec.a_group, spec.a_shift, R)
+    sd = None if s is None else s.double()
+    static = _static_on(transform_input(X, sd, R, torch.float64, spec.a_shift), spec) if spec.a_static else None
+    y = quantized_linear(X.double(), lq.weight.double(), kb, sd, lq.a.double(), lq.b.double(), spec.a_dtype,
+                         spec.a_group, spec.a_shift, R, static)
     o_err = float((y - ref).norm() / ref.norm().clamp_min(1e-30))
     return {"weight_rel_err": w_err, "output_rel_err": o_err}

@@ -22,7 +22,7 @@ import torch
 from .scheme import QDType, qdtype
 
 __all__ = ["QDType", "QParams", "QTensor", "qdtype", "compute_qparams", "quantize", "dequantize",
-           "fake_quantize", "range_qparams", "fake_quantize_static", "expand_groups", "quantize_with", "num_groups"]
+           "fake_quantize", "range_qparams", "expand_groups", "quantize_with", "num_groups"]
 
 
 @dataclass(frozen=True)
@@ -124,15 +124,6 @@ def range_qparams(lo: float, hi: float, dtype: str) -> QParams:
     the same rule as ``compute_qparams``: symmetric scale = max(|lo|, |hi|) / qmax for signed formats; for unsigned
     ones the range widened to contain 0, scale = (hi − lo) / qmax and an integer zero point."""
     return compute_qparams(torch.tensor([[float(lo), float(hi)]]), dtype, -1)
-
-
-def fake_quantize_static(x: torch.Tensor, dtype: str, qp: QParams) -> torch.Tensor:
-    """``x`` quantized with fixed per-tensor parameters ``qp`` (``range_qparams``) and dequantized, as ONNX's
-    QuantizeLinear → DequantizeLinear computes it (x / scale rounded half to even, + zero point, saturated)."""
-    s = qp.scale.reshape(()).to(device=x.device, dtype=x.dtype)
-    z = None if qp.zero is None else qp.zero.reshape(()).to(device=x.device, dtype=x.dtype)
-    q = quantize_with(x, s, z, qdtype(dtype))
-    return (q - z if z is not None else q) * s
 
 
 def fake_quantize(x: torch.Tensor, dtype: str, group_size: int = -1) -> torch.Tensor:

@@ -93,23 +93,10 @@ def hadamard(n: int, *, random: bool = False, seed: int = 0, dtype: torch.dtype 
     return H.to(dtype)
 
 
-def _fwht(x: torch.Tensor) -> torch.Tensor:
-    """Unnormalised fast Walsh–Hadamard transform along the last dim (length 2^m): x·H_{2^m}."""
-    n = x.shape[-1]
-    shape = x.shape
-    h = 1
-    while h < n:
-        x = x.reshape(*shape[:-1], n // (2 * h), 2, h)
-        a, b = x[..., 0, :], x[..., 1, :]
-        x = torch.stack((a + b, a - b), dim=-2)
-        h *= 2
-    return x.reshape(shape)
-
-
 @lru_cache(maxsize=256)
 def _factors(n: int, random: bool, seed: int, transpose: bool, device: torch.device, dtype: torch.dtype):
-    """(signs or None, Kronecker product of the Paley bases (transposed for x·Rᵀ) or None, 2^m) of order n, built
-    once per width, device and dtype rather than on every forward."""
+    """(signs or None, Kronecker product of the Paley bases (transposed for x·Rᵀ) or None, H_{2^m}/√n) of order n,
+    built once per width, device and dtype rather than on every forward."""
     bases, p2 = hadamard_factors(n)
     signs = random_signs(n, seed).to(device=device, dtype=dtype) if random else None
     B = None
@@ -117,28 +104,31 @@ def _factors(n: int, random: bool, seed: int, transpose: bool, device: torch.dev
         B = torch.ones(1, 1, dtype=torch.float64)
         for b in bases:
             B = torch.kron(B, _base(b))
-        B = (B.T if transpose else B).contiguous().to(device=device, dtype=dtype)
-    return signs, B, p2
+        B = (B if transpose else B.T).contiguous().to(device=device, dtype=dtype)
+    H = hadamard(p2) * math.sqrt(p2 / n)  # symmetric ±1/√n entries: the whole normalisation in one factor
+    return signs, B, H.to(device=device, dtype=dtype)
 
 
 def apply_hadamard(x: torch.Tensor, *, random: bool = False, seed: int = 0, transpose: bool = False) -> torch.Tensor:
-    """x·R (or x·Rᵀ) for R = hadamard(n, random, seed), n = x.shape[-1], in O(n·(k + log n)) per row, not O(n²).
+    """x·R (or x·Rᵀ) for R = hadamard(n, random, seed), n = x.shape[-1], as two small matrix products per row,
+    O(n·(k + 2^m)) instead of one dense n×n product.
 
-    x viewed as [..., k, 2^m] (k = product of the Paley bases): y = Bᵀ·X·H_{2^m} (Kronecker identity). Paley I
-    matrices are not symmetric, so x·Rᵀ uses Bᵀ (and applies the ±1 signs after instead of before). 16-bit inputs
-    are transformed in float32 and rounded once.
+    x viewed as X [..., k, 2^m] (k = product of the Paley bases): x·R = vec(Bᵀ·X·H_{2^m})/√n (Kronecker identity).
+    Paley I matrices are not symmetric, so x·Rᵀ uses B (and applies the ±1 signs after instead of before). This is
+    the one implementation of the rotation: calibration, QuantLinear and the ONNX export (two MatMuls) all run it.
+    16-bit inputs are transformed in float32 and rounded once.
     """
     if x.dtype in (torch.float16, torch.bfloat16):  # in 16-bit the transform alone adds 5e-4 / 4e-3 relative error
         return apply_hadamard(x.float(), random=random, seed=seed, transpose=transpose).to(x.dtype)
     n = x.shape[-1]
-    signs, B, p2 = _factors(n, random, seed, transpose, x.device, x.dtype)
+    signs, Bt, H = _factors(n, random, seed, transpose, x.device, x.dtype)
     if signs is not None and not transpose:
         x = x * signs
-    k = n // p2
-    y = _fwht(x.reshape(*x.shape[:-1], k, p2))
-    if B is not None:
-        y = torch.einsum("...kp,kj->...jp", y, B)
-    y = (y / math.sqrt(n)).reshape(x.shape)
+    shape = x.shape
+    y = x.reshape(*shape[:-1], n // H.shape[0], H.shape[0]) @ H
+    if Bt is not None:
+        y = Bt @ y
+    y = y.reshape(shape)
     return y * signs if signs is not None and transpose else y
 
 

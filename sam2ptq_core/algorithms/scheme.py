@@ -100,13 +100,12 @@ class LayerScheme:
         return LayerScheme("sint8", -1, "sint8", -1, 0.0, self.rotate, 0, "w8a8")
 
     def static8(self) -> LayerScheme:
-        """This layer as graph runtimes run it (the ONNX export): activations 8-bit per tensor with static scales
-        from calibration ranges (``a_static``), signed or unsigned as the scheme's; weights as they are."""
+        """This layer with static activations, as graph runtimes run them (the ONNX export, ``quant.ipts.static``):
+        uint8 per tensor, asymmetric (a zero point: one-sided inputs such as GELU or LayerNorm outputs use all 256
+        codes), with parameters calibrated on the quantized model (``qdq.RangeObserver``); weights as they are."""
         if self.a_dtype is None:
             return self
-        signed = qdtype(self.a_dtype).signed
-        a8 = next(f.name for f in FORMATS.values() if f.signed == signed and f.bits == 8)
-        return replace(self, a_dtype=a8, a_group=-1, a_static=True)
+        return replace(self, a_dtype="uint8", a_group=-1, a_static=True)
 
     def fp16(self) -> LayerScheme:
         """Mixed precision's float fallback: the layer is not quantized."""

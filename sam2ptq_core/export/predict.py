@@ -52,7 +52,7 @@ def main(argv: list[str]) -> int:
         return 2
     model = model.to(device)
     if runtime != "fake":
-        from .onnx import RuntimeSam2, open_runtime
+        from .runtimes import RuntimeSam2, open_runtime
         model = RuntimeSam2(model, open_runtime(run / "onnx" / "encoder.onnx", runtime))
     size = cfg.quant.calib.image_size
     with torch.inference_mode():
@@ -73,7 +73,7 @@ def main(argv: list[str]) -> int:
 
 def _runtime(a, run: Path, device: str) -> str:
     """The encoder's runtime: a graph runtime on the tree's ONNX file (CPU) or "fake" (torch fake quantization)."""
-    from .onnx import available_runtimes, pick_runtime
+    from .runtimes import available_runtimes, pick_runtime
     has_onnx = (run / "onnx" / "encoder.onnx").is_file()
     if a.runtime == "auto":
         usable = has_onnx and device == "cpu" and a.format == "cache" and available_runtimes()

@@ -9,6 +9,7 @@ branch and rotation), so the rebuilt model's encoder output equals the in-pipeli
 """
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import torch
@@ -63,6 +64,7 @@ def _from_cache(out: Path, cfg) -> nn.Module:
     rotated = set(rot.get("layers", []))
     names = [k[len(PREFIX): -len(".weight.scale.0")] for k in files["scale"] if k.endswith(".weight.scale.0")]
     schemes = _schemes(out, cfg, names)
+    static = _static_ranges(out, schemes)
     for name in names:
         full, sch = PREFIX + name, schemes[name]
         w = files["state"][f"{full}.weight"]
@@ -79,8 +81,19 @@ def _from_cache(out: Path, cfg) -> nn.Module:
                                None if sd is None else getattr(torch, sd))
         arts[name] = LayerArtifacts(sch, w.float(), bias, sm, br.get("a.weight"), br.get("b.weight"),
                                     rotate=full in rotated, rotate_random=rot.get("random", False),
-                                    rotate_seed=rot.get("seed", 0))
+                                    rotate_seed=rot.get("seed", 0), act_qparams=static.get(name))
     return quantize_model(model, arts)
+
+
+def _static_ranges(out: Path, schemes: dict) -> dict:
+    """The static activation parameters of a tree whose schemes are static (``ranges.json``), else {}."""
+    if not any(s.a_static for s in schemes.values()):
+        return {}
+    f = out / "ranges.json"
+    if not f.is_file():
+        raise FileNotFoundError(f"{f} is missing but scheme.json has static activations: export the tree again")
+    from ..algorithms.qdq import ranges_qparams
+    return ranges_qparams(json.loads(f.read_text()))
 
 
 def _from_nunchaku(out: Path, cfg) -> nn.Module:

@@ -18,7 +18,7 @@ from torch import nn
 from ..algorithms.scheme import LayerScheme
 from ..sam2.loading import trunk
 from ..sam2.quantized_model import QuantLinear
-from .onnx import MissingRuntime
+from .runtimes import MissingRuntime
 
 __all__ = ["TorchaoLinear", "converts", "to_torchao"]
 

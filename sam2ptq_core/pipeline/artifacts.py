@@ -14,8 +14,8 @@ from typing import Any, ClassVar
 from .store import Manifest
 
 __all__ = ["Artifact", "FetchedModel", "CalibrationSet", "ActivationStats", "RotationSpec", "SmoothingChoice",
-           "QuantizedLayers", "BlockQuant", "Sensitivity", "MixedChoice", "shipped_layers", "OnnxExport",
-           "Evaluation"]
+           "QuantizedLayers", "BlockQuant", "Sensitivity", "MixedChoice", "shipped_layers", "StaticRanges",
+           "OnnxExport", "Evaluation"]
 
 
 def _write(d: Path, files: dict[str, Any]) -> None:
@@ -191,6 +191,24 @@ def shipped_layers(gptq: QuantizedLayers, mixed: MixedChoice) -> tuple[dict, dic
     q = {k: v for k, v in gptq.qlayers().items() if schemes[k].quantized}
     q.update(mixed.fallback_layers())
     return q, {k: schemes[k] for k in q}
+
+
+class StaticRanges(Artifact):
+    """``ranges.json``: each layer's static activation range as observed on the quantized model (lo, hi: what the
+    observer saw; scale, zero: the uint8 parameters chosen, ``qdq.static_qparams``) and how it was chosen;
+    ``enabled`` false when neither ``quant.ipts.static`` nor ``onnx`` needs them."""
+    FILES = ("ranges.json",)
+
+    def info(self) -> dict:
+        return self._json("ranges.json")
+
+    def qparams(self) -> dict:
+        """{layer: QParams} (uint8 per tensor) for ``build_quantized`` / ``onnx_graph.runtime_model``."""
+        from ..algorithms.qdq import ranges_qparams
+        return ranges_qparams(self.info())
+
+    def ranges_file(self) -> Path:
+        return self.manifest.path("ranges.json")
 
 
 class OnnxExport(Artifact):

@@ -25,14 +25,15 @@ def held_out_images(c: RunConfig, calib_paths: set[str], only_names: set[str] | 
 
 
 def run_evaluation(c: RunConfig, fetched: A.FetchedModel, calib: A.CalibrationSet, smooth: A.SmoothingChoice,
-                   gptq: A.QuantizedLayers, mixed: A.MixedChoice, onnx: A.OnnxExport,
+                   gptq: A.QuantizedLayers, mixed: A.MixedChoice, ranges: A.StaticRanges, onnx: A.OnnxExport,
                    progress=None) -> tuple[dict, list[dict], dict]:
     """(metrics, overlays, per-prompt IoUs by kind) of the quantized model against the float one; with ``onnx``
     also the real-kernel encoder's row (``metrics["runtime"]``)."""
     from ..sam2.coco import gt_prompts, load_coco
     fp = load_fp_model(c, fetched)
     qlayers, schemes = A.shipped_layers(gptq, mixed)
-    qm = build_quantized(fp.model, qlayers, smooth.scales(), smooth.rotation_choice(), schemes)
+    static = ranges.qparams() if c.quant.ipts.static else None  # the pipeline's format is static: score it
+    qm = build_quantized(fp.model, qlayers, smooth.scales(), smooth.rotation_choice(), schemes, static)
     coco = load_coco(c.quant.eval.annotations) if c.quant.eval.annotations else None
     paths = held_out_images(c, {s["path"] for s in calib.sources()}, set(coco[1]) if coco else None)
     cache = store_of(c).preprocess_cache()
@@ -69,7 +70,7 @@ def run_evaluation(c: RunConfig, fetched: A.FetchedModel, calib: A.CalibrationSe
     metrics["size"] = {"quantized_linears_bytes": lr["lowbit_weight_bytes"] + lr["branch_16bit_bytes"]
                        + 2 * sum(fp16.values()), "fallback_16bit_bytes": 2 * sum(fp16.values())}
     if onnx.info()["enabled"]:  # the real-kernel encoder's row
-        from ..export.onnx import score_runtime
+        from ..export.onnx_scoring import score_runtime
         metrics["runtime"] = score_runtime(fp.model, onnx.encoder_file(), onnx.info(), items, size,
                                            c.quant.eval.points_per_side)
     if ch.get("fallback"):

@@ -97,6 +97,14 @@ def _mixed_slice(c: RunConfig) -> dict:
         "mixed": None}
 
 
+def _ranges_slice(c: RunConfig) -> dict:
+    q = c.quant  # needed by static activations (the pipeline's own format) or by the ONNX export
+    if not (q.ipts.static or c.onnx):
+        return {"static": None}
+    return {"method": q.ipts.static_method, "num_images": q.ipts.static_images, "device": c.model.device,
+            "seed": c.seed}
+
+
 def _onnx_slice(c: RunConfig) -> dict:
     return {"onnx": _dump(c.onnx), "seed": c.seed} if c.onnx else {}
 
@@ -129,10 +137,14 @@ STAGES: dict[str, Stage] = {s.name: s for s in [
     Stage("mixed", 6, ("fetch_model", "capture_activations", "rotate", "smooth", "gptq_lowrank", "sensitivity"),
           _mixed_slice, A.MixedChoice, "quant.mixed: the layers that fall back (budget policy) and their w8a8 "
           "re-quantization"),
-    Stage("onnx_export", 2, ("fetch_model", "build_calibration_set", "capture_activations", "smooth", "gptq_lowrank",
-                             "mixed"), _onnx_slice, A.OnnxExport,
+    Stage("static_ranges", 1, ("fetch_model", "build_calibration_set", "smooth", "gptq_lowrank", "mixed"),
+          _ranges_slice, A.StaticRanges, "static per-tensor activation ranges observed on the quantized model "
+          "(quant.ipts.static, onnx)"),
+    Stage("onnx_export", 3, ("fetch_model", "build_calibration_set", "smooth", "gptq_lowrank", "mixed",
+                             "static_ranges"), _onnx_slice, A.OnnxExport,
           "onnx: the quantized encoder as int8 QDQ ONNX, run on a graph runtime: SQNR and latency against torch"),
-    Stage("evaluate", 10, ("fetch_model", "build_calibration_set", "smooth", "gptq_lowrank", "mixed", "onnx_export"),
+    Stage("evaluate", 11, ("fetch_model", "build_calibration_set", "smooth", "gptq_lowrank", "mixed", "static_ranges",
+                           "onnx_export"),
           _evaluate_slice, A.Evaluation, "float vs quantized SAM2 on held-out images: SQNR, mask IoU, report"),
 ]}
 

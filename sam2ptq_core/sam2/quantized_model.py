@@ -24,12 +24,14 @@ import torch
 from torch import nn
 
 from ..algorithms.layer_recipe import quantized_linear
+from ..algorithms.qdq import PackedWeight, RangeObserver, static_params
 from ..algorithms.quantizers import QParams
 from ..algorithms.rotation import Rotation
 from ..algorithms.scheme import LayerScheme
 from .loading import quantizable_linears, trunk
 
-__all__ = ["QuantLinear", "LayerArtifacts", "quantize_model", "artifacts_from_saved", "build_quantized", "swapped"]
+__all__ = ["QuantLinear", "LayerArtifacts", "quantize_model", "artifacts_from_saved", "build_quantized", "swapped",
+           "quant_linears", "prepare_static", "convert_static", "pack_weights"]
 
 
 @dataclass
@@ -63,14 +65,34 @@ class QuantLinear(nn.Module):
         self.register_buffer("lora_a", art.a.clone() if has_branch else None)
         self.register_buffer("lora_b", art.b.clone() if has_branch else None)
         self.rotation = Rotation(self.in_features, art.rotate_random, art.rotate_seed) if art.rotate else None
-        if art.scheme.a_static and art.scheme.a_dtype and art.act_qparams is None:
-            raise ValueError("a static-activation scheme needs the layer's activation parameters (act_qparams)")
-        self.act_qparams = art.act_qparams if art.scheme.a_static else None
+        self.packed: PackedWeight | None = None  # the weight as codes (``pack``): what the ONNX export traces
+        self.observer: RangeObserver | None = None  # set while static activation ranges are calibrated
+        self.register_buffer("a_scale", None)
+        self.register_buffer("a_zero", None)
+        if art.scheme.a_static and art.scheme.a_dtype:
+            if art.act_qparams is None:
+                raise ValueError("a static-activation scheme needs the layer's activation parameters (act_qparams)")
+            self.set_static(art.scheme, art.act_qparams)
+
+    def set_static(self, scheme: LayerScheme, qp: QParams) -> None:
+        """Run ``scheme`` (static per-tensor activations) with parameters ``qp``."""
+        self.scheme = scheme
+        self.a_scale, self.a_zero = (t.to(self.weight.device) for t in static_params(qp))
+
+    def pack(self, q: dict) -> None:
+        """Compute the weight from its codes (``q``: the saved layer's codes, scale, zero, group_size), exactly
+        ``self.weight``'s values, through ``qdq.dequantize_linear``."""
+        from ..algorithms.scheme import qdtype
+        qd = qdtype(self.scheme.w_dtype)
+        self.packed = PackedWeight(q["codes"], q["scale"], q["zero"], q["group_size"], qd.signed, qd.bits).to(
+            self.weight.device)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         sc = self.scheme
-        return quantized_linear(x, self.weight, self.bias, self.smooth, self.lora_a, self.lora_b, sc.a_dtype,
-                                sc.a_group, sc.shift, self.rotation, self.act_qparams)
+        static = (self.a_scale, self.a_zero) if sc.a_static else None
+        return quantized_linear(x, self.packed if self.packed is not None else self.weight, self.bias, self.smooth,
+                                self.lora_a, self.lora_b, sc.a_dtype, sc.a_group, sc.shift, self.rotation, static,
+                                self.observer)
 
     def extra_repr(self) -> str:
         return (f"in={self.in_features}, out={self.out_features}, {self.scheme.label()}, "
@@ -94,24 +116,30 @@ def quantize_model(model: nn.Module, layers: dict[str, LayerArtifacts]) -> nn.Mo
 
 
 def artifacts_from_saved(qlayers: dict[str, dict], smooth: dict[str, torch.Tensor], rotation: dict,
-                         schemes: dict[str, LayerScheme]) -> dict[str, LayerArtifacts]:
+                         schemes: dict[str, LayerScheme], act_qparams: dict[str, QParams] | None = None
+                         ) -> dict[str, LayerArtifacts]:
     """LayerArtifacts from the stored per-layer dicts (weight, kernel_bias, a, b) and each layer's scheme.
-    ``rotation``: {"random", "seed", "layers": [names of the rotated layers]}."""
+    ``rotation``: {"random", "seed", "layers": [names of the rotated layers]}; ``act_qparams``: static activation
+    parameters of the layers whose scheme is static."""
     arts = {}
     rotated = set(rotation.get("layers", []))
     for name, d in qlayers.items():
         bias = d["kernel_bias"] if d["kernel_bias"].numel() else None
         arts[name] = LayerArtifacts(schemes[name], d["weight"].float(), bias, smooth.get(name), d["a"], d["b"],
                                     rotate=name in rotated, rotate_random=rotation.get("random", False),
-                                    rotate_seed=rotation.get("seed", 0))
+                                    rotate_seed=rotation.get("seed", 0),
+                                    act_qparams=(act_qparams or {}).get(name) if schemes[name].a_static else None)
     return arts
 
 
 def build_quantized(fp_model: nn.Module, qlayers: dict[str, dict], smooth: dict[str, torch.Tensor],
-                    rotation: dict, schemes: dict[str, LayerScheme]) -> nn.Module:
-    """A deep copy of the float model with its trunk linears swapped for QuantLinear from the stored artifacts."""
+                    rotation: dict, schemes: dict[str, LayerScheme],
+                    act_qparams: dict[str, QParams] | None = None) -> nn.Module:
+    """A deep copy of the float model with its trunk linears swapped for QuantLinear from the stored artifacts
+    (``act_qparams``: the static activation parameters, for static schemes)."""
     import copy
-    return quantize_model(copy.deepcopy(fp_model), artifacts_from_saved(qlayers, smooth, rotation, schemes))
+    return quantize_model(copy.deepcopy(fp_model), artifacts_from_saved(qlayers, smooth, rotation, schemes,
+                                                                        act_qparams))
 
 
 @contextmanager
@@ -125,3 +153,35 @@ def swapped(model: nn.Module, name: str, art: LayerArtifacts):
         yield
     finally:
         setattr(parent, leaf, old)
+
+
+def quant_linears(model: nn.Module) -> dict[str, QuantLinear]:
+    """The QuantLinear modules of the model's trunk, by trunk name."""
+    return {n: m for n, m in trunk(model).named_modules() if isinstance(m, QuantLinear)}
+
+
+def prepare_static(model: nn.Module, seed: int = 0) -> dict[str, RangeObserver]:
+    """Attach a ``RangeObserver`` to every QuantLinear with quantized activations (the tensor it feeds its
+    activation quantizer); run calibration images through the model, then ``convert_static``."""
+    obs = {}
+    for i, (n, ql) in enumerate(quant_linears(model).items()):
+        if ql.scheme.a_dtype is not None:
+            ql.observer = obs[n] = RangeObserver(seed=seed + i)
+    return obs
+
+
+def convert_static(model: nn.Module, qparams: dict[str, QParams]) -> nn.Module:
+    """Each named QuantLinear switched (in place) to its static scheme (``LayerScheme.static8``) with its
+    parameters; observers removed. Returns the model."""
+    for n, ql in quant_linears(model).items():
+        ql.observer = None
+        if n in qparams:
+            ql.set_static(ql.scheme.static8(), qparams[n])
+    return model
+
+
+def pack_weights(model: nn.Module, qlayers: dict[str, dict]) -> nn.Module:
+    """Every QuantLinear (in place) computing its weight from its saved codes; returns the model."""
+    for n, ql in quant_linears(model).items():
+        ql.pack(qlayers[n])
+    return model

@@ -1,0 +1,109 @@
+"""The quantized encoder as an ONNX graph, traced from QuantLinear's own forward (``layer_recipe.quantized_linear``).
+
+Nothing here restates the quantized math. A model whose QuantLinear modules are packed (their weights as codes,
+``qdq.PackedWeight``) and run static activations (``LayerScheme.static8``) is exported by torch's dynamo exporter;
+the two ops of ``algorithms/qdq.py`` lower to the ONNX operators whose semantics their eager code implements:
+
+    sam2ptq::dequantize_linear   → DequantizeLinear (per channel, or blocked along the inputs; 4-bit codes as
+                                   int4/uint4 initializers, folded by the exporter's optimizer)
+    sam2ptq::quantize_dequantize → QuantizeLinear → DequantizeLinear (uint8 per tensor, static parameters)
+
+so each quantized linear becomes x ─(+shift)─ rotate (two MatMuls) ─ Div s ─ Q ─ DQ ─ MatMul(DQ(codes)) ─ Add bias,
+plus the float branch. Everything else of the encoder stays float. onnx and onnxscript are the ``'.[onnx]'`` extra.
+"""
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from ..algorithms.quantizers import QParams
+from ..sam2.quantized_model import convert_static, pack_weights, quant_linears
+from .runtimes import need
+
+__all__ = ["OPSET", "runtime_model", "export_module", "export_onnx", "translation_table"]
+
+OPSET = 21  # blocked (4-bit) DequantizeLinear
+
+
+def translation_table() -> dict:
+    """torch op → onnxscript function, for ``torch.onnx.export(custom_translation_table=…)``."""
+    need("onnxscript")
+    from onnxscript import ir
+    from onnxscript import opset21 as op
+
+    def dequantize_linear(codes, scale, zero, axis: int, block_size: int, bits: int):
+        if bits == 4:  # the codes are 4-bit values: store them so (a constant Cast the optimizer folds)
+            t = ir.DataType.INT4 if codes.dtype == ir.DataType.INT8 else ir.DataType.UINT4
+            codes, zero = op.Cast(codes, to=t), op.Cast(zero, to=t)
+        if block_size:
+            return op.DequantizeLinear(codes, scale, zero, axis=axis, block_size=block_size)
+        return op.DequantizeLinear(codes, scale, zero, axis=axis)
+
+    def quantize_dequantize(x, scale, zero):
+        return op.DequantizeLinear(op.QuantizeLinear(x, scale, zero), scale, zero)
+    return {torch.ops.sam2ptq.dequantize_linear.default: dequantize_linear,
+            torch.ops.sam2ptq.quantize_dequantize.default: quantize_dequantize}
+
+
+def runtime_model(model: nn.Module, qlayers: dict[str, dict], qparams: dict[str, QParams]) -> nn.Module:
+    """A float32 copy of a quantized Sam2Model as graph runtimes run it: each QuantLinear at its static scheme with
+    ``qparams`` (``qdq.RangeObserver``'s result; layers with float activations need none) and its weight computed
+    from its saved codes. Its eager forward is what ``export_onnx`` writes."""
+    m = copy.deepcopy(model).float().eval()
+    convert_static(m, qparams)
+    return pack_weights(m, {n: qlayers[n] for n in quant_linears(m)})
+
+
+class _Encoder(nn.Module):
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, pixel_values: torch.Tensor):
+        return tuple(self.model.get_image_embeddings(pixel_values))
+
+
+def _check_exportable(model: nn.Module) -> int:
+    qls = quant_linears(model)
+    for n, ql in qls.items():
+        if ql.packed is None or (ql.scheme.a_dtype is not None and not ql.scheme.a_static):
+            raise ValueError(f"{n} is not in its runtime form (packed codes, static activations): "
+                             "build the model with onnx_graph.runtime_model")
+    return len(qls)
+
+
+def export_module(path: Path, module: nn.Module, args: tuple, input_names: list[str], output_names: list[str],
+                  metadata: dict[str, str] | None = None) -> None:
+    """Trace ``module(*args)`` with torch's dynamo exporter and our ops' translations; write ``path`` (checked)."""
+    onnx = need("onnx")
+    import logging
+    import warnings
+    path.parent.mkdir(parents=True, exist_ok=True)
+    quiet = logging.getLogger("torch.onnx")  # "torchvision is not installed" lines: nothing we export uses it
+    level = quiet.level
+    quiet.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings(), torch.no_grad():
+            warnings.simplefilter("ignore")
+            prog = torch.onnx.export(module, args, dynamo=True, opset_version=OPSET, verbose=False,
+                                     input_names=input_names, output_names=output_names,
+                                     custom_translation_table=translation_table())
+    finally:
+        quiet.setLevel(level)
+    proto = prog.model_proto
+    for k, v in (metadata or {}).items():
+        proto.metadata_props.add(key=k, value=str(v))
+    onnx.checker.check_model(proto)
+    onnx.save_model(proto, str(path))
+
+
+def export_onnx(path: Path, model: nn.Module, image_size: int, metadata: dict[str, str] | None = None) -> dict:
+    """Write ``path`` (the encoder: pixel_values [1, 3, S, S] → fpn0, fpn1, embedding) traced from ``model``
+    (``runtime_model``'s), with ``metadata`` as the file's metadata_props. Returns {"layers", "bytes", "opset"}."""
+    n = _check_exportable(model)
+    export_module(path, _Encoder(model), (torch.zeros(1, 3, image_size, image_size),), ["pixel_values"],
+                  ["fpn0", "fpn1", "embedding"], metadata)
+    return {"layers": n, "bytes": path.stat().st_size, "opset": OPSET}

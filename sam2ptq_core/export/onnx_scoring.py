@@ -1,0 +1,115 @@
+"""What an exported encoder does on its runtime: fidelity against torch (float, the pipeline's fake-quant model,
+the runtime form's eager twin), masks scored like the fake-quant model's, and latency against the float encoder on
+the same runtime and precision (what a user would run otherwise) and against torch eager."""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from ..algorithms.metrics import sqnr_db
+from ..sam2.loading import trunk
+from .onnx_graph import export_module
+from .runtimes import RuntimeSam2, float_precision, open_runtime, runtime_version
+
+__all__ = ["time_encoder", "export_float", "build_export", "score_runtime"]
+
+LEVELS = ("fpn0", "fpn1", "embedding")
+
+
+def time_encoder(fn, x, warmup: int = 2, runs: int = 5) -> float:
+    """Median seconds of ``fn(x)`` over ``runs`` after ``warmup`` calls."""
+    import statistics
+    for _ in range(warmup):
+        fn(x)
+    ts = []
+    for _ in range(runs):
+        t0 = time.perf_counter()
+        fn(x)
+        ts.append(time.perf_counter() - t0)
+    return statistics.median(ts)
+
+
+class _Encoder(nn.Module):
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, pixel_values: torch.Tensor):
+        return tuple(self.model.get_image_embeddings(pixel_values))
+
+
+def export_float(path: Path, fp_model: nn.Module, image_size: int) -> None:
+    """The float encoder as ONNX, exported like the quantized one (the baseline a user would deploy)."""
+    export_module(path, _Encoder(fp_model.float().eval()), (torch.zeros(1, 3, image_size, image_size),),
+                  ["pixel_values"], ["fpn0", "fpn1", "embedding"])
+
+
+def _sqnr(ref, got) -> float:
+    return sqnr_db(torch.as_tensor(ref), torch.as_tensor(got))
+
+
+def _fidelity(run, fp_model, quant_model, twin, pixels) -> dict:
+    """Mean SQNR per level: runtime vs float, vs fake quant, vs its eager twin; the models vs float."""
+    pairs = ("vs_float", "vs_fake_quant", "vs_runtime_twin", "fake_quant_vs_float", "twin_vs_float")
+    sq = {k: {lv: [] for lv in LEVELS} for k in pairs}
+    with torch.inference_mode():
+        for i in range(pixels.shape[0]):
+            x = pixels[i:i + 1].float()
+            got = run(x.numpy())
+            ref, fq, tw = (m.get_image_embeddings(x) for m in (fp_model, quant_model, twin))
+            for j, lv in enumerate(LEVELS):
+                for k, (a, b) in zip(pairs, ((ref, got), (fq, got), (tw, got), (ref, fq), (ref, tw))):
+                    sq[k][lv].append(_sqnr(a[j], b[j]))
+    return {k: {lv: sum(v) / len(v) for lv, v in per.items()} for k, per in sq.items()}
+
+
+def build_export(d: Path, fp_model: nn.Module, quant_model: nn.Module, twin: nn.Module, pixels: torch.Tensor,
+                 runtime: str, latency_runs: int, precision: str = "auto", metadata: dict | None = None,
+                 progress=None) -> dict:
+    """``d/encoder.onnx`` traced from ``twin`` (``onnx_graph.runtime_model``: the quantized model in its runtime
+    form), and ``d/float.onnx``, the float encoder exported the same way; what the file does on ``runtime`` against
+    torch on ``pixels`` [n, 3, S, S] (normalised), and the encoder latency at batch 1 (median of ``latency_runs``
+    after 2 warm-up runs) of the float file and ours on the runtime, and of torch fp32 eager, with sizes.
+    ``progress(done, total, what)`` is told each of its 5 steps."""
+    from .onnx_graph import export_onnx
+    step = progress or (lambda *a: None)
+    step(0, 5, "export")
+    info = export_onnx(d / "encoder.onnx", twin, pixels.shape[-1], metadata)
+    export_float(d / "float.onnx", fp_model, pixels.shape[-1])
+    step(1, 5, f"compile ({runtime})")
+    run = open_runtime(d / "encoder.onnx", runtime, precision=precision)
+    step(2, 5, "fidelity")
+    sq = _fidelity(run, fp_model, quant_model, twin, pixels)
+    step(3, 5, f"compile the float model ({runtime})")
+    run_fp = open_runtime(d / "float.onnx", runtime, precision=precision)
+    step(4, 5, "latency")
+    x = pixels[:1].float()
+    with torch.inference_mode():
+        t_torch = time_encoder(fp_model.get_image_embeddings, x, runs=latency_runs)
+    t_fp = time_encoder(run_fp, x.numpy(), runs=latency_runs)
+    t_q = time_encoder(run, x.numpy(), runs=latency_runs)
+    step(5, 5, "done")
+    fp32_bytes = sum(m.weight.numel() * 4 for k, m in trunk(twin).named_modules() if hasattr(m, "packed"))
+    return {**info, "runtime": runtime, "runtime_version": runtime_version(runtime),
+            "precision": float_precision(runtime, precision), "precision_setting": precision,
+            "images": int(pixels.shape[0]), "image_size": int(pixels.shape[-1]), "sqnr_db": sq,
+            "latency_s": {"float_runtime": t_fp, "quantized_runtime": t_q, "torch_fp32": t_torch},
+            "speedup_vs_float_runtime": t_fp / t_q, "speedup_vs_torch_fp32": t_torch / t_q,
+            "float_bytes": (d / "float.onnx").stat().st_size, "linear_weights_fp32_bytes": fp32_bytes,
+            "threads": torch.get_num_threads(),
+            "activations": "static per-tensor uint8, ranges observed on the quantized model (static_ranges)"}
+
+
+def score_runtime(fp: nn.Module, path: Path, info: dict, items, size: int, per_side: int) -> dict:
+    """The real-kernel encoder (``path`` on ``info["runtime"]``) scored against float like the fake-quant model:
+    encoder SQNR and mask agreement over ``items()`` (evaluation items), plus the export's latency and SQNR."""
+    from ..sam2.evaluation import evaluate_images, summarize
+    rt = RuntimeSam2(fp, open_runtime(path, info["runtime"], precision=info.get("precision_setting", "auto")))
+    per_img, _ = evaluate_images(fp, rt, items(), size, per_side, 0)
+    s = summarize(per_img)
+    return {"runtime": info["runtime"], "encoder": s["encoder"], "masks": s["masks"],
+            **{k: info[k] for k in ("precision", "latency_s", "speedup_vs_float_runtime", "speedup_vs_torch_fp32",
+                                    "bytes", "float_bytes", "sqnr_db")}}

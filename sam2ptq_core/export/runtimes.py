@@ -1,0 +1,152 @@
+"""Graph runtimes (OpenVINO, ONNX Runtime): which are installed, a session over an ONNX file, its model cache, and
+SAM2 with its image encoder run by one. "Runtime" in sam2ptq means one of these; onnxruntime is the ``'.[onnx]'``
+extra, OpenVINO the ``'.[openvino]'`` extra, and a missing one is one error line (``MissingRuntime``)."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+from torch import nn
+
+__all__ = ["RUNTIMES", "MissingRuntime", "need", "available_runtimes", "pick_runtime", "check_exporter",
+           "open_runtime", "runtime_version", "float_precision", "RuntimeSam2", "openvino_cache_dir"]
+
+RUNTIMES = ("openvino", "onnxruntime")
+EXTRA = {"onnx": "onnx", "onnxscript": "onnx", "onnxruntime": "onnx", "openvino": "openvino"}
+
+
+class MissingRuntime(RuntimeError):
+    """A runtime or the exporter's dependency is not installed; the message names the extra to install."""
+
+
+def need(module: str):
+    """``module`` imported, or ``MissingRuntime`` naming the extra that installs it."""
+    import importlib
+    try:
+        return importlib.import_module(module)
+    except ImportError:
+        raise MissingRuntime(f"{module} is not installed; install the extra: pip install -e '.[{EXTRA[module]}]'"
+                             ) from None
+
+
+def available_runtimes() -> list[str]:
+    """The runtimes importable here, fastest first (OpenVINO measured fastest on CPU, benchmarks/RESULTS.md)."""
+    import importlib.util
+
+    def importable(name: str) -> bool:
+        try:
+            return importlib.util.find_spec(name) is not None
+        except (ImportError, ValueError, AttributeError):  # e.g. blocked in sys.modules
+            return False
+    return [r for r in RUNTIMES if importable(r)]
+
+
+def pick_runtime(wanted: str) -> str:
+    """``wanted`` if installed, or for "auto" the fastest installed; one error line naming the extra otherwise."""
+    have = available_runtimes()
+    if wanted == "auto":
+        if not have:
+            raise MissingRuntime("no ONNX runtime is installed; install one: pip install -e '.[openvino]' or "
+                                 "pip install -e '.[onnx]'")
+        return have[0]
+    if wanted not in have:
+        need(wanted)
+    return wanted
+
+
+def check_exporter(runtime: str) -> str:
+    """The runtime ``pick_runtime`` gives, after checking that the exporter's packages import."""
+    for m in ("onnx", "onnxscript"):
+        need(m)
+    return pick_runtime(runtime)
+
+
+def runtime_version(runtime: str) -> str:
+    """The installed version of ``runtime`` (part of what a latency or fidelity number was measured with)."""
+    from importlib.metadata import version
+    return version(runtime)
+
+
+def openvino_cache_dir() -> Path:
+    """OpenVINO's model cache: ``$XDG_CACHE_HOME/sam2ptq/openvino`` (default ``~/.cache``)."""
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "sam2ptq" / "openvino"
+
+
+def _onnxruntime_session(path: Path, threads: int | None):
+    ort = need("onnxruntime")
+    so = ort.SessionOptions()
+    if threads:
+        so.intra_op_num_threads = threads
+    so.log_severity_level = 3
+    # u8·s8 products summed in pairs can overflow int16 on x86 CPUs without VNNI (AVX2's vpmaddubsw saturates);
+    # ONNX Runtime then computes them in a wider type at some speed cost instead of silently wrong
+    so.add_session_config_entry("session.x64quantprecision", "1")
+    # MatMulAddFusion of ONNX Runtime 1.32 turns an N-d QDQ MatMul + bias into Gemm and mistypes the QuantizeLinear
+    # it inserts on the way (a session that cannot start); without it the QDQ MatMuls still run as int8 kernels
+    sess = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"],
+                                disabled_optimizers=["MatMulAddFusion"])
+    return lambda px: sess.run(None, {"pixel_values": px})
+
+
+def _openvino_session(path: Path, threads: int | None, precision: str):
+    ov = need("openvino")
+    import hashlib
+    import shutil
+    cache = openvino_cache_dir()
+    cache.mkdir(parents=True, exist_ok=True)
+    cfg = {"CACHE_DIR": str(cache), **({"INFERENCE_NUM_THREADS": threads} if threads else {})}
+    if precision == "f32":
+        cfg["INFERENCE_PRECISION_HINT"] = "f32"
+    # OpenVINO keys its cache by the file's path: compile a copy named by the content, so the stage's temp file,
+    # the published stage and an output tree share one compiled model
+    named = cache / "models" / f"{hashlib.sha256(Path(path).read_bytes()).hexdigest()[:32]}.onnx"
+    if not named.is_file():
+        named.parent.mkdir(exist_ok=True)
+        tmp = named.with_suffix(f".tmp-{os.getpid()}")
+        shutil.copyfile(path, tmp)
+        tmp.replace(named)
+    compiled = ov.Core().compile_model(str(named), "CPU", cfg)
+    req = compiled.create_infer_request()
+
+    def run(px):
+        res = req.infer({0: px})
+        return [res[o] for o in compiled.outputs]
+    return run
+
+
+def open_runtime(path: Path, runtime: str, threads: int | None = None, precision: str = "auto"):
+    """A callable pixels [1, 3, S, S] float32 (numpy) → [fpn0, fpn1, embedding] (numpy) running ``path`` on the CPU
+    with ``runtime`` (openvino or onnxruntime). ``precision`` (OpenVINO): "auto" keeps its default, bf16 for the
+    float ops on CPUs that have bf16 (the fastest); "f32" runs them in float32. OpenVINO compiles the Hiera graph in
+    about 85 s on 2 cores; its model cache (``openvino_cache_dir``) makes every later compile of the same file
+    0.3 s."""
+    if runtime == "onnxruntime":
+        return _onnxruntime_session(path, threads)
+    if runtime == "openvino":
+        return _openvino_session(path, threads, precision)
+    raise ValueError(f"unknown runtime {runtime!r}; use one of {', '.join(RUNTIMES)}")
+
+
+def float_precision(runtime: str, wanted: str) -> str:
+    """The precision the runtime's float ops run in."""
+    if runtime == "openvino" and wanted == "auto":
+        import openvino as ov
+        return ov.Core().get_property("CPU", "INFERENCE_PRECISION_HINT").get_type_name()
+    return "f32"
+
+
+class RuntimeSam2(nn.Module):
+    """The float Sam2Model with its image encoder run by a graph runtime (``open_runtime``): prompt encoder and
+    mask decoder stay in torch, so masks can be scored like the fake-quant model's."""
+
+    def __init__(self, sam2: nn.Module, encoder):
+        super().__init__()
+        self.sam2, self.encoder = sam2, encoder
+
+    def get_image_embeddings(self, pixel_values: torch.Tensor) -> list[torch.Tensor]:
+        outs = self.encoder(pixel_values.detach().float().cpu().numpy())
+        return [torch.from_numpy(o).to(device=pixel_values.device, dtype=pixel_values.dtype) for o in outs]
+
+    def forward(self, **kw):
+        return self.sam2(**kw)
