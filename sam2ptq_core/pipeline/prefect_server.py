@@ -7,16 +7,70 @@ the kernel signals when the CLI dies (Linux ``PR_SET_PDEATHSIG``); the guard the
 from __future__ import annotations
 
 import contextlib
+import os
 import signal
 import subprocess
 import sys
+import tempfile
 from collections.abc import Iterator
+from pathlib import Path
 
-__all__ = ["temporary_server", "ServerDidNotStart"]
+__all__ = ["temporary_server", "ServerDidNotStart", "HomeNotWritable", "check_home", "choose_home"]
 
 
 class ServerDidNotStart(RuntimeError):
     """Prefect's temporary server did not answer in time; the message names PREFECT_HOME and the ways out."""
+
+
+class HomeNotWritable(RuntimeError):
+    """The PREFECT_HOME the user set cannot hold the temporary server's database; the message names the fix."""
+
+
+def _unwritable(home: Path) -> str:
+    """Why Prefect could not keep its database in ``home`` ("" when it can): the folder must be creatable and
+    take a new file, an existing ``prefect.db`` must open for writing. A probe, since permission bits do not tell
+    for root, read-only mounts or a file in the way."""
+    try:
+        home.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=".sam2ptq-probe-", dir=home)
+        os.close(fd)
+        os.unlink(probe)
+        if (home / "prefect.db").exists():
+            open(home / "prefect.db", "r+b").close()
+    except OSError as e:
+        return e.strerror or str(e)
+    return ""
+
+
+def check_home(home: str | Path, fallback: Path | None = None) -> None:
+    """HomeNotWritable, at once, when Prefect's temporary server could not create its database in ``home``: the
+    server would die at its first query while the CLI waited out the whole startup timeout."""
+    home = Path(home).expanduser()
+    if why := _unwritable(home):
+        default = Path("~/.prefect").expanduser()
+        unset = "" if fallback is None else f"unset it (the run then uses {fallback}), " if home == default else (
+            f"unset it (the run then uses {default}, or {fallback} if that cannot be written), ")
+        raise HomeNotWritable(f"PREFECT_HOME {home} cannot be written ({why}): Prefect's temporary server keeps its "
+                              f"database there; point PREFECT_HOME at a writable folder, {unset}or set "
+                              f"PREFECT_API_URL to a running server")
+
+
+def choose_home(fallback: Path) -> str:
+    """Before Prefect is imported (it reads PREFECT_HOME once): when PREFECT_HOME is not set and the default
+    ``~/.prefect`` cannot be written (a read-only HOME), the temporary server's home becomes ``fallback`` (user
+    profiles are still read from ``~/.prefect``). Returns the note for the console ("" when nothing changed). A
+    PREFECT_HOME the user set is never replaced: ``check_home`` refuses it when the server needs it."""
+    if os.environ.get("PREFECT_API_URL") or os.environ.get("PREFECT_HOME"):
+        return ""
+    default = Path("~/.prefect").expanduser()
+    why = _unwritable(default)
+    if not why or _unwritable(fallback):
+        return ""  # usable; or the fallback is no better, and check_home names PREFECT_HOME's fix
+    os.environ["PREFECT_HOME"] = str(fallback)
+    if (default / "profiles.toml").is_file() and "PREFECT_PROFILES_PATH" not in os.environ:
+        os.environ["PREFECT_PROFILES_PATH"] = str(default / "profiles.toml")
+    return f"home {fallback}, as {default} cannot be written: {why}"
+
 
 _GUARD = """
 import os, signal, sys, time
@@ -65,6 +119,7 @@ def temporary_server(timeout_s: int) -> Iterator[str]:
     """Start Prefect's temporary server, point this process at it and yield its API URL; stop both on exit."""
     from prefect.server.api.server import SubprocessASGIServer
     from prefect.settings import PREFECT_API_URL, get_current_settings, temporary_settings
+    check_home(get_current_settings().home)
     server = SubprocessASGIServer()
     try:
         server.start(timeout=timeout_s)
