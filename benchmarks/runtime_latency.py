@@ -1,11 +1,13 @@
-"""Real kernels against torch: encoder latency at batch 1 (median of --runs after 2 warm-up runs), peak memory and
-file size of the ONNX exports (sam2ptq_core/export/onnx.py) on OpenVINO and ONNX Runtime, beside torch fp32 and
-bf16 eager, all in one run on one machine. Each measurement runs in its own process (peak RSS is that process's).
+"""Real kernels side by side: encoder latency at batch 1 (median of --runs after 2 warm-up runs), peak memory and
+file size of the ONNX exports (sam2ptq_core/export/onnx_graph.py) on OpenVINO and ONNX Runtime, beside the float
+encoder exported the same way on the same runtime and precision, NNCF INT8 (TRANSFORMER preset, on the same
+calibration images; when nncf is installed: benchmark-only, `pip install nncf`) and torch eager, all in one run on
+one machine. Each measurement runs in its own process (peak RSS is that process's).
 
 The quantized models are built the way the pipeline builds them, with plain rounding (RTN) instead of the full
-recipe (speed does not depend on the values): random weights (offline), static activation ranges captured on two
-bundled photos, fidelity measured on a third. Formats: W8A8 (sint8 per-channel weights, static int8 activations:
-the fast path) and W4A8 (uint4 groups of 128, the demo's weight format, for size), plus the float encoder as ONNX.
+recipe (speed does not depend on the values): random weights (offline), static uint8 activation ranges observed on
+the quantized model over two bundled photos (the static_ranges stage's observer), fidelity measured on a third.
+Formats: W8A8 (sint8 per-channel weights: the fast path) and W4A8 (uint4 groups of 128, the demo's weight format).
 
     python benchmarks/runtime_latency.py [--model tiny] [--size 1024] [--runs 5]
 """
@@ -28,7 +30,8 @@ sys.path.insert(0, str(ROOT))
 _TIMER = r"""
 import json, sys, numpy as np, torch
 sys.path.insert(0, {root!r})
-from sam2ptq_core.export.onnx import open_runtime, time_encoder
+from sam2ptq_core.export.onnx_scoring import time_encoder
+from sam2ptq_core.export.runtimes import open_runtime
 from sam2ptq_core.sam2.loading import build_random
 kind, path, size, runs, precision = {kind!r}, {path!r}, {size}, {runs}, {precision!r}
 x = torch.from_numpy(np.load({px!r}))
@@ -38,6 +41,12 @@ if kind in ("torch_fp32", "torch_bf16"):
         m, x = m.to(torch.bfloat16), x.bfloat16()
     with torch.inference_mode():
         t = time_encoder(m.get_image_embeddings, x, runs=runs)
+elif path.endswith(".xml"):  # NNCF's OpenVINO IR
+    import openvino as ov
+    cfg = {{"INFERENCE_PRECISION_HINT": "f32"}} if precision == "f32" else {{}}
+    c = ov.Core().compile_model(path, "CPU", cfg)
+    req = c.create_infer_request()
+    t = time_encoder(lambda a: req.infer({{0: a}}), x.numpy(), runs=runs)
 else:
     t = time_encoder(open_runtime(path, kind, precision=precision), x.numpy(), runs=runs)
 hwm = [ln for ln in open("/proc/self/status") if ln.startswith("VmHWM")][0].split()[1]  # this process's peak RSS
@@ -52,13 +61,13 @@ def _time(kind: str, path: str, px: str, args, precision: str = "auto") -> dict:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def _quantized(m, stats, w_dtype: str, group: int, a_dtype: str):
-    """(static-activation model, saved layers, schemes): RTN codes, the runtime's scheme per layer."""
+def _quantized(m, imgs, w_dtype: str, group: int, a_dtype: str):
+    """(runtime-form model, fake-quant model): RTN codes, static ranges observed on ``imgs``."""
     from sam2ptq_core.algorithms.quantizers import dequantize, quantize
     from sam2ptq_core.algorithms.scheme import LayerScheme
-    from sam2ptq_core.export.onnx import activation_ranges, static_twin
+    from sam2ptq_core.export.onnx_graph import runtime_model
     from sam2ptq_core.sam2.loading import quantizable_linears
-    from sam2ptq_core.sam2.quantized_model import LayerArtifacts, quantize_model
+    from sam2ptq_core.sam2.quantized_model import LayerArtifacts, prepare_static, quant_linears, quantize_model
     sch = LayerScheme(w_dtype, group, a_dtype, -1)
     arts, saved = {}, {}
     for n, mod in quantizable_linears(m).items():
@@ -67,7 +76,27 @@ def _quantized(m, stats, w_dtype: str, group: int, a_dtype: str):
                     "zero": q.qparams.zero if q.qparams.zero is not None else torch.empty(0)}
         arts[n] = LayerArtifacts(sch, dequantize(q), mod.bias.detach(), None, None, None)
     qm = quantize_model(copy.deepcopy(m), arts)
-    return static_twin(qm, activation_ranges(stats, qm)), saved, dict.fromkeys(saved, sch.static8())
+    obs = prepare_static(qm)
+    with torch.inference_mode():
+        for x in imgs:
+            qm.get_image_embeddings(x)
+    qparams = {n: o.qparams("mse") for n, o in obs.items()}
+    for ql in quant_linears(qm).values():
+        ql.observer = None
+    return runtime_model(qm, saved, qparams), qm
+
+
+def _nncf(fp32: Path, imgs, out: Path) -> Path | None:
+    """NNCF INT8 of the float ONNX file (TRANSFORMER preset) on the same calibration images, or None without nncf."""
+    try:
+        import nncf
+    except ImportError:
+        return None
+    import openvino as ov
+    q = nncf.quantize(ov.Core().read_model(str(fp32)), nncf.Dataset([x.numpy() for x in imgs]),
+                      model_type=nncf.ModelType.TRANSFORMER, subset_size=len(imgs))
+    ov.save_model(q, str(out))
+    return out
 
 
 def main() -> dict:
@@ -78,14 +107,18 @@ def main() -> dict:
     args = p.parse_args()
     import numpy as np
 
-    from sam2ptq_core.export.onnx import _sqnr_db, export_onnx, open_runtime
-    from sam2ptq_core.sam2.capture import capture_stats
+    from sam2ptq_core.algorithms.metrics import sqnr_db
+    from sam2ptq_core.export.onnx_graph import export_onnx
+    from sam2ptq_core.export.onnx_scoring import export_float
+    from sam2ptq_core.export.runtimes import open_runtime
+
+    def _sqnr_db(a, b):
+        return sqnr_db(torch.as_tensor(a), torch.as_tensor(b))
     from sam2ptq_core.sam2.images import load_rgb, normalize, resize_uint8
     from sam2ptq_core.sam2.loading import build_random
     m = build_random(args.model, 0, args.size).eval()
     imgs = [normalize(resize_uint8(load_rgb(ROOT / "examples/images" / f), args.size))[None]
             for f in ("coffee.jpg", "astronaut.jpg", "chelsea.jpg")]
-    stats = capture_stats(m, imgs[:2], 4096, 0)
     tmp = Path(tempfile.mkdtemp())
     px = str(tmp / "px.npy")
     np.save(px, imgs[2].numpy())
@@ -93,17 +126,15 @@ def main() -> dict:
            "model": args.model, "size": args.size, "runs": args.runs, "weights": "random (RTN codes)",
            "rows": []}
     files = {"fp32": tmp / "fp32.onnx"}
-    import onnx
-    with torch.no_grad():  # the float encoder as ONNX, weights inside the file (as export_onnx writes them)
-        prog = torch.onnx.export(_Enc(m), (imgs[2],), dynamo=True, opset_version=21, verbose=False,
-                                 input_names=["pixel_values"], output_names=["fpn0", "fpn1", "embedding"])
-    onnx.save_model(prog.model_proto, str(files["fp32"]))
+    export_float(files["fp32"], m, args.size)
     twins = {}
     for fmt, (w, g, a) in {"W8A8": ("sint8", -1, "sint8"), "W4A8": ("uint4", 128, "uint8")}.items():
-        twin, saved, schemes = _quantized(m, stats, w, g, a)
+        twins[fmt], _ = _quantized(m, imgs[:2], w, g, a)
         files[fmt] = tmp / f"{fmt}.onnx"
-        export_onnx(files[fmt], twin, saved, schemes, args.size)
-        twins[fmt] = twin
+        export_onnx(files[fmt], twins[fmt], args.size)
+    nncf_file = _nncf(files["fp32"], imgs[:2], tmp / "nncf.xml")
+    if nncf_file is not None:
+        files["NNCF INT8"] = nncf_file
     with torch.inference_mode():
         ref = m.get_image_embeddings(imgs[2])
         fq = {k: t.get_image_embeddings(imgs[2]) for k, t in twins.items()}
@@ -111,17 +142,30 @@ def main() -> dict:
         res["rows"].append({"encoder": kind, **_time(kind, "", px, args)})
     for fmt, f in files.items():
         for rt, prec in (("openvino", "auto"), ("openvino", "f32"), ("onnxruntime", "auto")):
-            name = f"{fmt} onnx / {rt}" + (" (f32 float ops)" if prec == "f32" else "")
-            row = {"encoder": name, "file_mb": f.stat().st_size / 2**20, **_time(rt, str(f), px, args, prec)}
-            got = open_runtime(f, rt, precision=prec)(imgs[2].numpy())
+            if f.suffix == ".xml" and rt != "openvino":
+                continue
+            name = f"{fmt} / {rt}" + (" (f32 float ops)" if prec == "f32" else "")
+            size_mb = (f.stat().st_size + (f.with_suffix(".bin").stat().st_size if f.suffix == ".xml" else 0)) / 2**20
+            row = {"encoder": name, "format": fmt, "runtime": rt, "precision": prec, "file_mb": size_mb,
+                   **_time(rt, str(f), px, args, prec)}
+            if f.suffix == ".xml":
+                import openvino as ov
+                c = ov.Core().compile_model(str(f), "CPU", {"INFERENCE_PRECISION_HINT": "f32"} if prec == "f32" else {})
+                r = c.create_infer_request().infer({0: imgs[2].numpy()})
+                got = [r[o] for o in c.outputs]
+            else:
+                got = open_runtime(f, rt, precision=prec)(imgs[2].numpy())
             row["embedding_sqnr_vs_float_db"] = _sqnr_db(ref[2], got[2])
             if fmt in fq:
                 row["embedding_sqnr_vs_fake_quant_db"] = _sqnr_db(fq[fmt][2], got[2])
                 row["fpn0_sqnr_vs_fake_quant_db"] = _sqnr_db(fq[fmt][0], got[0])
             res["rows"].append(row)
     t32 = res["rows"][0]["s"]
+    base = {(r["runtime"], r["precision"]): r["s"] for r in res["rows"] if r.get("format") == "fp32"}
     for r in res["rows"]:
-        r["speedup_vs_fp32"] = t32 / r["s"]
+        r["speedup_vs_torch_fp32"] = t32 / r["s"]
+        if "runtime" in r:  # against the float encoder on the same runtime and precision
+            r["speedup_vs_float_same_runtime"] = base[(r["runtime"], r["precision"])] / r["s"]
     print(json.dumps(res, indent=1))
     return res
 

@@ -277,7 +277,8 @@ def test_first_run_on_a_fresh_prefect_home_then_cached_summary(tmp_path):
     assert out[0].startswith("RANDOM WEIGHTS")
     stages = [ln.split() for ln in out if ln.startswith("  ")]
     assert [s[0] for s in stages] == ["fetch_model", "build_calibration_set", "capture_activations", "rotate",
-                                      "smooth", "gptq_lowrank", "sensitivity", "mixed", "onnx_export", "evaluate",
+                                      "smooth", "gptq_lowrank", "sensitivity", "mixed", "static_ranges", "onnx_export",
+                                      "evaluate",
                                       "export"]
     assert all(s[1] == "built" for s in stages)
     assert any(ln.startswith("embedding SQNR ") and "mask mIoU vs float" in ln for ln in out)
