@@ -64,6 +64,23 @@ def test_corrupt_files_skipped_and_counted(tmp_path, caplog):
     assert len(paths) == 3 and skipped == 1 and "1 unreadable" in caplog.text
 
 
+def test_an_unreadable_image_is_warned_about_once(tmp_path, caplog):
+    """Preflight, the calibration stage and the held-out draw decode the same folder in one process: a skipped file
+    is one warning line, not one per draw plus a count line each time (main: 6 lines here for one file)."""
+    from sam2ptq_core.sam2.images import held_out
+    for i in range(4):
+        Image.new("RGB", (16, 16), (i, 0, 0)).save(tmp_path / f"ok{i}.png")
+    (tmp_path / "bad.jpg").write_bytes(b"not an image")
+    with caplog.at_level("WARNING"):
+        for _ in range(2):  # preflight, then the stage
+            paths, skipped = select_images(tmp_path, 2, seed=8)
+            assert skipped == 1
+        held_out("", str(tmp_path), 2, 8, {str(p) for p in paths})  # its draw meets bad.jpg first
+    lines = [r.getMessage() for r in caplog.records]
+    assert lines == [f"skipping 1 unreadable image in {tmp_path}: bad.jpg (cannot identify image file "
+                     f"'{tmp_path / 'bad.jpg'}')"], lines
+
+
 def test_too_few_images_names_folder_and_numbers(tmp_path):
     Image.new("RGB", (16, 16)).save(tmp_path / "a.png")
     with pytest.raises(DataError, match=rf"'{tmp_path}' has 1 usable images but 5 were asked for"):

@@ -89,7 +89,7 @@ def select_images(folder: str | Path, num: int, seed: int, exclude: set[str] = f
     files = [f for f in list_images(folder)
              if str(f) not in exclude and (only_names is None or f.name in only_names)]
     random.Random(seed).shuffle(files)
-    chosen, bad = [], []
+    chosen, bad, why = [], [], {}
     for f in files:
         if len(chosen) == num:
             break
@@ -98,14 +98,33 @@ def select_images(folder: str | Path, num: int, seed: int, exclude: set[str] = f
             chosen.append(f)
         except (OSError, ValueError, Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
             bad.append(f.name)
-            log.warning("skipping unreadable image %s: %s", f, str(e).splitlines()[0])
-    if bad:
-        log.warning("%d unreadable file(s) skipped in %s", len(bad), folder)
+            why[f] = str(e).splitlines()[0]
+    _warn_unreadable(folder, why)
     if len(chosen) < num:
         unreadable = f" ({len(bad)} unreadable: {', '.join(bad[:3])}{', …' if len(bad) > 3 else ''})" if bad else ""
         raise DataError(f"{what} folder '{folder}' has {len(chosen)} usable images{unreadable} but {num} were asked "
                         f"for; lower num_samples or add images")
     return chosen, len(bad)
+
+
+_WARNED: set[tuple[str, int, int]] = set()  # unreadable files already named in this process: (path, size, mtime)
+
+
+def _warn_unreadable(folder, why: dict[Path, str]) -> None:
+    """One warning line for the unreadable files of a selection that this process has not named yet: preflight,
+    the calibration stage and the held-out draw decode the same files, and a skipped file is said once."""
+    new = {}
+    for f, reason in why.items():
+        st = f.stat()
+        k = (str(f.resolve()), st.st_size, st.st_mtime_ns)
+        if k not in _WARNED:
+            _WARNED.add(k)
+            new[f.name] = reason
+    if new:
+        named = ", ".join(f"{n} ({r})" for n, r in list(new.items())[:3])
+        more = f" and {len(new) - 3} more" if len(new) > 3 else ""
+        log.warning("skipping %d unreadable image%s in %s: %s%s", len(new), "s" if len(new) > 1 else "", folder,
+                    named, more)
 
 
 def held_out(eval_path: str, calib_path: str, num: int, seed: int, calib_paths: set[str],
