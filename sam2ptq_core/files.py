@@ -19,7 +19,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 __all__ = ["file_sha256", "verified", "file_listing", "writer_tag", "writer_gone", "atomic_dir", "sweep_leftovers",
-           "dead_leftovers", "DiskFull", "disk_full_reported"]
+           "dead_leftovers", "DiskFull", "disk_full_reported", "tree_bytes", "evict_least_recent"]
 
 _HOST = re.sub(r"[^A-Za-z0-9_]", "_", socket.gethostname())
 _DISK_FULL_WORDS = ("No space left", "unexpected pos", "file write failed", "Disk quota exceeded")
@@ -99,6 +99,48 @@ def sweep_leftovers(folder: Path) -> list[Path]:
 
 def _size(d: Path) -> int:
     return sum(f.stat().st_size for f in d.rglob("*") if f.is_file())
+
+
+def tree_bytes(d: Path) -> int:
+    """Bytes of the files below ``d``, skipping what another process removes meanwhile (0 when ``d`` is gone)."""
+    total = 0
+    for top, _, names in os.walk(d):  # os.walk skips folders that vanish while it walks
+        for n in names:
+            try:
+                total += os.lstat(os.path.join(top, n)).st_size
+            except FileNotFoundError:
+                continue
+    return total
+
+
+def evict_least_recent(entries: list[Path], used: Callable[[], int], limit: int,
+                       spare: Callable[[Path, float], bool] = lambda path, mtime: False,
+                       remove: Callable[[Path], None] | None = None) -> list[Path]:
+    """A bounded cache's eviction: remove ``entries`` (files or folders), least recently used first (oldest mtime:
+    a cache touches what it uses with ``os.utime``), until ``used()`` ≤ ``limit`` bytes; ``spare(path, mtime)``
+    keeps an entry (one in use); ``remove`` replaces the deletion (a dry run). Another process may evict at the
+    same time. Returns what was removed."""
+    stamped = []
+    for p in entries:
+        try:
+            stamped.append((p.stat().st_mtime, p))
+        except FileNotFoundError:
+            continue
+    total, removed = used(), []
+    for mtime, p in sorted(stamped, key=lambda t: t[0]):
+        if total <= limit:
+            break
+        if spare(p, mtime):
+            continue
+        if remove is not None:
+            remove(p)
+        elif p.is_dir():
+            shutil.rmtree(p, ignore_errors=True)
+        else:
+            p.unlink(missing_ok=True)
+        removed.append(p)
+        total = used()
+    return removed
 
 
 def _is_disk_full(e: BaseException) -> bool:

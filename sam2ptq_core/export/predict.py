@@ -3,6 +3,8 @@ black/white PNG at the image's size) and an overlay figure beside it (``<out ste
 from __future__ import annotations
 
 import argparse
+import json
+import logging
 import sys
 from pathlib import Path
 
@@ -43,6 +45,7 @@ def main(argv: list[str]) -> int:
         model = load_quantized(run, a.format)
         device = a.device or cfg.model.device
         runtime = _runtime(a, run, device)
+        precision = _precision(run, cfg) if runtime != "fake" else "auto"
     except (OSError, ValueError, RuntimeError) as e:
         print(f"error: {str(e).splitlines()[0]}", file=sys.stderr)
         return 2
@@ -53,7 +56,14 @@ def main(argv: list[str]) -> int:
     model = model.to(device)
     if runtime != "fake":
         from .runtimes import RuntimeSam2, open_runtime
-        model = RuntimeSam2(model, open_runtime(run / "onnx" / "encoder.onnx", runtime))
+        onnx = run / "onnx" / "encoder.onnx"
+        try:
+            encoder = open_runtime(onnx, runtime, precision=precision, cache=_model_cache(cfg))
+        except Exception as e:  # a compile, file or cache failure: one line, whatever the runtime raises
+            print(f"error: {runtime} cannot open {onnx} ({_reason(e)}); export the tree again (quantize with "
+                  "--onnx '{}') or use --runtime fake", file=sys.stderr)
+            return 2
+        model = RuntimeSam2(model, encoder)
     size = cfg.quant.calib.image_size
     with torch.inference_mode():
         emb = model.get_image_embeddings(normalize(resize_uint8(im, size))[None].to(device))
@@ -87,6 +97,51 @@ def _runtime(a, run: Path, device: str) -> str:
         raise ValueError(f"--runtime {a.runtime} runs on the CPU from the cache files; add --device cpu and drop "
                          "--format nunchaku")
     return pick_runtime(a.runtime)
+
+
+def _precision(run: Path, cfg) -> str:
+    """The float precision the run evaluated its ONNX file with: onnx/onnx.json's "precision_setting" (the tree's
+    onnx.precision for a file written before that was recorded)."""
+    f = run / "onnx" / "onnx.json"
+    try:
+        info = json.loads(f.read_text()) if f.is_file() else {}
+    except (OSError, ValueError) as e:
+        raise ValueError(f"{f} cannot be read ({str(e).splitlines()[0]}); export the tree again or use --runtime "
+                         "fake") from None
+    got = info.get("precision_setting") or (cfg.onnx.precision if cfg.onnx is not None else "auto")
+    if got not in ("auto", "f32"):
+        raise ValueError(f"{f}: precision_setting {got!r} is not auto or f32; export the tree again")
+    return got
+
+
+class _Stderr(logging.Handler):
+    """predict's console for the runtime's messages: one line each, warnings as ``warning: …``."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        print(("warning: " if record.levelno >= logging.WARNING else "") + record.getMessage(), file=sys.stderr,
+              flush=True)
+
+
+def _model_cache(cfg):
+    """OpenVINO's model cache: the one the run's pipeline fills on this machine (``ModelCache.of_run``, e.g.
+    ``<cache.root>/openvino``) when it exists, else ``ModelCache.default()`` (~/.cache/sam2ptq/openvino; never a
+    folder made from the tree's relative cache.root in some other working directory), bounded by the tree's
+    cache.local_max_gb. Its messages go to stderr."""
+    from dataclasses import replace
+
+    from .model_cache import ModelCache
+    console = logging.Logger("sam2ptq.predict", logging.INFO)  # not registered: nothing global is configured
+    console.addHandler(_Stderr())
+    ours = ModelCache.of_run(cfg.cache, console)
+    return ours if ours.dir.is_dir() else replace(ModelCache.default(console), max_bytes=ours.max_bytes)
+
+
+def _reason(e: Exception) -> str:
+    """A runtime's error on one line, without OpenVINO's source locations."""
+    import re
+    lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
+    said = [ln for ln in lines if not re.match(r"^(Exception from |Check '.*' failed at )\S+:\d+", ln)]
+    return " ".join(said or lines or [type(e).__name__])[:300]
 
 
 def _checked_inputs(a) -> tuple[Path, object, torch.Tensor]:

@@ -1,16 +1,18 @@
-"""Graph runtimes (OpenVINO, ONNX Runtime): which are installed, a session over an ONNX file, its model cache, and
-SAM2 with its image encoder run by one. "Runtime" in sam2ptq means one of these; onnxruntime is the ``'.[onnx]'``
-extra, OpenVINO the ``'.[openvino]'`` extra, and a missing one is one error line (``MissingRuntime``)."""
+"""Graph runtimes (OpenVINO, ONNX Runtime): which are installed, a session over an ONNX file (OpenVINO's through its
+model cache, ``model_cache.ModelCache``), and SAM2 with its image encoder run by one. "Runtime" in sam2ptq means one
+of these; onnxruntime is the ``'.[onnx]'`` extra, OpenVINO the ``'.[openvino]'`` extra, and a missing one is one
+error line (``MissingRuntime``)."""
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import torch
 from torch import nn
 
+from .model_cache import ModelCache
+
 __all__ = ["RUNTIMES", "MissingRuntime", "need", "available_runtimes", "pick_runtime", "check_exporter",
-           "open_runtime", "runtime_version", "float_precision", "RuntimeSam2", "openvino_cache_dir"]
+           "open_runtime", "runtime_version", "float_precision", "RuntimeSam2", "ModelCache"]
 
 RUNTIMES = ("openvino", "onnxruntime")
 EXTRA = {"onnx": "onnx", "onnxscript": "onnx", "onnxruntime": "onnx", "openvino": "openvino"}
@@ -68,11 +70,6 @@ def runtime_version(runtime: str) -> str:
     return version(runtime)
 
 
-def openvino_cache_dir() -> Path:
-    """OpenVINO's model cache: ``$XDG_CACHE_HOME/sam2ptq/openvino`` (default ``~/.cache``)."""
-    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "sam2ptq" / "openvino"
-
-
 def _onnxruntime_session(path: Path, threads: int | None):
     ort = need("onnxruntime")
     so = ort.SessionOptions()
@@ -83,30 +80,35 @@ def _onnxruntime_session(path: Path, threads: int | None):
     # ONNX Runtime then computes them in a wider type at some speed cost instead of silently wrong
     so.add_session_config_entry("session.x64quantprecision", "1")
     # MatMulAddFusion of ONNX Runtime 1.32 turns an N-d QDQ MatMul + bias into Gemm and mistypes the QuantizeLinear
-    # it inserts on the way (a session that cannot start); without it the QDQ MatMuls still run as int8 kernels
+    # it inserts on the way (a session that cannot start); without it the QDQ MatMuls still run as int8 kernels.
+    # ConstantSharing merges the encoder's identical scalar zero points, and a later QDQ transform of 1.32 then
+    # fails to start the session ("Attempt to replace the existing tensor", W8A8 encoder at 256²)
     sess = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"],
-                                disabled_optimizers=["MatMulAddFusion"])
+                                disabled_optimizers=["MatMulAddFusion", "ConstantSharing"])
     return lambda px: sess.run(None, {"pixel_values": px})
 
 
-def _openvino_session(path: Path, threads: int | None, precision: str):
+def _openvino_session(path: Path, threads: int | None, precision: str, cache: ModelCache | None):
     ov = need("openvino")
-    import hashlib
-    import shutil
-    cache = openvino_cache_dir()
-    cache.mkdir(parents=True, exist_ok=True)
-    cfg = {"CACHE_DIR": str(cache), **({"INFERENCE_NUM_THREADS": threads} if threads else {})}
+    from openvino.frontend import FrontEndManager
+    if not FrontEndManager().load_by_framework("onnx").supported(str(path)):
+        # else OpenVINO tries each of its other readers, and they print their parse errors on stderr
+        raise RuntimeError(f"{Path(path).name} is not an ONNX file OpenVINO can read: truncated, or another format")
+    cfg = {"INFERENCE_NUM_THREADS": threads} if threads else {}
     if precision == "f32":
         cfg["INFERENCE_PRECISION_HINT"] = "f32"
-    # OpenVINO keys its cache by the file's path: compile a copy named by the content, so the stage's temp file,
-    # the published stage and an output tree share one compiled model
-    named = cache / "models" / f"{hashlib.sha256(Path(path).read_bytes()).hexdigest()[:32]}.onnx"
-    if not named.is_file():
-        named.parent.mkdir(exist_ok=True)
-        tmp = named.with_suffix(f".tmp-{os.getpid()}")
-        shutil.copyfile(path, tmp)
-        tmp.replace(named)
-    compiled = ov.Core().compile_model(str(named), "CPU", cfg)
+    cache = cache or ModelCache.default()
+    model = cache.prepare(Path(path), precision, threads)  # None: not writable, compile without (warned)
+    if model is not None:
+        cfg["CACHE_DIR"] = str(model.parent)
+    try:
+        compiled = ov.Core().compile_model(str(model or path), "CPU", cfg)
+    except Exception:
+        if model is not None:
+            cache.discard(model.parent)
+        raise
+    if model is not None:
+        cache.bound(keep=model.parent)
     req = compiled.create_infer_request()
 
     def run(px):
@@ -115,16 +117,18 @@ def _openvino_session(path: Path, threads: int | None, precision: str):
     return run
 
 
-def open_runtime(path: Path, runtime: str, threads: int | None = None, precision: str = "auto"):
+def open_runtime(path: Path, runtime: str, threads: int | None = None, precision: str = "auto",
+                 cache: ModelCache | None = None):
     """A callable pixels [1, 3, S, S] float32 (numpy) → [fpn0, fpn1, embedding] (numpy) running ``path`` on the CPU
     with ``runtime`` (openvino or onnxruntime). ``precision`` (OpenVINO): "auto" keeps its default, bf16 for the
     float ops on CPUs that have bf16 (the fastest); "f32" runs them in float32. OpenVINO compiles the Hiera graph in
-    about 85 s on 2 cores; its model cache (``openvino_cache_dir``) makes every later compile of the same file
-    0.3 s."""
+    about 85 s on 2 cores; its model cache ``cache`` (a run's: ``ModelCache.under(local_dir(cfg), …)``; None:
+    ``ModelCache.default()``) makes every later compile of the same file 0.3 s, says when a compile is not cached
+    and falls back to compiling without it (one warning) where it cannot be written."""
     if runtime == "onnxruntime":
         return _onnxruntime_session(path, threads)
     if runtime == "openvino":
-        return _openvino_session(path, threads, precision)
+        return _openvino_session(path, threads, precision, cache)
     raise ValueError(f"unknown runtime {runtime!r}; use one of {', '.join(RUNTIMES)}")
 
 

@@ -7,6 +7,8 @@ Left behind by interrupted or failed work (the stages themselves are never touch
 - in ``cache.local`` (this machine): staging folders and sequential hidden states of dead processes, unfinished
   views and downloads older than an hour;
 - in a local stage store: temp siblings of dead writers (``files.sweep_leftovers``);
+- in OpenVINO's model cache (``<cache.local or cache.root>/openvino``): dead writers' copies, entries whose compile
+  never finished (older than an hour) and the least recently used entries past its bound (``export/model_cache.py``);
 - on the Prefect server (when one is configured): ``sam2ptq-*`` lease limits that no run holds (a killed holder's).
 """
 from __future__ import annotations
@@ -101,7 +103,12 @@ def _local(cfg: RunConfig, dry_run: bool) -> list[str]:
             removed += [str(p) for p in (dead_leftovers(d) if dry_run else sweep_leftovers(d))]
     tmp = base / "tmp"
     removed += [str(p) for p in (dead_leftovers(tmp) if dry_run else sweep_leftovers(tmp))]
-    return removed
+    return removed + _openvino(cfg, dry_run)
+
+
+def _openvino(cfg: RunConfig, dry_run: bool) -> list[str]:
+    from ..export.model_cache import ModelCache
+    return [str(p) for p in ModelCache.of_run(cfg.cache).sweep(dry_run)]
 
 
 def _leases(dry_run: bool) -> list[str]:

@@ -31,7 +31,7 @@ from typing import Any
 import diskcache
 from filelock import FileLock
 
-from ..files import disk_full_reported, file_listing, verified, writer_tag
+from ..files import disk_full_reported, evict_least_recent, file_listing, verified, writer_tag
 from .store import Manifest, manifest_body
 
 __all__ = ["ObjectStageStore", "SharedLedger", "is_url"]
@@ -144,21 +144,11 @@ class ObjectStageStore:
         worker built and published (linked in as objects), and views. A view's files are hard links to objects, so
         space comes back only when both go: views untouched for ``VIEW_GRACE_S`` (not being read by a stage) go
         first, least recently used first, then objects. Other processes may evict concurrently."""
-        def entries(folder: Path, dirs: bool):
-            out = []
-            for p in folder.rglob("*") if dirs else folder.iterdir():
-                try:
-                    if p.name.startswith("."):  # a view or download in progress
-                        continue
-                    if (dirs and p.is_dir() and p.parent.parent == folder) or not dirs:
-                        out.append((p.stat().st_mtime, p))
-                except FileNotFoundError:
-                    continue
-            return sorted(out, key=lambda t: t[0])
+        views = self.local / "views"
 
         def used() -> int:
             seen, total = set(), 0
-            for p in (*self.objects.iterdir(), *(self.local / "views").rglob("*")):
+            for p in (*self.objects.iterdir(), *views.rglob("*")):
                 try:
                     st = p.lstat()
                 except FileNotFoundError:
@@ -167,22 +157,16 @@ class ObjectStageStore:
                     seen.add((st.st_dev, st.st_ino))
                     total += st.st_size
             return total
-        total = used()
-        if total <= self.max_cache_bytes:
+        if used() <= self.max_cache_bytes:
             return
         now = time.time()
-        for mtime, view in entries(self.local / "views", dirs=True):
-            if total <= self.max_cache_bytes:
-                return
-            if now - mtime > VIEW_GRACE_S and view != keep_view:
-                shutil.rmtree(view, ignore_errors=True)
-                total = used()
-        for _, p in entries(self.objects, dirs=False):
-            if total <= self.max_cache_bytes:
-                return
-            if p != keep:
-                p.unlink(missing_ok=True)
-                total = used()
+        # names starting with "." are views or downloads in progress
+        done_views = [v for s in views.iterdir() if s.is_dir() for v in s.iterdir()
+                      if v.is_dir() and not v.name.startswith(".")]
+        evict_least_recent(done_views, used, self.max_cache_bytes,
+                           spare=lambda v, mtime: now - mtime <= VIEW_GRACE_S or v == keep_view)
+        evict_least_recent([p for p in self.objects.iterdir() if not p.name.startswith(".")], used,
+                           self.max_cache_bytes, spare=lambda p, mtime: p == keep)
 
     def _view(self, stage: str, key: str, data: dict) -> Path:
         """A local directory of hard links to the cached files, as the artifacts expect."""
