@@ -68,7 +68,7 @@ def _fidelity(run, fp_model, quant_model, twin, pixels) -> dict:
 
 def build_export(d: Path, fp_model: nn.Module, quant_model: nn.Module, twin: nn.Module, pixels: torch.Tensor,
                  runtime: str, latency_runs: int, precision: str = "auto", metadata: dict | None = None,
-                 progress=None) -> dict:
+                 progress=None, cache=None) -> dict:
     """``d/encoder.onnx`` traced from ``twin`` (``onnx_graph.runtime_model``: the quantized model in its runtime
     form), and ``d/float.onnx``, the float encoder exported the same way; what the file does on ``runtime`` against
     torch on ``pixels`` [n, 3, S, S] (normalised), and the encoder latency at batch 1 (median of ``latency_runs``
@@ -80,11 +80,11 @@ def build_export(d: Path, fp_model: nn.Module, quant_model: nn.Module, twin: nn.
     info = export_onnx(d / "encoder.onnx", twin, pixels.shape[-1], metadata)
     export_float(d / "float.onnx", fp_model, pixels.shape[-1])
     step(1, 5, f"compile ({runtime})")
-    run = open_runtime(d / "encoder.onnx", runtime, precision=precision)
+    run = open_runtime(d / "encoder.onnx", runtime, precision=precision, cache=cache)
     step(2, 5, "fidelity")
     sq = _fidelity(run, fp_model, quant_model, twin, pixels)
     step(3, 5, f"compile the float model ({runtime})")
-    run_fp = open_runtime(d / "float.onnx", runtime, precision=precision)
+    run_fp = open_runtime(d / "float.onnx", runtime, precision=precision, cache=cache)
     step(4, 5, "latency")
     x = pixels[:1].float()
     with torch.inference_mode():
@@ -103,11 +103,12 @@ def build_export(d: Path, fp_model: nn.Module, quant_model: nn.Module, twin: nn.
             "activations": "static per-tensor uint8, ranges observed on the quantized model (static_ranges)"}
 
 
-def score_runtime(fp: nn.Module, path: Path, info: dict, items, size: int, per_side: int) -> dict:
+def score_runtime(fp: nn.Module, path: Path, info: dict, items, size: int, per_side: int, cache=None) -> dict:
     """The real-kernel encoder (``path`` on ``info["runtime"]``) scored against float like the fake-quant model:
     encoder SQNR and mask agreement over ``items()`` (evaluation items), plus the export's latency and SQNR."""
     from ..sam2.evaluation import evaluate_images, summarize
-    rt = RuntimeSam2(fp, open_runtime(path, info["runtime"], precision=info.get("precision_setting", "auto")))
+    rt = RuntimeSam2(fp, open_runtime(path, info["runtime"], precision=info.get("precision_setting", "auto"),
+                                      cache=cache))
     per_img, _ = evaluate_images(fp, rt, items(), size, per_side, 0)
     s = summarize(per_img)
     return {"runtime": info["runtime"], "encoder": s["encoder"], "masks": s["masks"],

@@ -70,9 +70,11 @@ def run_evaluation(c: RunConfig, fetched: A.FetchedModel, calib: A.CalibrationSe
     metrics["size"] = {"quantized_linears_bytes": lr["lowbit_weight_bytes"] + lr["branch_16bit_bytes"]
                        + 2 * sum(fp16.values()), "fallback_16bit_bytes": 2 * sum(fp16.values())}
     if onnx.info()["enabled"]:  # the real-kernel encoder's row
+        from ..export.model_cache import ModelCache
         from ..export.onnx_scoring import score_runtime
+        from .progress import run_logger
         metrics["runtime"] = score_runtime(fp.model, onnx.encoder_file(), onnx.info(), items, size,
-                                           c.quant.eval.points_per_side)
+                                           c.quant.eval.points_per_side, ModelCache.of_run(c.cache, run_logger()))
     if ch.get("fallback"):
         metrics["mixed"] = {k: ch[k] for k in ("fallback", "layers", "avg_weight_bits", "base_weight_bits",
                                                "target_bits", "sensitivity_db")}

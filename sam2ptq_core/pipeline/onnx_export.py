@@ -31,4 +31,7 @@ def export_encoder(c: RunConfig, art: dict, d: Path, progress=None) -> dict:
             "source": fp.source, "config_hash": config_hash(c), "activations": "static uint8 per tensor",
             "pipeline_activations": "static" if c.quant.ipts.static else "dynamic per token (the file is static)"}
     pixels = normalize(art["build_calibration_set"].images()[:2])
-    return build_export(d, model, qm, twin, pixels, runtime, c.onnx.latency_runs, c.onnx.precision, meta, progress)
+    from ..export.model_cache import ModelCache
+    from .progress import run_logger
+    return build_export(d, model, qm, twin, pixels, runtime, c.onnx.latency_runs, c.onnx.precision, meta, progress,
+                        ModelCache.of_run(c.cache, run_logger()))
