@@ -47,6 +47,10 @@ def _parser() -> argparse.ArgumentParser:
                    help="write nunchaku W4A4 safetensors (sint4 group 64 configs only) (default: false)")
     p.add_argument("--ablation", action="store_true",
                    help="evaluate RTN, GPTQ, +smooth, +rotation, +low-rank on the same images; write one table")
+    p.add_argument("--accept-baseline", metavar="REASON", default=None,
+                   help="make this run the regression guard's new baseline for its family whatever its mask mIoU "
+                        "(an intended recipe change); the reason is recorded in the ledger, the log, the report "
+                        "and stages.json (default: compare with the family's best run)")
     p.add_argument("-v", "--verbose", action="store_true", help="verbose logging (default: false)")
     return p
 
@@ -176,6 +180,8 @@ def _summary(out: Path, wall: float) -> str:
     lines = [RANDOM_LINE] if m.get("random_weights") else []
     lines += [f"  {name:<22} {'reused' if s['reused'] else 'built':<6} {s.get('seconds', 0):7.1f} s"
               for name, s in stages.items()]
+    if stages["export"].get("regression_guard"):  # a new or an accepted baseline
+        lines.append(f"regression guard: {stages['export']['regression_guard']}")
     mk = m["masks"]
     lines.append(f"embedding SQNR {m['encoder']['sqnr_db']['embedding']:.2f} dB, mask mIoU vs float "
                  f"{mk['miou_vs_fp']:.4f} ({100 * mk['frac_iou_below_0_9']:.1f} % of {mk['num_prompts']} prompts "
@@ -226,6 +232,10 @@ def main(argv: list[str] | None = None) -> int:
     if argv and argv[0] == "gc":
         return _gc(argv[1:])
     args, overrides = parse(argv)
+    if args.accept_baseline is not None and (args.ablation or not args.accept_baseline.strip()):
+        print("error: --accept-baseline takes a reason and applies to one quantization run, not --ablation "
+              "(e.g. --accept-baseline 'smoothing off, intended')", file=sys.stderr)
+        return 2
     _quiet_prefect(args.verbose)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(message)s")
     from sam2ptq_core.config import ConfigError, load_config
@@ -259,8 +269,10 @@ def main(argv: list[str] | None = None) -> int:
         with contextlib.ExitStack() as stack:
             if server:
                 stack.enter_context(temporary_server(int(os.environ["PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS"])))
-            flow = run_ablation if args.ablation else sam2_ptq
-            out = flow(cfg.model_dump(mode="json"), [])
+            if args.ablation:
+                out = run_ablation(cfg.model_dump(mode="json"), [])
+            else:
+                out = sam2_ptq(cfg.model_dump(mode="json"), [], (args.accept_baseline or "").strip())
     except (StageError, ServerDidNotStart) as e:
         print(f"error: {e}{_where(log_file)}", file=sys.stderr)
         return 1

@@ -22,9 +22,11 @@ from tasks.static_ranges import static_ranges
 
 
 @flow(name="sam2-ptq", log_prints=False, validate_parameters=True)
-def sam2_ptq(config: dict | str = "", overrides: list[str] | None = None) -> str:
-    """Quantize SAM2's image encoder. ``config``: a YAML path or a config dict; ``overrides``: ["key=value", …].
-    Returns the output directory. Rerunning with the same config reuses every finished stage."""
+def sam2_ptq(config: dict | str = "", overrides: list[str] | None = None, accept_baseline: str = "") -> str:
+    """Quantize SAM2's image encoder. ``config``: a YAML path or a config dict; ``overrides``: ["key=value", …];
+    ``accept_baseline``: a reason to make this run its regression family's new baseline whatever its score (an
+    intended recipe change; this run only). Returns the output directory. Rerunning with the same config reuses
+    every finished stage."""
     c = load_config(config or None, overrides or [])
     preflight(c)
     cfg = c.model_dump(mode="json")
@@ -48,8 +50,8 @@ def sam2_ptq(config: dict | str = "", overrides: list[str] | None = None) -> str
     refs["evaluate"] = evaluate(cfg, refs["fetch_model"], refs["build_calibration_set"], refs["smooth"],
                                 refs["gptq_lowrank"], refs["mixed"], refs["static_ranges"], refs["onnx_export"])
     # fails the flow before a regressed model replaces the output
-    verdict = regression_check(cfg, refs["evaluate"], refs["fetch_model"])
-    out = export(cfg, refs, verdict["message"] if verdict["message"].startswith("new model weights") else "")
+    verdict = regression_check(cfg, refs["evaluate"], refs["fetch_model"], accept_baseline)
+    out = export(cfg, refs, verdict["note"])
     reused = [k for k, r in refs.items() if r["reused"]]
     run_logger().info("stages reused: %d/%d (%s)", len(reused), len(refs), ", ".join(reused) or "none")
     return out

@@ -16,8 +16,9 @@ NAME = "export"
 
 @task(name=NAME, cache_policy=NO_CACHE)
 def export(cfg: dict, refs: dict[str, Ref], guard: str = "") -> str:
-    """``guard``: the regression guard's line when it starts a new baseline for new model weights; the tree's
-    report.md says so under its first line."""
+    """``guard``: the regression guard's line when it starts a new baseline (new model weights, new held-out
+    images) or accepts one; the tree's report.md says so under its first line, stages.json in its export entry
+    (``regression_guard``, read by the CLI's summary), and the metrics table artifact in a row."""
     from sam2ptq_core.export.output_tree import export_key, record_stages, tree_is_current, write_tree
     c = load_config(cfg)
     t0 = time.time()
@@ -26,12 +27,13 @@ def export(cfg: dict, refs: dict[str, Ref], guard: str = "") -> str:
         target = Path(c.output.root) / c.job_name()
         key = export_key(c.model_dump(mode="json"), {k: r["key"] for k, r in refs.items()})
         stages = {k: {"key": r["key"], "reused": r["reused"], "seconds": r["seconds"]} for k, r in refs.items()}
+        note = {"regression_guard": guard} if guard else {}
         if tree_is_current(target, key):
-            record_stages(target, {**stages, NAME: {"key": key, "reused": True, "seconds": 0.0}})
+            record_stages(target, {**stages, NAME: {"key": key, "reused": True, "seconds": 0.0, **note}})
             log.info("reused %s (%s is up to date)", NAME, target)
         else:
             art = {k: open_artifact(c, r) for k, r in refs.items()}
-            stages[NAME] = {"key": key, "reused": False, "seconds": 0.0}
+            stages[NAME] = {"key": key, "reused": False, "seconds": 0.0, **note}
 
             report = [f for f in art["evaluate"].files() if f.name == "report.md"]
 
@@ -47,5 +49,5 @@ def export(cfg: dict, refs: dict[str, Ref], guard: str = "") -> str:
             stages[NAME]["seconds"] = round(time.time() - t0, 2)
             record_stages(target, stages)
             log.info("wrote %s in %.1f s", target, time.time() - t0)
-        publish_summary(target, log)
+        publish_summary(target, log, guard)
     return str(target)

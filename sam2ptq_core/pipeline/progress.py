@@ -75,8 +75,9 @@ class Progress:
         self.close()
 
 
-def publish_summary(target, log: logging.Logger) -> None:
-    """The final report as a Prefect markdown artifact and the headline metrics as a table (only inside a run)."""
+def publish_summary(target, log: logging.Logger, guard: str = "") -> None:
+    """The final report as a Prefect markdown artifact and the headline metrics as a table (only inside a run);
+    ``guard``: the regression guard's line when it started or accepted a new baseline (a row of its own)."""
     if not in_prefect_run():
         return
     import json
@@ -96,6 +97,8 @@ def publish_summary(target, log: logging.Logger) -> None:
                  {"metric": "quantized linears (MiB)", "key": "size.quantized_linears_mib",  # codes + 16-bit branch
                   "value": round(m["size"]["quantized_linears_bytes"] / 2**20, 3)},  # + 16-bit mixed fallbacks
                  {"metric": "random weights", "key": "random_weights", "value": m["random_weights"]}]
+        if guard:
+            rows.append({"metric": "regression guard", "key": "regression_guard", "value": guard})
         create_table_artifact(rows, key="sam2-ptq-metrics", description="SAM2 PTQ metrics")
     except Exception as e:  # artifacts are a convenience: never fail an export over them
         log.warning("could not create the Prefect summary artifacts: %s", e)
