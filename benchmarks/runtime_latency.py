@@ -108,8 +108,7 @@ def main() -> dict:
     import numpy as np
 
     from sam2ptq_core.algorithms.metrics import sqnr_db
-    from sam2ptq_core.export.onnx_graph import export_onnx
-    from sam2ptq_core.export.onnx_scoring import export_float
+    from sam2ptq_core.export.onnx_graph import export_float, export_onnx
     from sam2ptq_core.export.runtimes import open_runtime
 
     def _sqnr_db(a, b):
@@ -168,15 +167,6 @@ def main() -> dict:
             r["speedup_vs_float_same_runtime"] = base[(r["runtime"], r["precision"])] / r["s"]
     print(json.dumps(res, indent=1))
     return res
-
-
-class _Enc(torch.nn.Module):
-    def __init__(self, m):
-        super().__init__()
-        self.m = m
-
-    def forward(self, x):
-        return tuple(self.m.get_image_embeddings(x))
 
 
 if __name__ == "__main__":

@@ -23,7 +23,7 @@ from ..algorithms.quantizers import QParams
 from ..sam2.quantized_model import convert_static, pack_weights, quant_linears
 from .runtimes import need
 
-__all__ = ["OPSET", "runtime_model", "export_module", "export_onnx", "translation_table"]
+__all__ = ["OPSET", "runtime_model", "export_module", "export_onnx", "export_float", "translation_table"]
 
 OPSET = 21  # blocked (4-bit) DequantizeLinear
 
@@ -100,10 +100,20 @@ def export_module(path: Path, module: nn.Module, args: tuple, input_names: list[
     onnx.save_model(proto, str(path))
 
 
-def export_onnx(path: Path, model: nn.Module, image_size: int, metadata: dict[str, str] | None = None) -> dict:
-    """Write ``path`` (the encoder: pixel_values [1, 3, S, S] → fpn0, fpn1, embedding) traced from ``model``
-    (``runtime_model``'s), with ``metadata`` as the file's metadata_props. Returns {"layers", "bytes", "opset"}."""
-    n = _check_exportable(model)
+def _export_encoder(path: Path, model: nn.Module, image_size: int, metadata: dict[str, str] | None) -> None:
+    """The image encoder of ``model``: pixel_values [1, 3, S, S] → fpn0, fpn1, embedding."""
     export_module(path, _Encoder(model), (torch.zeros(1, 3, image_size, image_size),), ["pixel_values"],
                   ["fpn0", "fpn1", "embedding"], metadata)
+
+
+def export_onnx(path: Path, model: nn.Module, image_size: int, metadata: dict[str, str] | None = None) -> dict:
+    """Write ``path`` (the encoder) traced from ``model`` (``runtime_model``'s), with ``metadata`` as the file's
+    metadata_props. Returns {"layers", "bytes", "opset"}."""
+    n = _check_exportable(model)
+    _export_encoder(path, model, image_size, metadata)
     return {"layers": n, "bytes": path.stat().st_size, "opset": OPSET}
+
+
+def export_float(path: Path, fp_model: nn.Module, image_size: int) -> None:
+    """The float encoder as ONNX, exported like the quantized one (the baseline a user would deploy)."""
+    _export_encoder(path, fp_model.float().eval(), image_size, None)

@@ -11,10 +11,10 @@ from torch import nn
 
 from ..algorithms.metrics import sqnr_db
 from ..sam2.loading import trunk
-from .onnx_graph import export_module
+from .onnx_graph import export_float, export_onnx
 from .runtimes import RuntimeSam2, float_precision, open_runtime, runtime_version
 
-__all__ = ["time_encoder", "export_float", "build_export", "score_runtime"]
+__all__ = ["time_encoder", "build_export", "score_runtime"]
 
 LEVELS = ("fpn0", "fpn1", "embedding")
 
@@ -30,21 +30,6 @@ def time_encoder(fn, x, warmup: int = 2, runs: int = 5) -> float:
         fn(x)
         ts.append(time.perf_counter() - t0)
     return statistics.median(ts)
-
-
-class _Encoder(nn.Module):
-    def __init__(self, model: nn.Module):
-        super().__init__()
-        self.model = model
-
-    def forward(self, pixel_values: torch.Tensor):
-        return tuple(self.model.get_image_embeddings(pixel_values))
-
-
-def export_float(path: Path, fp_model: nn.Module, image_size: int) -> None:
-    """The float encoder as ONNX, exported like the quantized one (the baseline a user would deploy)."""
-    export_module(path, _Encoder(fp_model.float().eval()), (torch.zeros(1, 3, image_size, image_size),),
-                  ["pixel_values"], ["fpn0", "fpn1", "embedding"])
 
 
 def _sqnr(ref, got) -> float:
@@ -74,7 +59,6 @@ def build_export(d: Path, fp_model: nn.Module, quant_model: nn.Module, twin: nn.
     torch on ``pixels`` [n, 3, S, S] (normalised), and the encoder latency at batch 1 (median of ``latency_runs``
     after 2 warm-up runs) of the float file and ours on the runtime, and of torch fp32 eager, with sizes.
     ``progress(done, total, what)`` is told each of its 5 steps."""
-    from .onnx_graph import export_onnx
     step = progress or (lambda *a: None)
     step(0, 5, "export")
     info = export_onnx(d / "encoder.onnx", twin, pixels.shape[-1], metadata)
