@@ -144,11 +144,13 @@ def test_runtime_codes_equal_ours_layer_by_layer(tmp_path, n_in, runtime, precis
 
 def test_graph_is_the_eager_forward_without_activation_quantization(tmp_path):
     """With activation quantization switched off, the exported layer and QuantLinear agree to float32 rounding:
-    measured SQNR 137 – 143 dB on every kind (ONNX Runtime); threshold 100 dB."""
+    measured SQNR 135 – 136 dB with a branch or rotation, bit-identical (inf) on the rest (ONNX Runtime at its
+    basic optimization level); threshold 100 dB."""
     from dataclasses import replace
 
     from sam2ptq_core.algorithms.metrics import sqnr_db
     x, layers = _runtime_layers(96)
+    sq = {}
     for k, ql in layers.items():
         ql.scheme = replace(ql.scheme, a_dtype=None, a_static=False)
         path = tmp_path / f"{k}.onnx"
@@ -156,9 +158,12 @@ def test_graph_is_the_eager_forward_without_activation_quantization(tmp_path):
         import onnx
         assert "QuantizeLinear" not in {n.op_type for n in onnx.load(str(path)).graph.node}
         import onnxruntime as ort
-        got = torch.from_numpy(ort.InferenceSession(str(path)).run(None, {"x": x[k].numpy()})[0])
+        so = ort.SessionOptions()  # basic level: ORT's extended fusions would quantize float activations dynamically
+        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
+        got = torch.from_numpy(ort.InferenceSession(str(path), so).run(None, {"x": x[k].numpy()})[0])
         with torch.no_grad():
-            assert sqnr_db(ql(x[k]), got) > 100, k
+            sq[k] = sqnr_db(ql(x[k]), got)
+        assert sq[k] > 100, (k, sq[k])
 
 
 def test_traced_graph_has_the_runtime_patterns(tmp_path):
