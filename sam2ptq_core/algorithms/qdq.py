@@ -2,9 +2,9 @@
 the exporter lowers (one definition of the quantized math, as NNCF's FakeQuantize or torchao's tensor subclasses).
 
 - ``sam2ptq::dequantize_linear(codes, scale, zero, axis, block_size, bits)``: ONNX ``DequantizeLinear`` (opset 21):
-  y = (codes − zero)·scale, per tensor (scale 0-d), per axis (scale 1-d along ``axis``) or blocked (scale of the
-  codes' rank, ``block_size`` codes along ``axis`` per scale). ``bits`` 4: the codes are int4/uint4 values held in
-  int8/uint8 (the export stores them as 4-bit).
+  y = (codes − zero)·scale (``zero`` None: 0, the zero point left out), per tensor (scale 0-d), per axis (scale
+  1-d along ``axis``) or blocked (scale of the codes' rank, ``block_size`` codes along ``axis`` per scale).
+  ``bits`` 4: the codes are int4/uint4 values held in int8/uint8 (the export stores them as 4-bit).
 - ``sam2ptq::quantize_dequantize(x, scale, zero)``: ONNX ``QuantizeLinear`` → ``DequantizeLinear`` per tensor:
   q = saturate(round_half_even(x / scale) + zero) to int8 [−128, 127] or uint8 [0, 255] by ``zero``'s dtype, then
   (q − zero)·scale.
@@ -28,8 +28,10 @@ STATIC_DTYPE = "uint8"  # static activations: asymmetric per tensor, the runtime
 
 
 @torch.library.custom_op("sam2ptq::dequantize_linear", mutates_args=())
-def dequantize_linear(codes: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor, axis: int, block_size: int,
-                      bits: int) -> torch.Tensor:
+def dequantize_linear(codes: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor | None, axis: int,
+                      block_size: int, bits: int) -> torch.Tensor:
+    if zero is None:  # ONNX's absent zero point: 0 (symmetric signed codes)
+        zero = torch.zeros_like(scale, dtype=codes.dtype)
     if scale.ndim == 0:
         return (codes.to(scale.dtype) - zero.to(scale.dtype)) * scale
     shape = [1] * codes.ndim
@@ -87,7 +89,10 @@ class PackedWeight(nn.Module):
     def _part(self, name: str, c, s, z, axis: int, block: int, ct: torch.dtype) -> None:
         self.register_buffer(f"{name}_codes", c.to(ct))
         self.register_buffer(f"{name}_scale", s.contiguous())
-        self.register_buffer(f"{name}_zero", z.to(ct).contiguous())  # explicit zeros: see onnx_graph's note
+        # signed codes are symmetric: no zero point (an all-zero one would be an initializer the exporter shares
+        # between layers, and ONNX Runtime's s8→u8 weight transform, on with session.x64quantprecision, then
+        # fails to start the session converting it twice: "Attempt to replace the existing tensor")
+        self.register_buffer(f"{name}_zero", None if ct == torch.int8 else z.to(ct).contiguous())
         self.parts.append((name, axis, block))
 
     def forward(self) -> torch.Tensor:

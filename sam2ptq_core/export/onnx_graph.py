@@ -37,7 +37,8 @@ def translation_table() -> dict:
     def dequantize_linear(codes, scale, zero, axis: int, block_size: int, bits: int):
         if bits == 4:  # the codes are 4-bit values: store them so (a constant Cast the optimizer folds)
             t = ir.DataType.INT4 if codes.dtype == ir.DataType.INT8 else ir.DataType.UINT4
-            codes, zero = op.Cast(codes, to=t), op.Cast(zero, to=t)
+            codes = op.Cast(codes, to=t)
+            zero = None if zero is None else op.Cast(zero, to=t)
         if block_size:
             return op.DequantizeLinear(codes, scale, zero, axis=axis, block_size=block_size)
         return op.DequantizeLinear(codes, scale, zero, axis=axis)
