@@ -106,7 +106,7 @@ def quantized_output(Xt: torch.Tensor, lq: LayerQuant, spec: LayerSpec) -> torch
 
 def _static_on(Xt: torch.Tensor, spec: LayerSpec) -> tuple[torch.Tensor, torch.Tensor]:
     """Static parameters of transformed inputs ``Xt`` (the token sample stands for the calibration images)."""
-    return static_params(static_qparams(float(Xt.min()), float(Xt.max()), Xt, spec.static_method))
+    return static_params(static_qparams(float(Xt.min()), float(Xt.max()), Xt, spec.static_method, spec.a_dtype))
 
 
 def _input_quantized(X: torch.Tensor, spec: LayerSpec) -> torch.Tensor:

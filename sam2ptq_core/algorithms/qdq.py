@@ -2,17 +2,17 @@
 the exporter lowers (one definition of the quantized math, as NNCF's FakeQuantize or torchao's tensor subclasses).
 
 - ``sam2ptq::dequantize_linear(codes, scale, zero, axis, block_size, bits)``: ONNX ``DequantizeLinear`` (opset 21):
-  y = (codes − zero)·scale (``zero`` None: 0, the zero point left out), per tensor (scale 0-d), per axis (scale
-  1-d along ``axis``) or blocked (scale of the codes' rank, ``block_size`` codes along ``axis`` per scale).
-  ``bits`` 4: the codes are int4/uint4 values held in int8/uint8 (the export stores them as 4-bit).
+  y = (codes − zero)·scale, per tensor (scale 0-d), per axis (scale 1-d along ``axis``) or blocked (scale of the
+  codes' rank, ``block_size`` codes along ``axis`` per scale). ``bits`` 4: the codes are int4/uint4 values held in
+  int8/uint8 (the export stores them as 4-bit).
 - ``sam2ptq::quantize_dequantize(x, scale, zero)``: ONNX ``QuantizeLinear`` → ``DequantizeLinear`` per tensor:
   q = saturate(round_half_even(x / scale) + zero) to int8 [−128, 127] or uint8 [0, 255] by ``zero``'s dtype, then
   (q − zero)·scale.
 
 ``PackedWeight`` holds a layer's codes in that form ([in, out], so the exported graph is DequantizeLinear → MatMul);
 ``RangeObserver`` records the tensor a QuantLinear feeds its activation quantizer (prepare → calibrate → convert,
-as PT2E does) and ``static_qparams`` turns what it saw into per-tensor uint8 parameters (min–max or the MSE-best
-clipped range). The ONNX translations of the two ops live in ``export/onnx_graph.py``.
+as PT2E does) and ``static_qparams`` turns what it saw into per-tensor 8-bit parameters with zero point 0 (min–max
+or the MSE-best clipped range). The ONNX translations of the two ops live in ``export/onnx_graph.py``.
 """
 from __future__ import annotations
 
@@ -22,16 +22,17 @@ from torch import nn
 from .quantizers import QParams, range_qparams
 
 __all__ = ["dequantize_linear", "quantize_dequantize", "PackedWeight", "RangeObserver", "static_qparams",
-           "static_params", "ranges_qparams", "STATIC_DTYPE"]
+           "static_params", "ranges_qparams", "STATIC_DTYPES"]
 
-STATIC_DTYPE = "uint8"  # static activations: asymmetric per tensor, the runtimes' u8 with a zero point
+# static activations, per tensor with zero point 0: sint8 symmetric, or uint8 for inputs shifted to be ≥ 0 (after
+# GELU, ``LayerScheme.shifted``). A nonzero zero point costs OpenVINO a float Subtract after every int8 MatMul
+# (its zero-point compensation: 9 % of the W8A8 encoder's time at 512², benchmarks/runtime_profile.py)
+STATIC_DTYPES = ("sint8", "uint8")
 
 
 @torch.library.custom_op("sam2ptq::dequantize_linear", mutates_args=())
-def dequantize_linear(codes: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor | None, axis: int,
-                      block_size: int, bits: int) -> torch.Tensor:
-    if zero is None:  # ONNX's absent zero point: 0 (symmetric signed codes)
-        zero = torch.zeros_like(scale, dtype=codes.dtype)
+def dequantize_linear(codes: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor, axis: int, block_size: int,
+                      bits: int) -> torch.Tensor:
     if scale.ndim == 0:
         return (codes.to(scale.dtype) - zero.to(scale.dtype)) * scale
     shape = [1] * codes.ndim
@@ -89,10 +90,7 @@ class PackedWeight(nn.Module):
     def _part(self, name: str, c, s, z, axis: int, block: int, ct: torch.dtype) -> None:
         self.register_buffer(f"{name}_codes", c.to(ct))
         self.register_buffer(f"{name}_scale", s.contiguous())
-        # signed codes are symmetric: no zero point (an all-zero one would be an initializer the exporter shares
-        # between layers, and ONNX Runtime's s8→u8 weight transform, on with session.x64quantprecision, then
-        # fails to start the session converting it twice: "Attempt to replace the existing tensor")
-        self.register_buffer(f"{name}_zero", None if ct == torch.int8 else z.to(ct).contiguous())
+        self.register_buffer(f"{name}_zero", z.to(ct).contiguous())  # explicit zeros: see onnx_graph's note
         self.parts.append((name, axis, block))
 
     def forward(self) -> torch.Tensor:
@@ -103,29 +101,35 @@ class PackedWeight(nn.Module):
 
 
 def static_params(qp: QParams) -> tuple[torch.Tensor, torch.Tensor]:
-    """(scale, zero) 0-d tensors for ``quantize_dequantize`` from per-tensor uint8 parameters."""
-    return qp.scale.reshape(()).float(), qp.zero.reshape(()).round().to(torch.uint8)
+    """(scale, zero) 0-d tensors for ``quantize_dequantize`` from per-tensor 8-bit parameters: an int8 zero for
+    symmetric ones (``qp.zero`` None), else uint8."""
+    scale = qp.scale.reshape(()).float()
+    if qp.zero is None:
+        return scale, torch.zeros((), dtype=torch.int8, device=scale.device)
+    return scale, qp.zero.reshape(()).round().to(torch.uint8)
 
 
-def _mse(v: torch.Tensor, lo: float, hi: float) -> float:
-    scale, zero = static_params(range_qparams(lo, hi, STATIC_DTYPE))
+def _mse(v: torch.Tensor, lo: float, hi: float, dtype: str) -> float:
+    scale, zero = static_params(range_qparams(lo, hi, dtype))
     return float((quantize_dequantize(v, scale, zero) - v).pow(2).sum(dtype=torch.float64))
 
 
-def static_qparams(lo: float, hi: float, sample: torch.Tensor | None, method: str = "mse") -> QParams:
-    """Per-tensor uint8 parameters for a tensor whose values span [lo, hi]: ``minmax`` that range; ``mse`` the
-    clipped range [lo·t_lo, hi·t_hi] (t from 1 down to 0.3 in steps of 0.01, each end in turn, twice) with the least
-    squared quantization error on ``sample`` (values of the tensor; the exact ends stay candidates, so a range is
-    never clipped where the sample says it should not be)."""
-    if method == "minmax" or sample is None or not sample.numel():
-        return range_qparams(lo, hi, STATIC_DTYPE)
-    v = sample.float().reshape(-1)
-    ts = [1 - 0.01 * i for i in range(71)]
-    best_lo, best_hi = lo, hi
-    for _ in range(2):
-        best_hi = min((hi * t for t in ts if hi * t > best_lo), key=lambda h: _mse(v, best_lo, h), default=hi)
-        best_lo = min((lo * t for t in ts if lo * t < best_hi), key=lambda m: _mse(v, m, best_hi), default=lo)
-    return range_qparams(best_lo, best_hi, STATIC_DTYPE)
+def static_qparams(lo: float, hi: float, sample: torch.Tensor | None, method: str = "mse",
+                   dtype: str = "sint8") -> QParams:
+    """Per-tensor 8-bit parameters with zero point 0 (``dtype``: ``STATIC_DTYPES``) for a tensor whose values span
+    [lo, hi]: sint8 symmetric, ±max(|lo|, |hi|)·t; uint8 (an input shifted to be ≥ 0) [0, hi·t], values below 0
+    saturate. ``minmax``: t = 1; ``mse``: the t in 1, 0.99, …, 0.3 with the least squared quantization error on
+    ``sample`` (values of the tensor; t = 1 stays a candidate, so a range is never clipped where the sample says it
+    should not be)."""
+    if dtype not in STATIC_DTYPES:
+        raise ValueError(f"static activations are sint8 or uint8, not {dtype}")
+    m = max(abs(lo), abs(hi)) if dtype == "sint8" else max(hi, 0.0)
+    lo_of = (lambda a: -a) if dtype == "sint8" else (lambda a: 0.0)
+    if method != "minmax" and sample is not None and sample.numel():
+        v = sample.float().reshape(-1)
+        m = min((m * (1 - 0.01 * i) for i in range(71)), key=lambda a: _mse(v, lo_of(a), a, dtype))
+    qp = range_qparams(lo_of(m), m, dtype)
+    return qp if dtype == "sint8" else QParams(qp.scale, torch.zeros_like(qp.zero), -1)
 
 
 class RangeObserver:
@@ -152,13 +156,15 @@ class RangeObserver:
             idx = torch.randint(0, self.max_values, (int(keep.sum()),), generator=self.gen)
             self.sample[idx] = take[keep]
 
-    def qparams(self, method: str = "mse") -> QParams:
+    def qparams(self, method: str = "mse", dtype: str = "sint8") -> QParams:
         if self.seen == 0:
             raise ValueError("the observer saw no values: run calibration images through the prepared model")
-        return static_qparams(self.lo, self.hi, self.sample, method)
+        return static_qparams(self.lo, self.hi, self.sample, method, dtype)
 
 
 def ranges_qparams(info: dict) -> dict[str, QParams]:
-    """{layer: QParams} (uint8 per tensor) from a ``ranges.json`` dict ({"layers": {name: {"scale", "zero"}}})."""
-    return {k: QParams(torch.tensor([[v["scale"]]], dtype=torch.float32), torch.tensor([[float(v["zero"])]]), -1)
+    """{layer: QParams} (per tensor) from a ``ranges.json`` dict ({"layers": {name: {"scale", "zero", "dtype"}}};
+    a layer without "dtype" is uint8 with its zero point, as files written before sint8 were)."""
+    return {k: QParams(torch.tensor([[v["scale"]]], dtype=torch.float32),
+                       None if v.get("dtype", "uint8") == "sint8" else torch.tensor([[float(v["zero"])]]), -1)
             for k, v in info.get("layers", {}).items()}

@@ -101,11 +101,12 @@ class LayerScheme:
 
     def static8(self) -> LayerScheme:
         """This layer with static activations, as graph runtimes run them (the ONNX export, ``quant.ipts.static``):
-        uint8 per tensor, asymmetric (a zero point: one-sided inputs such as GELU or LayerNorm outputs use all 256
-        codes), with parameters calibrated on the quantized model (``qdq.RangeObserver``); weights as they are."""
+        8-bit per tensor with zero point 0 (``qdq.STATIC_DTYPES``): sint8 symmetric, uint8 for an input shifted to
+        be ≥ 0 (after GELU), with parameters calibrated on the quantized model (``qdq.RangeObserver``); weights as
+        they are."""
         if self.a_dtype is None:
             return self
-        return replace(self, a_dtype="uint8", a_group=-1, a_static=True)
+        return replace(self, a_dtype="uint8" if self.shift else "sint8", a_group=-1, a_static=True)
 
     def fp16(self) -> LayerScheme:
         """Mixed precision's float fallback: the layer is not quantized."""

@@ -37,8 +37,7 @@ def translation_table() -> dict:
     def dequantize_linear(codes, scale, zero, axis: int, block_size: int, bits: int):
         if bits == 4:  # the codes are 4-bit values: store them so (a constant Cast the optimizer folds)
             t = ir.DataType.INT4 if codes.dtype == ir.DataType.INT8 else ir.DataType.UINT4
-            codes = op.Cast(codes, to=t)
-            zero = None if zero is None else op.Cast(zero, to=t)
+            codes, zero = op.Cast(codes, to=t), op.Cast(zero, to=t)
         if block_size:
             return op.DequantizeLinear(codes, scale, zero, axis=axis, block_size=block_size)
         return op.DequantizeLinear(codes, scale, zero, axis=axis)
@@ -95,10 +94,41 @@ def export_module(path: Path, module: nn.Module, args: tuple, input_names: list[
     finally:
         quiet.setLevel(level)
     proto = prog.model_proto
+    _unshare_qparams(proto)
     for k, v in (metadata or {}).items():
         proto.metadata_props.add(key=k, value=str(v))
     onnx.checker.check_model(proto)
     onnx.save_model(proto, str(path))
+
+
+def _unshare_qparams(proto) -> None:
+    """Give every QuantizeLinear / DequantizeLinear its own scale and zero-point initializers. The exporter stores
+    equal constants once (the all-zero zero points of every sint8 weight, equal activation zero points), and
+    ONNX Runtime 1.32's s8→u8 transforms (on with ``session.x64quantprecision``) rewrite a zero point per node
+    under its name: a shared one makes the session fail to start ("Attempt to replace the existing tensor", the
+    W8A8 encoder at 512²). Leaving a signed weight's zero point out does not help: the same transform then adds a
+    per-tensor zero point to a per-channel node, which fails at run time. Explicit per-node zeros are what ONNX
+    Runtime's own quantizer writes."""
+    from onnx import TensorProto
+    inits = {t.name: t for t in proto.graph.initializer}
+    seen: set[str] = set()
+    for node in proto.graph.node:
+        if node.op_type not in ("QuantizeLinear", "DequantizeLinear"):
+            continue
+        for i in range(1, len(node.input)):
+            name = node.input[i]
+            if name not in inits:
+                continue
+            if name in seen:
+                copy_ = TensorProto()
+                copy_.CopyFrom(inits[name])
+                copy_.name = f"{name}__{node.name or len(seen)}"
+                while copy_.name in inits:
+                    copy_.name += "_"
+                proto.graph.initializer.append(copy_)
+                inits[copy_.name] = copy_
+                node.input[i] = copy_.name
+            seen.add(node.input[i])
 
 
 def _export_encoder(path: Path, model: nn.Module, image_size: int, metadata: dict[str, str] | None) -> None:

@@ -137,7 +137,7 @@ STAGES: dict[str, Stage] = {s.name: s for s in [
     Stage("mixed", 6, ("fetch_model", "capture_activations", "rotate", "smooth", "gptq_lowrank", "sensitivity"),
           _mixed_slice, A.MixedChoice, "quant.mixed: the layers that fall back (budget policy) and their w8a8 "
           "re-quantization"),
-    Stage("static_ranges", 1, ("fetch_model", "build_calibration_set", "smooth", "gptq_lowrank", "mixed"),
+    Stage("static_ranges", 2, ("fetch_model", "build_calibration_set", "smooth", "gptq_lowrank", "mixed"),
           _ranges_slice, A.StaticRanges, "static per-tensor activation ranges observed on the quantized model "
           "(quant.ipts.static, onnx)"),
     Stage("onnx_export", 3, ("fetch_model", "build_calibration_set", "smooth", "gptq_lowrank", "mixed",

@@ -1,15 +1,15 @@
 """The static_ranges stage's work: static per-tensor activation ranges observed on the quantized model itself
 (prepare → calibrate → convert, as PT2E does): every QuantLinear with quantized activations records the tensor it
 feeds its activation quantizer while calibration images run through the model at its dynamic per-token format;
-each layer's uint8 parameters are then chosen from what it saw (``qdq.static_qparams``: MSE-best clipped range or
-min–max). ``quant.ipts.static`` runs the pipeline's evaluation at these parameters; the ONNX export ships them."""
+each layer's 8-bit parameters (sint8, or uint8 on shifted inputs; zero point 0) are then chosen from what it saw
+(``qdq.static_qparams``: MSE-best clipped range or min–max). ``quant.ipts.static`` runs the pipeline's evaluation
+at these parameters; the ONNX export ships them."""
 from __future__ import annotations
 
 from dataclasses import replace
 
 import torch
 
-from ..algorithms.qdq import STATIC_DTYPE
 from ..config import RunConfig
 from ..sam2.images import normalize
 from ..sam2.quantized_model import build_quantized, prepare_static
@@ -37,7 +37,9 @@ def observe_ranges(c: RunConfig, fetched: A.FetchedModel, calib: A.CalibrationSe
     method = c.quant.ipts.static_method
     layers = {}
     for k, ob in observers.items():
-        qp = ob.qparams(method)
-        layers[k] = {"lo": ob.lo, "hi": ob.hi, "scale": float(qp.scale), "zero": int(qp.zero)}
-    return {"enabled": True, "dtype": STATIC_DTYPE, "method": method, "images": int(images.shape[0]),
-            "layers": layers}
+        dtype = schemes[k].static8().a_dtype
+        qp = ob.qparams(method, dtype)
+        layers[k] = {"lo": ob.lo, "hi": ob.hi, "dtype": dtype, "scale": float(qp.scale),
+                     "zero": 0 if qp.zero is None else int(qp.zero)}
+    return {"enabled": True, "dtype": "per tensor, zero point 0: sint8, uint8 on shifted inputs", "method": method,
+            "images": int(images.shape[0]), "layers": layers}
