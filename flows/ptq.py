@@ -14,6 +14,7 @@ from tasks.fetch_model import fetch_model
 from tasks.gptq_lowrank import gptq_lowrank
 from tasks.mixed import mixed
 from tasks.onnx_export import onnx_export
+from tasks.onnx_runtime import onnx_runtime
 from tasks.regression import regression_check
 from tasks.rotate import rotate
 from tasks.sensitivity import sensitivity
@@ -48,7 +49,10 @@ def sam2_ptq(config: dict | str = "", overrides: list[str] | None = None, accept
     refs["onnx_export"] = onnx_export(cfg, refs["fetch_model"], refs["build_calibration_set"], refs["smooth"],
                                       refs["gptq_lowrank"], refs["mixed"], refs["static_ranges"])
     refs["evaluate"] = evaluate(cfg, refs["fetch_model"], refs["build_calibration_set"], refs["smooth"],
-                                refs["gptq_lowrank"], refs["mixed"], refs["static_ranges"], refs["onnx_export"])
+                                refs["gptq_lowrank"], refs["mixed"], refs["static_ranges"])
+    refs["onnx_runtime"] = onnx_runtime(cfg, refs["fetch_model"], refs["build_calibration_set"], refs["smooth"],
+                                        refs["gptq_lowrank"], refs["mixed"], refs["static_ranges"],
+                                        refs["onnx_export"], refs["evaluate"])
     # fails the flow before a regressed model replaces the output
     verdict = regression_check(cfg, refs["evaluate"], refs["fetch_model"], accept_baseline)
     out = export(cfg, refs, verdict["note"])

@@ -24,10 +24,10 @@ def _heldout_sha256(c, files: list[str]) -> str:
 
 @task(name=STAGE.name, description=STAGE.summary, cache_policy=NO_CACHE)
 def evaluate(cfg: dict, model_ref: Ref, calib_ref: Ref, smooth_ref: Ref, gptq_ref: Ref, mixed_ref: Ref,
-             ranges_ref: Ref, onnx_ref: Ref) -> Ref:
+             ranges_ref: Ref) -> Ref:
     c = load_config(cfg)
     refs = {"fetch_model": model_ref, "build_calibration_set": calib_ref, "smooth": smooth_ref,
-            "gptq_lowrank": gptq_ref, "mixed": mixed_ref, "static_ranges": ranges_ref, "onnx_export": onnx_ref}
+            "gptq_lowrank": gptq_ref, "mixed": mixed_ref, "static_ranges": ranges_ref}
 
     def build(tmp):
         from sam2ptq_core.pipeline.evaluation import run_evaluation

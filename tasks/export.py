@@ -35,16 +35,12 @@ def export(cfg: dict, refs: dict[str, Ref], guard: str = "") -> str:
             art = {k: open_artifact(c, r) for k, r in refs.items()}
             stages[NAME] = {"key": key, "reused": False, "seconds": 0.0, **note}
 
-            report = [f for f in art["evaluate"].files() if f.name == "report.md"]
-
             def write_files(tmp: Path) -> None:
-                from sam2ptq_core.pipeline.export_files import write_model_files
+                from sam2ptq_core.pipeline.export_files import write_evaluation_files, write_model_files
                 write_model_files(tmp, c, art["fetch_model"], art["smooth"], art["gptq_lowrank"], art["mixed"],
-                                  art["static_ranges"], art["onnx_export"])
-                if guard and report:
-                    first, *rest = report[0].read_text().split("\n")
-                    (tmp / "report.md").write_text("\n".join([first, "", f"**Regression guard:** {guard}", *rest]))
-            copies = [f for f in art["evaluate"].files() if not (guard and f.name == "report.md")]
+                                  art["static_ranges"], art["onnx_export"], art["onnx_runtime"])
+                write_evaluation_files(tmp, art["evaluate"], art["onnx_runtime"], guard)
+            copies = [f for f in art["evaluate"].files() if f.name not in ("report.md", "metrics.json")]
             write_tree(target, write_files, copies, stages)
             stages[NAME]["seconds"] = round(time.time() - t0, 2)
             record_stages(target, stages)

@@ -1,12 +1,12 @@
 """Stage onnx_export (``onnx``): the quantized encoder as an int8 QDQ ONNX file traced from QuantLinear's forward,
-run on a graph runtime and timed against the float encoder on the same runtime."""
+and the float encoder beside it; keyed by the recipe only (onnx_runtime runs and times them)."""
 from __future__ import annotations
 
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from sam2ptq_core.config import load_config
-from sam2ptq_core.pipeline.progress import Progress, run_logger
+from sam2ptq_core.pipeline.progress import Progress
 from sam2ptq_core.pipeline.stages import STAGES, Ref, open_artifact, run_stage
 
 STAGE = STAGES["onnx_export"]
@@ -24,11 +24,10 @@ def onnx_export(cfg: dict, model_ref: Ref, calib_ref: Ref, smooth_ref: Ref, gptq
             STAGE.artifact.write(tmp, {"enabled": False})
             return {"enabled": False}
         from sam2ptq_core.pipeline.onnx_export import export_encoder
-        with Progress(STAGE.name, 5, "step") as prog:
-            info = export_encoder(c, {k: open_artifact(c, r) for k, r in refs.items()}, tmp, prog)
+        with Progress(STAGE.name, 1, "step") as prog:
+            prog(0, what="export")
+            info = export_encoder(c, {k: open_artifact(c, r) for k, r in refs.items()}, tmp)
+            prog(1, what="done")
         STAGE.artifact.write(tmp, {"enabled": True, **info})
-        run_logger().info("onnx: on %s the quantized encoder runs %.2f× as fast as the float one (%.2f× torch fp32)",
-                          info["runtime"], info["speedup_vs_float_runtime"], info["speedup_vs_torch_fp32"])
-        return {"enabled": True, "runtime": info["runtime"],
-                "speedup_vs_float_runtime": round(info["speedup_vs_float_runtime"], 3)}
+        return {"enabled": True, "bytes": info["bytes"]}
     return run_stage(STAGE, c, refs, build)

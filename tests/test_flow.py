@@ -56,10 +56,10 @@ def test_flow_output_tree_and_full_reuse(prefect_server, tmp_path):
     assert all(s["reused"] for s in _stages(out).values())
     assert first == {f: hashlib.sha256((out / "cache" / f).read_bytes()).hexdigest() for f in first}
 
-    _run(tmp_path, "quant.eval.points_per_side=3")  # eval-only change: only evaluate is rebuilt
+    _run(tmp_path, "quant.eval.points_per_side=3")  # eval-only change: only evaluate (and what reads it) is rebuilt
     st = _stages(out)
-    assert not st["evaluate"]["reused"] and not st["export"]["reused"]
-    assert all(v["reused"] for k, v in st.items() if k not in ("evaluate", "export"))
+    assert not st["evaluate"]["reused"] and not st["onnx_runtime"]["reused"] and not st["export"]["reused"]
+    assert all(v["reused"] for k, v in st.items() if k not in ("evaluate", "onnx_runtime", "export"))
 
     # GPTQ change: capture and smoothing reused. (On random weights a GPTQ edit can move mIoU by more than the
     # nightly guard's 0.5 points; the threshold is not part of any stage key, so raising it here reuses evaluate.)
@@ -278,8 +278,7 @@ def test_first_run_on_a_fresh_prefect_home_then_cached_summary(tmp_path):
     stages = [ln.split() for ln in out if ln.startswith("  ")]
     assert [s[0] for s in stages] == ["fetch_model", "build_calibration_set", "capture_activations", "rotate",
                                       "smooth", "gptq_lowrank", "sensitivity", "mixed", "static_ranges", "onnx_export",
-                                      "evaluate",
-                                      "export"]
+                                      "evaluate", "onnx_runtime", "export"]
     assert all(s[1] == "built" for s in stages)
     assert any(ln.startswith("embedding SQNR ") and "mask mIoU vs float" in ln for ln in out)
     assert out[-2] == f"output: {tmp_path / 'o' / 'reduced_w4a4'}" and out[-1].startswith("wall time: ")

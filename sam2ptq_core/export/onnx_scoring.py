@@ -1,6 +1,7 @@
 """What an exported encoder does on its runtime: fidelity against torch (float, the pipeline's fake-quant model,
 the runtime form's eager twin), masks scored like the fake-quant model's, and latency against the float encoder on
-the same runtime and precision (what a user would run otherwise) and against torch eager."""
+the same runtime and precision (what a user would run otherwise) and against torch eager. The files
+(``export_files``) depend on the recipe only; the measurements on the runtime, its version and the machine."""
 from __future__ import annotations
 
 import time
@@ -12,9 +13,9 @@ from torch import nn
 from ..algorithms.metrics import sqnr_db
 from ..sam2.loading import trunk
 from .onnx_graph import export_float, export_onnx
-from .runtimes import RuntimeSam2, float_precision, open_runtime, runtime_version
+from .runtimes import RuntimeSam2, float_precision, machine, open_runtime, runtime_version
 
-__all__ = ["time_encoder", "build_export", "score_runtime"]
+__all__ = ["time_encoder", "export_files", "measure_runtime", "score_runtime"]
 
 LEVELS = ("fpn0", "fpn1", "embedding")
 
@@ -51,50 +52,57 @@ def _fidelity(run, fp_model, quant_model, twin, pixels) -> dict:
     return {k: {lv: sum(v) / len(v) for lv, v in per.items()} for k, per in sq.items()}
 
 
-def build_export(d: Path, fp_model: nn.Module, quant_model: nn.Module, twin: nn.Module, pixels: torch.Tensor,
-                 runtime: str, latency_runs: int, precision: str = "auto", metadata: dict | None = None,
-                 progress=None, cache=None) -> dict:
+def export_files(d: Path, fp_model: nn.Module, twin: nn.Module, size: int, metadata: dict | None = None) -> dict:
     """``d/encoder.onnx`` traced from ``twin`` (``onnx_graph.runtime_model``: the quantized model in its runtime
-    form), and ``d/float.onnx``, the float encoder exported the same way; what the file does on ``runtime`` against
-    torch on ``pixels`` [n, 3, S, S] (normalised), and the encoder latency at batch 1 (median of ``latency_runs``
-    after 2 warm-up runs) of the float file and ours on the runtime, and of torch fp32 eager, with sizes.
-    ``progress(done, total, what)`` is told each of its 5 steps."""
+    form) at ``size``² and ``d/float.onnx``, the float encoder exported the same way (the latency baseline): what the
+    files are, whatever runtime or machine runs them."""
+    info = export_onnx(d / "encoder.onnx", twin, size, metadata)
+    export_float(d / "float.onnx", fp_model, size)
+    fp32_bytes = sum(m.weight.numel() * 4 for k, m in trunk(twin).named_modules() if hasattr(m, "packed"))
+    return {**info, "image_size": size, "float_bytes": (d / "float.onnx").stat().st_size,
+            "linear_weights_fp32_bytes": fp32_bytes,
+            "activations": "static per-tensor uint8, ranges observed on the quantized model (static_ranges)"}
+
+
+def measure_runtime(encoder: Path, float_file: Path, fp_model: nn.Module, quant_model: nn.Module, twin: nn.Module,
+                    pixels: torch.Tensor, runtime: str, latency_runs: int, precision: str = "auto", progress=None,
+                    cache=None) -> dict:
+    """What the file ``encoder`` does on ``runtime`` on this machine: its outputs against torch on ``pixels``
+    [n, 3, S, S] (normalised; float, the fake-quant model, its eager twin), and the encoder latency at batch 1
+    (median of ``latency_runs`` after 2 warm-up runs) of ``float_file`` and ours on the runtime and of torch fp32
+    eager. ``progress(done, total, what)`` is told each of its 4 steps."""
     step = progress or (lambda *a: None)
-    step(0, 5, "export")
-    info = export_onnx(d / "encoder.onnx", twin, pixels.shape[-1], metadata)
-    export_float(d / "float.onnx", fp_model, pixels.shape[-1])
-    step(1, 5, f"compile ({runtime})")
-    run = open_runtime(d / "encoder.onnx", runtime, precision=precision, cache=cache)
-    step(2, 5, "fidelity")
+    step(0, 4, f"compile ({runtime})")
+    run = open_runtime(encoder, runtime, precision=precision, cache=cache)
+    step(1, 4, "fidelity")
     sq = _fidelity(run, fp_model, quant_model, twin, pixels)
-    step(3, 5, f"compile the float model ({runtime})")
-    run_fp = open_runtime(d / "float.onnx", runtime, precision=precision, cache=cache)
-    step(4, 5, "latency")
+    step(2, 4, f"compile the float model ({runtime})")
+    run_fp = open_runtime(float_file, runtime, precision=precision, cache=cache)
+    step(3, 4, "latency")
     x = pixels[:1].float()
     with torch.inference_mode():
         t_torch = time_encoder(fp_model.get_image_embeddings, x, runs=latency_runs)
     t_fp = time_encoder(run_fp, x.numpy(), runs=latency_runs)
     t_q = time_encoder(run, x.numpy(), runs=latency_runs)
-    step(5, 5, "done")
-    fp32_bytes = sum(m.weight.numel() * 4 for k, m in trunk(twin).named_modules() if hasattr(m, "packed"))
-    return {**info, "runtime": runtime, "runtime_version": runtime_version(runtime),
+    step(4, 4, "done")
+    return {"runtime": runtime, "runtime_version": runtime_version(runtime), "machine": machine(),
             "precision": float_precision(runtime, precision), "precision_setting": precision,
-            "images": int(pixels.shape[0]), "image_size": int(pixels.shape[-1]), "sqnr_db": sq,
+            "images": int(pixels.shape[0]), "sqnr_db": sq, "latency_runs": latency_runs,
             "latency_s": {"float_runtime": t_fp, "quantized_runtime": t_q, "torch_fp32": t_torch},
             "speedup_vs_float_runtime": t_fp / t_q, "speedup_vs_torch_fp32": t_torch / t_q,
-            "float_bytes": (d / "float.onnx").stat().st_size, "linear_weights_fp32_bytes": fp32_bytes,
-            "threads": torch.get_num_threads(),
-            "activations": "static per-tensor uint8, ranges observed on the quantized model (static_ranges)"}
+            "threads": torch.get_num_threads()}
 
 
 def score_runtime(fp: nn.Module, path: Path, info: dict, items, size: int, per_side: int, cache=None) -> dict:
     """The real-kernel encoder (``path`` on ``info["runtime"]``) scored against float like the fake-quant model:
-    encoder SQNR and mask agreement over ``items()`` (evaluation items), plus the export's latency and SQNR."""
+    encoder SQNR and mask agreement over ``items`` (evaluation items), plus the file's sizes (``info``: the file's
+    record and ``measure_runtime``'s) and the measured latency and SQNR."""
     from ..sam2.evaluation import evaluate_images, summarize
     rt = RuntimeSam2(fp, open_runtime(path, info["runtime"], precision=info.get("precision_setting", "auto"),
                                       cache=cache))
-    per_img, _ = evaluate_images(fp, rt, items(), size, per_side, 0)
+    per_img, _ = evaluate_images(fp, rt, items, size, per_side, 0)
     s = summarize(per_img)
     return {"runtime": info["runtime"], "encoder": s["encoder"], "masks": s["masks"],
-            **{k: info[k] for k in ("precision", "latency_s", "speedup_vs_float_runtime", "speedup_vs_torch_fp32",
-                                    "bytes", "float_bytes", "sqnr_db")}}
+            **{k: info.get(k) for k in ("runtime_version", "machine", "precision", "latency_s",
+                                        "speedup_vs_float_runtime", "speedup_vs_torch_fp32", "bytes", "float_bytes",
+                                        "sqnr_db")}}

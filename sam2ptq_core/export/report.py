@@ -11,7 +11,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-__all__ = ["RANDOM_BANNER", "write_report", "plot_layer_errors", "plot_overlay", "plot_mask", "plot_agreement"]
+__all__ = ["RANDOM_BANNER", "write_report", "with_runtime", "plot_layer_errors", "plot_overlay", "plot_mask",
+           "plot_agreement"]
 
 RANDOM_BANNER = "RANDOM WEIGHTS — not a real SAM2 checkpoint"
 
@@ -151,6 +152,19 @@ def _runtime_lines(metrics: dict) -> list[str]:
             f"{_fmt(st['vs_runtime_twin']['embedding'])} dB at the embedding (calibration images)."]
 
 
+AGREEMENT = "![encoder SQNR and mask IoU histogram](agreement.png)"
+
+
+def with_runtime(report: str, metrics: dict) -> str:
+    """``report`` (``write_report``'s text) with the real-kernel section of ``metrics["runtime"]`` after the
+    encoder fidelity; the runtime's row is measured by another stage than the rest of the report."""
+    lines = report.split("\n")
+    if AGREEMENT not in lines:
+        raise ValueError("report.md has no encoder fidelity section to put the real-kernel section after")
+    i = lines.index(AGREEMENT) + 1
+    return "\n".join([*lines[:i], *_runtime_lines(metrics), *lines[i:]])
+
+
 def _scheme_lines(schemes: list[dict] | None) -> list[str]:
     """The run's per-layer schemes (``scheme.json`` in the output tree has every layer's)."""
     if not schemes:
@@ -176,7 +190,7 @@ def write_report(out_dir: Path, metrics: dict, overlays: list[dict], ious: dict[
     for lv, v in metrics["encoder"]["sqnr_db"].items():
         lines.append(f"| {lv} | {_fmt(v)} | {_fmt(metrics['encoder']['cosine'][lv])} |")
     mk = metrics["masks"]
-    lines += ["", "![encoder SQNR and mask IoU histogram](agreement.png)", *_runtime_lines(metrics)]
+    lines += ["", AGREEMENT, *_runtime_lines(metrics)]
     lines += ["", "## Mask agreement", "", "| prompts | mIoU vs float | IoU < 0.9 |", "|---|---|---|",
               f"| all ({mk['num_prompts']}) | {_fmt(mk['miou_vs_fp'])} | {_fmt(mk['frac_iou_below_0_9'])} |",
               *(f"| {k} ({mk[k]['num']}) | {_fmt(mk[k]['miou'])} | {_fmt(mk[k]['frac_below_0_9'])} |"

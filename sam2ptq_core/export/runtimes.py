@@ -1,7 +1,7 @@
 """Graph runtimes (OpenVINO, ONNX Runtime): which are installed, a session over an ONNX file (OpenVINO's through its
 model cache, ``model_cache.ModelCache``), and SAM2 with its image encoder run by one. "Runtime" in sam2ptq means one
 of these; onnxruntime is the ``'.[onnx]'`` extra, OpenVINO the ``'.[openvino]'`` extra, and a missing one is one
-error line (``MissingRuntime``)."""
+error line (``MissingRuntime``). Choosing one (torch-free) is ``runtime_choice``."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -10,64 +10,19 @@ import torch
 from torch import nn
 
 from .model_cache import ModelCache
+from .runtime_choice import (
+    RUNTIMES,
+    MissingRuntime,
+    available_runtimes,
+    check_exporter,
+    machine,
+    need,
+    pick_runtime,
+    runtime_version,
+)
 
 __all__ = ["RUNTIMES", "MissingRuntime", "need", "available_runtimes", "pick_runtime", "check_exporter",
-           "open_runtime", "runtime_version", "float_precision", "RuntimeSam2", "ModelCache"]
-
-RUNTIMES = ("openvino", "onnxruntime")
-EXTRA = {"onnx": "onnx", "onnxscript": "onnx", "onnxruntime": "onnx", "openvino": "openvino"}
-
-
-class MissingRuntime(RuntimeError):
-    """A runtime or the exporter's dependency is not installed; the message names the extra to install."""
-
-
-def need(module: str):
-    """``module`` imported, or ``MissingRuntime`` naming the extra that installs it."""
-    import importlib
-    try:
-        return importlib.import_module(module)
-    except ImportError:
-        raise MissingRuntime(f"{module} is not installed; install the extra: pip install -e '.[{EXTRA[module]}]'"
-                             ) from None
-
-
-def available_runtimes() -> list[str]:
-    """The runtimes importable here, fastest first (OpenVINO measured fastest on CPU, benchmarks/RESULTS.md)."""
-    import importlib.util
-
-    def importable(name: str) -> bool:
-        try:
-            return importlib.util.find_spec(name) is not None
-        except (ImportError, ValueError, AttributeError):  # e.g. blocked in sys.modules
-            return False
-    return [r for r in RUNTIMES if importable(r)]
-
-
-def pick_runtime(wanted: str) -> str:
-    """``wanted`` if installed, or for "auto" the fastest installed; one error line naming the extra otherwise."""
-    have = available_runtimes()
-    if wanted == "auto":
-        if not have:
-            raise MissingRuntime("no ONNX runtime is installed; install one: pip install -e '.[openvino]' or "
-                                 "pip install -e '.[onnx]'")
-        return have[0]
-    if wanted not in have:
-        need(wanted)
-    return wanted
-
-
-def check_exporter(runtime: str) -> str:
-    """The runtime ``pick_runtime`` gives, after checking that the exporter's packages import."""
-    for m in ("onnx", "onnxscript"):
-        need(m)
-    return pick_runtime(runtime)
-
-
-def runtime_version(runtime: str) -> str:
-    """The installed version of ``runtime`` (part of what a latency or fidelity number was measured with)."""
-    from importlib.metadata import version
-    return version(runtime)
+           "open_runtime", "runtime_version", "machine", "float_precision", "RuntimeSam2", "ModelCache"]
 
 
 def _onnxruntime_session(path: Path, threads: int | None):

@@ -15,7 +15,7 @@ from .store import Manifest
 
 __all__ = ["Artifact", "FetchedModel", "CalibrationSet", "ActivationStats", "RotationSpec", "SmoothingChoice",
            "QuantizedLayers", "BlockQuant", "Sensitivity", "MixedChoice", "shipped_layers", "StaticRanges",
-           "OnnxExport", "Evaluation"]
+           "OnnxExport", "OnnxRuntime", "Evaluation"]
 
 
 def _write(d: Path, files: dict[str, Any]) -> None:
@@ -212,8 +212,9 @@ class StaticRanges(Artifact):
 
 
 class OnnxExport(Artifact):
-    """``onnx.json`` (formats, SQNR against float / fake quant / its static twin, latency, sizes; ``enabled`` false
-    without ``onnx``) and ``encoder.onnx`` (the quantized encoder as int8 QDQ, export/onnx.py)."""
+    """``onnx.json`` (formats, layers, sizes, metadata; ``enabled`` false without ``onnx``), ``encoder.onnx`` (the
+    quantized encoder as int8 QDQ, export/onnx_graph.py) and ``float.onnx`` (the float encoder, the latency
+    baseline). What the file is, not how it ran: that is ``OnnxRuntime``."""
     FILES = ("onnx.json",)
 
     def info(self) -> dict:
@@ -221,6 +222,20 @@ class OnnxExport(Artifact):
 
     def encoder_file(self) -> Path:
         return self.manifest.path("encoder.onnx")
+
+    def float_file(self) -> Path:
+        return self.manifest.path("float.onnx")
+
+
+class OnnxRuntime(Artifact):
+    """``runtime.json``: the ONNX file on one runtime, version and machine: its ``onnx.json`` record, SQNR against
+    float / fake quant / its static twin, latency of the float file and ours and of torch fp32, and ``heldout``
+    (the report's real-kernel row: encoder SQNR and masks on the held-out images); ``enabled`` false without
+    ``onnx``."""
+    FILES = ("runtime.json",)
+
+    def info(self) -> dict:
+        return self._json("runtime.json")
 
 
 class Evaluation(Artifact):

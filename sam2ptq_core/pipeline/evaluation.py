@@ -1,5 +1,6 @@
 """The evaluate stage's work for a run config: pick the held-out images, build float and quantized models from
-the stage artifacts, score them and assemble metrics.json (``random_weights`` first)."""
+the stage artifacts, score them and assemble metrics.json (``random_weights`` first). Nothing here depends on a
+graph runtime: changing ``onnx``'s runtime settings never re-runs it."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -15,7 +16,7 @@ from . import artifacts as A
 from .runtime import load_fp_model, to_run_dtype
 from .stages import store_of
 
-__all__ = ["held_out_images", "run_evaluation"]
+__all__ = ["held_out_images", "heldout_items", "run_evaluation"]
 
 
 def held_out_images(c: RunConfig, calib_paths: set[str], only_names: set[str] | None = None) -> list[Path]:
@@ -24,28 +25,34 @@ def held_out_images(c: RunConfig, calib_paths: set[str], only_names: set[str] | 
     return held_out(ev.path, c.quant.calib.path, ev.num_samples, c.seed, calib_paths, only_names)
 
 
-def run_evaluation(c: RunConfig, fetched: A.FetchedModel, calib: A.CalibrationSet, smooth: A.SmoothingChoice,
-                   gptq: A.QuantizedLayers, mixed: A.MixedChoice, ranges: A.StaticRanges, onnx: A.OnnxExport,
-                   progress=None) -> tuple[dict, list[dict], dict]:
-    """(metrics, overlays, per-prompt IoUs by kind) of the quantized model against the float one; with ``onnx``
-    also the real-kernel encoder's row (``metrics["runtime"]``)."""
+def heldout_items(c: RunConfig, paths: list[Path], coco=None):
+    """The evaluation items of ``paths`` (``evaluate_images``' input: path, uint8 pixels, original size, GT prompts
+    from ``quant.eval.annotations`` or None), preprocessed through the store's cache."""
     from ..sam2.coco import gt_prompts, load_coco
+    if coco is None and c.quant.eval.annotations:
+        coco = load_coco(c.quant.eval.annotations)
+    cache = store_of(c).preprocess_cache()
+    digest = files_digest(cache, paths)
+    for p in paths:
+        x, hw = preprocess(cache, p, digest[str(p)], c.quant.calib.image_size)
+        yield p, x, hw, (gt_prompts(coco[0], coco[1][p.name]) if coco else None)
+
+
+def run_evaluation(c: RunConfig, fetched: A.FetchedModel, calib: A.CalibrationSet, smooth: A.SmoothingChoice,
+                   gptq: A.QuantizedLayers, mixed: A.MixedChoice, ranges: A.StaticRanges,
+                   progress=None) -> tuple[dict, list[dict], dict]:
+    """(metrics, overlays, per-prompt IoUs by kind) of the quantized model against the float one (the ONNX file's
+    row is the onnx_runtime stage's)."""
+    from ..sam2.coco import load_coco
     fp = load_fp_model(c, fetched)
     qlayers, schemes = A.shipped_layers(gptq, mixed)
     static = ranges.qparams() if c.quant.ipts.static else None  # the pipeline's format is static: score it
     qm = build_quantized(fp.model, qlayers, smooth.scales(), smooth.rotation_choice(), schemes, static)
     coco = load_coco(c.quant.eval.annotations) if c.quant.eval.annotations else None
     paths = held_out_images(c, {s["path"] for s in calib.sources()}, set(coco[1]) if coco else None)
-    cache = store_of(c).preprocess_cache()
-    digest = files_digest(cache, paths)
     size = c.quant.calib.image_size
-
-    def items():
-        for p in paths:
-            x, hw = preprocess(cache, p, digest[str(p)], size)
-            yield p, x, hw, (gt_prompts(coco[0], coco[1][p.name]) if coco else None)
-    per_img, overlays = evaluate_images(to_run_dtype(fp.model, c), to_run_dtype(qm, c), items(), size,
-                                        c.quant.eval.points_per_side, c.quant.eval.num_overlays, progress)
+    per_img, overlays = evaluate_images(to_run_dtype(fp.model, c), to_run_dtype(qm, c), heldout_items(c, paths, coco),
+                                        size, c.quant.eval.points_per_side, c.quant.eval.num_overlays, progress)
     q = c.quant
     a_bits = qdtype(q.ipts.dtype).bits if q.ipts.dtype else 16
     layer_info = gptq.layer_report()
@@ -69,12 +76,6 @@ def run_evaluation(c: RunConfig, fetched: A.FetchedModel, calib: A.CalibrationSe
     lr = metrics["low_rank"]
     metrics["size"] = {"quantized_linears_bytes": lr["lowbit_weight_bytes"] + lr["branch_16bit_bytes"]
                        + 2 * sum(fp16.values()), "fallback_16bit_bytes": 2 * sum(fp16.values())}
-    if onnx.info()["enabled"]:  # the real-kernel encoder's row
-        from ..export.model_cache import ModelCache
-        from ..export.onnx_scoring import score_runtime
-        from .progress import run_logger
-        metrics["runtime"] = score_runtime(fp.model, onnx.encoder_file(), onnx.info(), items, size,
-                                           c.quant.eval.points_per_side, ModelCache.of_run(c.cache, run_logger()))
     if ch.get("fallback"):
         metrics["mixed"] = {k: ch[k] for k in ("fallback", "layers", "avg_weight_bits", "base_weight_bits",
                                                "target_bits", "sensitivity_db")}

@@ -2,6 +2,7 @@
 optional nunchaku safetensors and ONNX encoder, the per-layer schemes and the resolved config."""
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
@@ -11,12 +12,12 @@ from ..config import RunConfig
 from . import artifacts as A
 from .runtime import load_fp_model
 
-__all__ = ["write_model_files"]
+__all__ = ["write_model_files", "write_evaluation_files"]
 
 
 def write_model_files(d: Path, c: RunConfig, fetched: A.FetchedModel, smooth: A.SmoothingChoice,
                       gptq: A.QuantizedLayers, mixed: A.MixedChoice, ranges: A.StaticRanges,
-                      onnx: A.OnnxExport) -> None:
+                      onnx: A.OnnxExport, onnx_rt: A.OnnxRuntime) -> None:
     """The cache files, nunchaku's files (``convert_nunchaku``), ``scheme.json`` (every layer's scheme, as the
     mixed stage resolved it; the readers take formats from it) and ``config.yaml``; with mixed precision the
     config records the chosen fallback layers as ``quant.mixed.layers``, so it reproduces the choice."""
@@ -34,12 +35,30 @@ def write_model_files(d: Path, c: RunConfig, fetched: A.FetchedModel, smooth: A.
         shutil.copyfile(ranges.ranges_file(), d / "ranges.json")
     if onnx.info()["enabled"]:  # the ONNX encoder and what it measured (not the float baseline it was timed with)
         (d / "onnx").mkdir()
-        for f in onnx.files():
-            if f.name != "float.onnx":
-                shutil.copyfile(f, d / "onnx" / f.name)
+        shutil.copyfile(onnx.encoder_file(), d / "onnx" / "encoder.onnx")
+        info = {**onnx.info(), **onnx_rt.info()}  # the file's record and where it ran (predict: precision_setting)
+        (d / "onnx" / "onnx.json").write_text(json.dumps(info, indent=1, allow_nan=True))
     cfg = c.model_dump(mode="json")
     if ch.get("fallback"):
         # the choice itself, so a reader rebuilds these fallbacks (none chosen: num_layers 0, still one valid policy)
         cfg["quant"]["mixed"].update(layers=ch["layers"], budget_bits=None,
                                      num_layers=None if ch["layers"] else 0)
     (d / "config.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
+
+
+def write_evaluation_files(d: Path, evaluation: A.Evaluation, onnx_rt: A.OnnxRuntime, guard: str = "") -> None:
+    """``metrics.json`` and ``report.md``: the evaluate stage's, with the ONNX file's row on the runtime
+    (``metrics["runtime"]``, the report's "Real kernels" section) when there is one, and the regression guard's
+    line under the report's first line."""
+    from ..export.report import with_runtime
+    metrics = evaluation.metrics()
+    report = evaluation.manifest.path("report.md").read_text()
+    rt = onnx_rt.info()
+    if rt["enabled"]:
+        metrics["runtime"] = rt["heldout"]
+        report = with_runtime(report, metrics)
+    if guard:
+        first, *rest = report.split("\n")
+        report = "\n".join([first, "", f"**Regression guard:** {guard}", *rest])
+    (d / "metrics.json").write_text(json.dumps(metrics, indent=1, allow_nan=True))
+    (d / "report.md").write_text(report)

@@ -1,37 +1,71 @@
-"""The onnx_export stage's work: the quantized model in its runtime form (static activations from static_ranges,
-weights from their codes), traced to ONNX, run and timed on the chosen runtime."""
+"""The ONNX stages' work. onnx_export: the quantized model in its runtime form (static activations from
+static_ranges, weights from their codes) traced to ONNX, with the float encoder beside it; what the file is depends
+on the recipe only. onnx_runtime: the file run on this machine's runtime (fidelity, latency, held-out masks), keyed
+by what those numbers depend on (``runtime_key``)."""
 from __future__ import annotations
 
 from pathlib import Path
 
 from ..config import RunConfig, config_hash
-from ..export.onnx_graph import runtime_model
-from ..export.onnx_scoring import build_export
-from ..export.runtimes import pick_runtime
-from ..sam2.images import normalize
-from ..sam2.quantized_model import build_quantized
+from ..export.runtime_choice import machine, pick_runtime, runtime_version
 from . import artifacts as A
-from .runtime import load_fp_model
 
-__all__ = ["export_encoder"]
+__all__ = ["export_encoder", "measure_encoder", "runtime_key"]
 
 
-def export_encoder(c: RunConfig, art: dict, d: Path, progress=None) -> dict:
-    """``d/encoder.onnx`` (+ ``d/float.onnx``) and what ``onnx_scoring.build_export`` measured. ``art``: the
-    stage's upstream artifacts by stage name."""
-    runtime = pick_runtime(c.onnx.runtime)
+def _models(c: RunConfig, art: dict):
+    """(loaded float model, float encoder model, fake-quant model, runtime-form twin) from the upstream artifacts."""
+    from ..export.onnx_graph import runtime_model
+    from ..sam2.quantized_model import build_quantized
+    from .runtime import load_fp_model
     fp = load_fp_model(c, art["fetch_model"])
     model = fp.model.float()
     qlayers, schemes = A.shipped_layers(art["gptq_lowrank"], art["mixed"])
     sm, qparams = art["smooth"], art["static_ranges"].qparams()
     qm = build_quantized(model, qlayers, sm.scales(), sm.rotation_choice(), schemes,
                          qparams if c.quant.ipts.static else None)
-    twin = runtime_model(qm, qlayers, qparams)
+    return fp, model, qm, runtime_model(qm, qlayers, qparams)
+
+
+def _pixels(art: dict):
+    from ..sam2.images import normalize
+    return normalize(art["build_calibration_set"].images()[:2])
+
+
+def export_encoder(c: RunConfig, art: dict, d: Path) -> dict:
+    """``d/encoder.onnx`` + ``d/float.onnx`` and ``onnx_scoring.export_files``' record of them. ``art``: the
+    stage's upstream artifacts by stage name."""
+    from ..export.onnx_scoring import export_files
+    fp, model, _, twin = _models(c, art)
     meta = {"producer": "sam2ptq", "random_weights": str(fp.random_weights).lower(), "model": c.model.name,
             "source": fp.source, "config_hash": config_hash(c), "activations": "static uint8 per tensor",
             "pipeline_activations": "static" if c.quant.ipts.static else "dynamic per token (the file is static)"}
-    pixels = normalize(art["build_calibration_set"].images()[:2])
+    return export_files(d, model, twin, c.quant.calib.image_size, meta)
+
+
+def runtime_key(c: RunConfig) -> dict:
+    """What onnx_runtime's numbers depend on beyond its config slice: the runtime "auto" resolves to here, its
+    version and the machine (CPU model, usable CPUs). Torch-free: computed on every run, cached ones too."""
+    rt = pick_runtime(c.onnx.runtime)
+    return {"runtime_resolved": rt, "runtime_version": runtime_version(rt), "machine": machine()}
+
+
+def measure_encoder(c: RunConfig, art: dict, progress=None) -> dict:
+    """The onnx_export stage's file on the resolved runtime: ``onnx_scoring.measure_runtime`` on two calibration
+    images, then ``score_runtime`` on the held-out images the evaluate stage drew (``metrics.json``'s eval_files),
+    prompted as there. Returns the file's record, the measurement and ``heldout`` (the report's real-kernel row)."""
     from ..export.model_cache import ModelCache
+    from ..export.onnx_scoring import measure_runtime, score_runtime
+    from .evaluation import heldout_items
     from .progress import run_logger
-    return build_export(d, model, qm, twin, pixels, runtime, c.onnx.latency_runs, c.onnx.precision, meta, progress,
-                        ModelCache.of_run(c.cache, run_logger()))
+    ox, cache = art["onnx_export"], ModelCache.of_run(c.cache, run_logger())
+    fp, model, qm, twin = _models(c, art)
+    o = c.onnx
+    got = measure_runtime(ox.encoder_file(), ox.float_file(), model, qm, twin, _pixels(art),
+                          pick_runtime(o.runtime), o.latency_runs, o.precision, progress, cache)
+    info = {**ox.info(), **got}
+    files = [Path(f) for f in art["evaluate"].metrics()["eval_files"]]
+    ev = c.quant.eval
+    info["heldout"] = score_runtime(fp.model, ox.encoder_file(), info, heldout_items(c, files),
+                                    c.quant.calib.image_size, ev.points_per_side, cache)
+    return info

@@ -36,7 +36,7 @@ def preflight(cfg: RunConfig) -> None:
         from ..export.nunchaku import check_supported
         check_supported(cfg)
     if cfg.onnx is not None:  # the exporter and a runtime are extras
-        from ..export.runtimes import MissingRuntime, check_exporter
+        from ..export.runtime_choice import MissingRuntime, check_exporter
         try:
             check_exporter(cfg.onnx.runtime)
         except MissingRuntime as e:

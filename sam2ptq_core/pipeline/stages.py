@@ -106,7 +106,12 @@ def _ranges_slice(c: RunConfig) -> dict:
 
 
 def _onnx_slice(c: RunConfig) -> dict:
-    return {"onnx": _dump(c.onnx), "seed": c.seed} if c.onnx else {}
+    return {"onnx": True, "seed": c.seed} if c.onnx else {}  # the file: the recipe (upstream keys) only
+
+
+def _onnx_runtime_slice(c: RunConfig) -> dict:
+    # + onnx_export.runtime_key: the resolved runtime, its version, the machine (the task's key_extra)
+    return {"onnx": _dump(c.onnx), "seed": c.seed} if c.onnx else {"onnx": None}
 
 
 def _evaluate_slice(c: RunConfig) -> dict:
@@ -140,12 +145,14 @@ STAGES: dict[str, Stage] = {s.name: s for s in [
     Stage("static_ranges", 2, ("fetch_model", "build_calibration_set", "smooth", "gptq_lowrank", "mixed"),
           _ranges_slice, A.StaticRanges, "static per-tensor activation ranges observed on the quantized model "
           "(quant.ipts.static, onnx)"),
-    Stage("onnx_export", 3, ("fetch_model", "build_calibration_set", "smooth", "gptq_lowrank", "mixed",
+    Stage("onnx_export", 4, ("fetch_model", "build_calibration_set", "smooth", "gptq_lowrank", "mixed",
                              "static_ranges"), _onnx_slice, A.OnnxExport,
-          "onnx: the quantized encoder as int8 QDQ ONNX, run on a graph runtime: SQNR and latency against torch"),
-    Stage("evaluate", 11, ("fetch_model", "build_calibration_set", "smooth", "gptq_lowrank", "mixed", "static_ranges",
-                           "onnx_export"),
+          "onnx: the quantized encoder as int8 QDQ ONNX (and the float encoder), whatever runs it"),
+    Stage("evaluate", 12, ("fetch_model", "build_calibration_set", "smooth", "gptq_lowrank", "mixed", "static_ranges"),
           _evaluate_slice, A.Evaluation, "float vs quantized SAM2 on held-out images: SQNR, mask IoU, report"),
+    Stage("onnx_runtime", 1, ("fetch_model", "build_calibration_set", "smooth", "gptq_lowrank", "mixed",
+                              "static_ranges", "onnx_export", "evaluate"), _onnx_runtime_slice, A.OnnxRuntime,
+          "onnx: the file on this machine's graph runtime: SQNR, latency against torch, held-out masks"),
 ]}
 
 
