@@ -4,12 +4,19 @@ encoder exported the same way on the same runtime and precision, NNCF INT8 (TRAN
 calibration images; when nncf is installed: benchmark-only, `pip install nncf`) and torch eager, all in one run on
 one machine. Each measurement runs in its own process (peak RSS is that process's).
 
-The quantized models are built the way the pipeline builds them, with plain rounding (RTN) instead of the full
-recipe (speed does not depend on the values): random weights (offline), static uint8 activation ranges observed on
-the quantized model over two bundled photos (the static_ranges stage's observer), fidelity measured on a third.
+Files built here are quantized the way the pipeline builds them, with plain rounding (RTN) instead of the full
+recipe: random weights (offline), static sint8 activation ranges observed on the quantized model over the 7
+calibration photos (the static_ranges stage's observer); fidelity is measured on 3 held-out photos.
 Formats: W8A8 (sint8 per-channel weights: the fast path) and W4A8 (uint4 groups of 128, the demo's weight format).
 
-    python benchmarks/runtime_latency.py [--model tiny] [--size 1024] [--runs 5]
+Files the pipeline built (its full recipe: smoothing, GPTQ, static ranges observed on the calibrated model) join
+the same run with ``--file NAME=PATH`` (an output tree's ``encoder.onnx``); ``--seed`` must then be the run's
+``seed``, so that the float model is the one it quantized (random weights are seeded). ``--profile`` adds each
+OpenVINO file's per-op profile (``benchmarks/runtime_profile.py``: share of time in float ops, Amdahl bound).
+
+    python benchmarks/runtime_latency.py [--model tiny] [--size 1024] [--runs 5] [--seed 0] [--out DIR]
+        [--file "W8A8 (full recipe)=outputs/sam2/…/encoder.onnx"] [--formats W8A8,W4A8]
+        [--runtimes openvino,onnxruntime] [--profile]
 """
 from __future__ import annotations
 
@@ -26,6 +33,11 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+IMAGES = ROOT / "examples" / "images"
+# the bundled photos: 7 calibrate (NNCF, the RTN files' observers; --write-calib gives the pipeline the same 7),
+# 3 are held out for fidelity
+CALIB = ("astronaut.jpg", "brick.jpg", "camera.png", "clock.png", "coffee.jpg", "gravel.jpg", "hubble_deep_field.jpg")
+HELD_OUT = ("chelsea.jpg", "retina.jpg", "rocket.jpg")
 
 _TIMER = r"""
 import json, sys, numpy as np, torch
@@ -36,7 +48,7 @@ from sam2ptq_core.sam2.loading import build_random
 kind, path, size, runs, precision = {kind!r}, {path!r}, {size}, {runs}, {precision!r}
 x = torch.from_numpy(np.load({px!r}))
 if kind in ("torch_fp32", "torch_bf16"):
-    m = build_random({model!r}, 0, size).eval()
+    m = build_random({model!r}, {seed}, size).eval()
     if kind == "torch_bf16":
         m, x = m.to(torch.bfloat16), x.bfloat16()
     with torch.inference_mode():
@@ -56,13 +68,16 @@ print(json.dumps({{"s": t, "peak_rss_mb": int(hwm) / 1024}}))
 
 def _time(kind: str, path: str, px: str, args, precision: str = "auto") -> dict:
     code = _TIMER.format(root=str(ROOT), kind=kind, path=path, size=args.size, runs=args.runs, px=px,
-                         model=args.model, precision=precision)
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+                         model=args.model, precision=precision, seed=args.seed)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    if out.returncode:
+        raise SystemExit(f"timing {kind} {path} failed:\n{out.stderr[-3000:]}")
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
 def _quantized(m, imgs, w_dtype: str, group: int, a_dtype: str):
-    """(runtime-form model, fake-quant model): RTN codes, static ranges observed on ``imgs``."""
+    """(runtime-form model, fake-quant model): RTN codes, no smoothing or GELU shift, static sint8 ranges observed
+    on ``imgs``."""
     from sam2ptq_core.algorithms.quantizers import dequantize, quantize
     from sam2ptq_core.algorithms.scheme import LayerScheme
     from sam2ptq_core.export.onnx_graph import runtime_model
@@ -80,7 +95,7 @@ def _quantized(m, imgs, w_dtype: str, group: int, a_dtype: str):
     with torch.inference_mode():
         for x in imgs:
             qm.get_image_embeddings(x)
-    qparams = {n: o.qparams("mse") for n, o in obs.items()}
+    qparams = {n: o.qparams("mse", "sint8") for n, o in obs.items()}
     for ql in quant_linears(qm).values():
         ql.observer = None
     return runtime_model(qm, saved, qparams), qm
@@ -104,7 +119,22 @@ def main() -> dict:
     p.add_argument("--model", default="tiny")
     p.add_argument("--size", type=int, default=1024)
     p.add_argument("--runs", type=int, default=5)
+    p.add_argument("--seed", type=int, default=0, help="the random weights' seed (a pipeline run's `seed`)")
+    p.add_argument("--file", action="append", default=[], metavar="NAME=PATH",
+                   help="an encoder.onnx the pipeline built, timed and scored beside the others")
+    p.add_argument("--formats", default="W8A8,W4A8", help="RTN files built here (comma-separated; '' for none)")
+    p.add_argument("--runtimes", default="openvino,onnxruntime")
+    p.add_argument("--profile", action="store_true", help="OpenVINO per-op profile of each file (Amdahl bound)")
+    p.add_argument("--out", type=Path, help="keep the files and write results.json here")
+    p.add_argument("--write-calib", type=Path, metavar="DIR",
+                   help="only link the 7 calibration photos into DIR (a pipeline run's quant.calib.path), then exit")
     args = p.parse_args()
+    if args.write_calib:
+        args.write_calib.mkdir(parents=True, exist_ok=True)
+        for f in CALIB:
+            if not (args.write_calib / f).exists():
+                (args.write_calib / f).symlink_to(IMAGES / f)
+        return {}
     import numpy as np
 
     from sam2ptq_core.algorithms.metrics import sqnr_db
@@ -115,33 +145,42 @@ def main() -> dict:
         return sqnr_db(torch.as_tensor(a), torch.as_tensor(b))
     from sam2ptq_core.sam2.images import load_rgb, normalize, resize_uint8
     from sam2ptq_core.sam2.loading import build_random
-    m = build_random(args.model, 0, args.size).eval()
-    imgs = [normalize(resize_uint8(load_rgb(ROOT / "examples/images" / f), args.size))[None]
-            for f in ("coffee.jpg", "astronaut.jpg", "chelsea.jpg")]
-    tmp = Path(tempfile.mkdtemp())
+    m = build_random(args.model, args.seed, args.size).eval()
+    def _img(f):
+        return normalize(resize_uint8(load_rgb(IMAGES / f), args.size))[None]
+    calib, held = [_img(f) for f in CALIB], [_img(f) for f in HELD_OUT]
+    tmp = args.out or Path(tempfile.mkdtemp())
+    tmp.mkdir(parents=True, exist_ok=True)
     px = str(tmp / "px.npy")
-    np.save(px, imgs[2].numpy())
+    np.save(px, held[0].numpy())
     res = {"machine": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads",
-           "model": args.model, "size": args.size, "runs": args.runs, "weights": "random (RTN codes)",
+           "model": args.model, "size": args.size, "runs": args.runs, "seed": args.seed,
+           "weights": f"RANDOM WEIGHTS (seed {args.seed}); built here: RTN codes; --file: the pipeline's recipe",
            "rows": []}
     files = {"fp32": tmp / "fp32.onnx"}
     export_float(files["fp32"], m, args.size)
     twins = {}
-    for fmt, (w, g, a) in {"W8A8": ("sint8", -1, "sint8"), "W4A8": ("uint4", 128, "uint8")}.items():
-        twins[fmt], _ = _quantized(m, imgs[:2], w, g, a)
-        files[fmt] = tmp / f"{fmt}.onnx"
+    rtn = {"W8A8": ("sint8", -1, "sint8"), "W4A8": ("uint4", 128, "uint8")}
+    for fmt, (w, g, a) in {f"{k} RTN": rtn[k] for k in filter(None, args.formats.split(","))}.items():
+        twins[fmt], _ = _quantized(m, calib, w, g, a)
+        files[fmt] = tmp / f"{fmt.replace(' ', '_')}.onnx"
         export_onnx(files[fmt], twins[fmt], args.size)
-    nncf_file = _nncf(files["fp32"], imgs[:2], tmp / "nncf.xml")
+    for spec in args.file:
+        name, _, path = spec.partition("=")
+        files[name] = Path(path)
+    nncf_file = _nncf(files["fp32"], calib, tmp / "nncf.xml")
     if nncf_file is not None:
         files["NNCF INT8"] = nncf_file
+    def _stack(outs):  # per output (fpn0, fpn1, embedding): the held-out images concatenated
+        return [torch.cat([torch.as_tensor(o[i]) for o in outs]) for i in range(3)]
     with torch.inference_mode():
-        ref = m.get_image_embeddings(imgs[2])
-        fq = {k: t.get_image_embeddings(imgs[2]) for k, t in twins.items()}
+        ref = _stack([m.get_image_embeddings(x) for x in held])
+        fq = {k: _stack([t.get_image_embeddings(x) for x in held]) for k, t in twins.items()}
     for kind in ("torch_fp32", "torch_bf16"):
         res["rows"].append({"encoder": kind, **_time(kind, "", px, args)})
     for fmt, f in files.items():
         for rt, prec in (("openvino", "auto"), ("openvino", "f32"), ("onnxruntime", "auto")):
-            if f.suffix == ".xml" and rt != "openvino":
+            if (f.suffix == ".xml" and rt != "openvino") or rt not in args.runtimes.split(","):
                 continue
             name = f"{fmt} / {rt}" + (" (f32 float ops)" if prec == "f32" else "")
             size_mb = (f.stat().st_size + (f.with_suffix(".bin").stat().st_size if f.suffix == ".xml" else 0)) / 2**20
@@ -150,15 +189,31 @@ def main() -> dict:
             if f.suffix == ".xml":
                 import openvino as ov
                 c = ov.Core().compile_model(str(f), "CPU", {"INFERENCE_PRECISION_HINT": "f32"} if prec == "f32" else {})
-                r = c.create_infer_request().infer({0: imgs[2].numpy()})
-                got = [r[o] for o in c.outputs]
+                req = c.create_infer_request()
+
+                def run(a, c=c, req=req):
+                    r = req.infer({0: a})
+                    return [r[o] for o in c.outputs]
             else:
-                got = open_runtime(f, rt, precision=prec)(imgs[2].numpy())
+                run = open_runtime(f, rt, precision=prec)
+            got = _stack([run(x.numpy()) for x in held])
             row["embedding_sqnr_vs_float_db"] = _sqnr_db(ref[2], got[2])
+            row["fpn0_sqnr_vs_float_db"] = _sqnr_db(ref[0], got[0])
             if fmt in fq:
                 row["embedding_sqnr_vs_fake_quant_db"] = _sqnr_db(fq[fmt][2], got[2])
                 row["fpn0_sqnr_vs_fake_quant_db"] = _sqnr_db(fq[fmt][0], got[0])
             res["rows"].append(row)
+    if args.profile:
+        from benchmarks.runtime_profile import profile
+        base = profile(files["fp32"], args.size, "auto", 3)
+        res["profiles"] = [{k: v for k, v in base.items() if k != "ops"} | {"name": "fp32"}]
+        for name, f in files.items():
+            if name != "fp32":
+                r = profile(f, args.size, "auto", 3)
+                res["profiles"].append({"name": name, "total_s": r["total_s"], "float_s": r["float_s"],
+                                        "float_share": r["float_share"], "top_ops": r["ops"][:8],
+                                        "speedup_profiled": base["total_s"] / r["total_s"],
+                                        "speedup_bound": base["total_s"] / r["float_s"]})
     t32 = res["rows"][0]["s"]
     base = {(r["runtime"], r["precision"]): r["s"] for r in res["rows"] if r.get("format") == "fp32"}
     for r in res["rows"]:
@@ -166,6 +221,8 @@ def main() -> dict:
         if "runtime" in r:  # against the float encoder on the same runtime and precision
             r["speedup_vs_float_same_runtime"] = base[(r["runtime"], r["precision"])] / r["s"]
     print(json.dumps(res, indent=1))
+    if args.out:
+        (args.out / "results.json").write_text(json.dumps(res, indent=1))
     return res
 
 
