@@ -56,7 +56,9 @@ if kind in ("torch_fp32", "torch_bf16"):
 elif path.endswith(".xml"):  # NNCF's OpenVINO IR
     import openvino as ov
     cfg = {{"INFERENCE_PRECISION_HINT": "f32"}} if precision == "f32" else {{}}
-    c = ov.Core().compile_model(path, "CPU", cfg)
+    core = ov.Core()
+    core.set_property({{"CACHE_DIR": {cache!r}}})
+    c = core.compile_model(path, "CPU", cfg)
     req = c.create_infer_request()
     t = time_encoder(lambda a: req.infer({{0: a}}), x.numpy(), runs=runs)
 else:
@@ -68,7 +70,8 @@ print(json.dumps({{"s": t, "peak_rss_mb": int(hwm) / 1024}}))
 
 def _time(kind: str, path: str, px: str, args, precision: str = "auto") -> dict:
     code = _TIMER.format(root=str(ROOT), kind=kind, path=path, size=args.size, runs=args.runs, px=px,
-                         model=args.model, precision=precision, seed=args.seed)
+                         model=args.model, precision=precision, seed=args.seed,
+                         cache=str(Path(px).parent / "ov_cache"))
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     if out.returncode:
         raise SystemExit(f"timing {kind} {path} failed:\n{out.stderr[-3000:]}")
@@ -188,7 +191,9 @@ def main() -> dict:
                    **_time(rt, str(f), px, args, prec)}
             if f.suffix == ".xml":
                 import openvino as ov
-                c = ov.Core().compile_model(str(f), "CPU", {"INFERENCE_PRECISION_HINT": "f32"} if prec == "f32" else {})
+                core = ov.Core()
+                core.set_property({"CACHE_DIR": str(tmp / "ov_cache")})
+                c = core.compile_model(str(f), "CPU", {"INFERENCE_PRECISION_HINT": "f32"} if prec == "f32" else {})
                 req = c.create_infer_request()
 
                 def run(a, c=c, req=req):
