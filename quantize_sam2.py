@@ -254,21 +254,23 @@ def main(argv: list[str] | None = None) -> int:
     from sam2ptq_core.pipeline.stages import local_dir
     fallback_home = local_dir(cfg) / "prefect-home"
     home_note = choose_home(fallback_home)  # before Prefect is imported: it reads PREFECT_HOME once
+    from sam2ptq_core.pipeline.prefect_server import HomeNotWritable, ServerDidNotStart, launch, temporary_server
     with warnings.catch_warnings():  # an unwritable home is refused below when a server needs it, in one line
         warnings.filterwarnings("ignore", "Failed to create the Prefect home directory")
+        try:
+            server = _server_needed(home_note, fallback_home)
+        except HomeNotWritable as e:  # bad environment, said before anything starts or is written
+            print(f"error: {e}", file=sys.stderr)
+            return 2
+        launched = launch() if server else None  # it boots while this process imports the flow
         from flows.ablation import run_ablation
         from flows.ptq import sam2_ptq
-    from sam2ptq_core.pipeline.prefect_server import HomeNotWritable, ServerDidNotStart, temporary_server
-    try:
-        server = _server_needed(home_note, fallback_home)
-    except HomeNotWritable as e:  # bad environment, said before anything starts or is written
-        print(f"error: {e}", file=sys.stderr)
-        return 2
     log_file = None if args.verbose else _log_to_file(cfg)
     try:
         with contextlib.ExitStack() as stack:
             if server:
-                stack.enter_context(temporary_server(int(os.environ["PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS"])))
+                timeout = int(os.environ["PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS"])
+                stack.enter_context(temporary_server(timeout, launched))
             if args.ablation:
                 out = run_ablation(cfg.model_dump(mode="json"), [])
             else:

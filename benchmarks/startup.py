@@ -1,5 +1,6 @@
 """Wall time of the demo as a user sees it: the first run on a fresh machine, and fully cached reruns with Prefect's
-temporary server and with a running Prefect server. Medians of /usr/bin/time over several runs.
+temporary server and with a running Prefect server. Medians of /usr/bin/time over several runs, and where a cached
+rerun's time goes: each stage's seconds (stages.json) and the CLI's slowest imports (``python -X importtime``).
 
     python benchmarks/startup.py [--runs 5] [--first]      # --first: also the first run (fresh cache + PREFECT_HOME)
 """
@@ -29,6 +30,19 @@ def timed(env: dict, extra: list[str]) -> float:
     return float(r.stderr.strip().splitlines()[-1])
 
 
+def importtime(env: dict, extra: list[str], top: int = 8) -> dict[str, float]:
+    """The slowest top-level imports of a cached rerun (seconds, cumulative, ``python -X importtime``)."""
+    r = subprocess.run([sys.executable, "-X", "importtime", *DEMO[1:], *extra], cwd=ROOT, env=env,
+                       capture_output=True, text=True)
+    cum = {}
+    for ln in r.stderr.splitlines():
+        if ln.startswith("import time:") and "|" in ln:
+            _, us, name = ln[len("import time:"):].split("|")
+            if us.strip().isdigit() and not name[1:].startswith(" "):  # top level: one space after the bar
+                cum[name.strip()] = cum.get(name.strip(), 0) + int(us) / 1e6
+    return {k: round(v, 2) for k, v in sorted(cum.items(), key=lambda kv: -kv[1])[:top]}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--runs", type=int, default=5)
@@ -38,12 +52,16 @@ def main() -> None:
     base = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
     env = {**base, "PREFECT_HOME": str(tmp / "home")}
     extra = ["--cache.root", str(tmp / "cache"), "--output.root", str(tmp / "out")]
-    out = {"machine": f"{os.cpu_count()} cores", "runs": a.runs}
+    from sam2ptq_core.export.runtime_choice import machine
+    out = {"machine": machine(), "runs": a.runs}
     if a.first:
         out["first_run_s"] = timed(env, extra)  # fresh PREFECT_HOME and an empty stage store
     else:
         timed(env, extra)  # fill the store
     out["cached_temporary_server_s"] = [timed(env, extra) for _ in range(a.runs)]
+    stages = json.loads((tmp / "out" / "demo_tiny_w4a8" / "stages.json").read_text())
+    out["cached_stage_s"] = {k: s["seconds"] for k, s in stages.items()}
+    out["cached_slowest_imports_s"] = importtime(env, extra)
     port = free_port()
     api = f"http://127.0.0.1:{port}/api"
     server = subprocess.Popen([sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1", "--port",
