@@ -98,7 +98,7 @@ def _quantized(m, imgs, w_dtype: str, group: int, a_dtype: str):
     with torch.inference_mode():
         for x in imgs:
             qm.get_image_embeddings(x)
-    qparams = {n: o.qparams("mse", "sint8") for n, o in obs.items()}
+    qparams = {n: o.qparams("mse", sch.static8().a_dtype) for n, o in obs.items()}
     for ql in quant_linears(qm).values():
         ql.observer = None
     return runtime_model(qm, saved, qparams), qm

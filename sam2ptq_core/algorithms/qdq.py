@@ -128,8 +128,7 @@ def static_qparams(lo: float, hi: float, sample: torch.Tensor | None, method: st
     if method != "minmax" and sample is not None and sample.numel():
         v = sample.float().reshape(-1)
         m = min((m * (1 - 0.01 * i) for i in range(71)), key=lambda a: _mse(v, lo_of(a), a, dtype))
-    qp = range_qparams(lo_of(m), m, dtype)
-    return qp if dtype == "sint8" else QParams(qp.scale, torch.zeros_like(qp.zero), -1)
+    return range_qparams(lo_of(m), m, dtype)  # uint8 from 0: zero point 0
 
 
 class RangeObserver:

@@ -23,7 +23,8 @@ from ..algorithms.quantizers import QParams
 from ..sam2.quantized_model import convert_static, pack_weights, quant_linears
 from .runtimes import need
 
-__all__ = ["OPSET", "runtime_model", "export_module", "export_onnx", "export_float", "translation_table"]
+__all__ = ["OPSET", "runtime_model", "export_module", "export_onnx", "export_float", "translation_table",
+           "activation_format"]
 
 OPSET = 21  # blocked (4-bit) DequantizeLinear
 
@@ -64,6 +65,15 @@ class _Encoder(nn.Module):
 
     def forward(self, pixel_values: torch.Tensor):
         return tuple(self.model.get_image_embeddings(pixel_values))
+
+
+def activation_format(model: nn.Module) -> str:
+    """The static activation formats of ``model``'s QuantLinear modules, as the file's metadata and record say it,
+    e.g. "static per tensor, zero point 0: sint8 ×41, uint8 ×10 (GELU-shifted inputs)"."""
+    from collections import Counter
+    n = Counter(ql.scheme.a_dtype for ql in quant_linears(model).values() if ql.scheme.a_static)
+    parts = [f"{d} ×{k}" + (" (GELU-shifted inputs)" if d == "uint8" else "") for d, k in sorted(n.items())]
+    return "static per tensor, zero point 0: " + ", ".join(parts) if parts else "float"
 
 
 def _check_exportable(model: nn.Module) -> int:

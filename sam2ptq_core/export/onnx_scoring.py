@@ -12,7 +12,7 @@ from torch import nn
 
 from ..algorithms.metrics import sqnr_db
 from ..sam2.loading import trunk
-from .onnx_graph import export_float, export_onnx
+from .onnx_graph import activation_format, export_float, export_onnx
 from .runtimes import RuntimeSam2, float_precision, machine, open_runtime, runtime_version
 
 __all__ = ["time_encoder", "export_files", "measure_runtime", "score_runtime"]
@@ -61,7 +61,7 @@ def export_files(d: Path, fp_model: nn.Module, twin: nn.Module, size: int, metad
     fp32_bytes = sum(m.weight.numel() * 4 for k, m in trunk(twin).named_modules() if hasattr(m, "packed"))
     return {**info, "image_size": size, "float_bytes": (d / "float.onnx").stat().st_size,
             "linear_weights_fp32_bytes": fp32_bytes,
-            "activations": "static per-tensor uint8, ranges observed on the quantized model (static_ranges)"}
+            "activations": f"{activation_format(twin)}, ranges observed on the quantized model (static_ranges)"}
 
 
 def measure_runtime(encoder: Path, float_file: Path, fp_model: nn.Module, quant_model: nn.Module, twin: nn.Module,

@@ -135,7 +135,7 @@ def _runtime_lines(metrics: dict) -> list[str]:
     st = r["sqnr_db"]
     return ["", "## Real kernels (onnx/encoder.onnx)", "",
             f"On {r['runtime']} ({r.get('precision', 'f32')} float ops; int8 QDQ weights from the pipeline's codes, "
-            "static per-tensor uint8 activations observed on the quantized model): the quantized encoder runs "
+            "static per-tensor 8-bit activations observed on the quantized model): the quantized encoder runs "
             f"**{r['speedup_vs_float_runtime']:.2f}× as fast as the float encoder on the same runtime** "
             f"({1000 * lat['quantized_runtime']:.0f} vs {1000 * lat['float_runtime']:.0f} ms, batch 1), "
             f"{r['speedup_vs_torch_fp32']:.2f}× torch fp32 eager ({1000 * lat['torch_fp32']:.0f} ms); file "

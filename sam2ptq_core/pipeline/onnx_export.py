@@ -35,10 +35,11 @@ def _pixels(art: dict):
 def export_encoder(c: RunConfig, art: dict, d: Path) -> dict:
     """``d/encoder.onnx`` + ``d/float.onnx`` and ``onnx_scoring.export_files``' record of them. ``art``: the
     stage's upstream artifacts by stage name."""
+    from ..export.onnx_graph import activation_format
     from ..export.onnx_scoring import export_files
     fp, model, _, twin = _models(c, art)
     meta = {"producer": "sam2ptq", "random_weights": str(fp.random_weights).lower(), "model": c.model.name,
-            "source": fp.source, "config_hash": config_hash(c), "activations": "static uint8 per tensor",
+            "source": fp.source, "config_hash": config_hash(c), "activations": activation_format(twin),
             "pipeline_activations": "static" if c.quant.ipts.static else "dynamic per token (the file is static)"}
     return export_files(d, model, twin, c.quant.calib.image_size, meta)
 
