@@ -84,7 +84,7 @@ def test_runtime_changes_re_measure_without_re_evaluating(prefect_server, tmp_pa
     info = json.loads((out / "onnx" / "onnx.json").read_text())
     assert info["latency_runs"] == 2 and info["precision_setting"] == "f32"
     assert json.loads((out / "metrics.json").read_text())["runtime"]["precision"] == "f32"
-    assert "## Real kernels (onnx/encoder.onnx)" in (out / "report.md").read_text()
+    assert "## Real kernels (the ONNX encoder in onnx/)" in (out / "report.md").read_text()
 
     monkeypatch.setattr(ox, "runtime_version", lambda rt: "0.0.1-other")
     out = Path(sam2_ptq(str(REDUCED_CFG), [*base, "onnx={latency_runs: 2, precision: f32}"]))

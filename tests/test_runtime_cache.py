@@ -185,18 +185,55 @@ def test_gc_sweeps_the_openvino_cache(tmp_path, monkeypatch):
     assert ModelCache(root, 0).entries() == [new] and list(new.glob("*.blob"))
 
 
+def _fake_pair(d, seed: int = 0) -> tuple:
+    """Files with the SAM2 pair's interface (names and order; onnx_interface) and trivial bodies: the encoder
+    image → image + c, image · c, image − c; the decoder uses every input (a runtime keeps them all) and gives
+    masks [N, 3, h, w], iou_predictions [N, 3]. What predict opens, without a SAM2 to export."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    from sam2ptq_core.export.onnx_interface import DECODER_INPUTS, ENCODER_OUTPUTS, pair_names
+    c = np.random.default_rng(seed).standard_normal((1, 3, SIZE, SIZE)).astype(np.float32)
+    shape = [1, 3, SIZE, SIZE]
+    v = helper.make_tensor_value_info
+    enc = helper.make_graph([helper.make_node(op, ["image", "c"], [o]) for op, o in zip(("Add", "Mul", "Sub"),
+                                                                                       ENCODER_OUTPUTS)], "enc",
+                            [v("image", TensorProto.FLOAT, shape)],
+                            [v(o, TensorProto.FLOAT, shape) for o in ENCODER_OUTPUTS],
+                            [numpy_helper.from_array(c, "c")])
+    dims = {"point_coords": ["n", "p", 2], "point_labels": ["n", "p"], "mask_input": ["n", 1, SIZE // 4, SIZE // 4],
+            "has_mask_input": ["n"]}
+    nodes = [helper.make_node("ReduceMean", [i], [f"m{k}"], keepdims=0) for k, i in enumerate(DECODER_INPUTS)]
+    nodes += [helper.make_node("Sum", [f"m{k}" for k in range(len(DECODER_INPUTS))], ["s"]),
+              helper.make_node("Add", ["mask_input", "s"], ["ms"]),
+              helper.make_node("Expand", ["ms", "three4"], ["masks"]),
+              helper.make_node("Unsqueeze", ["has_mask_input", "one"], ["h1"]),
+              helper.make_node("Add", ["h1", "s"], ["hs"]),
+              helper.make_node("Expand", ["hs", "three2"], ["iou_predictions"])]
+    consts = [numpy_helper.from_array(np.array(a, np.int64), n)
+              for n, a in (("three4", [1, 3, 1, 1]), ("three2", [1, 3]), ("one", [1]))]
+    dec = helper.make_graph(nodes, "dec", [v(i, TensorProto.FLOAT, dims.get(i, shape)) for i in DECODER_INPUTS],
+                            [v("masks", TensorProto.FLOAT, ["n", 3, SIZE // 4, SIZE // 4]),
+                             v("iou_predictions", TensorProto.FLOAT, ["n", 3])], consts)
+    names = pair_names("tiny")
+    for g, f in ((enc, names["encoder"]), (dec, names["decoder"])):
+        onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 21)], ir_version=10), str(d / f))
+    return d / names["encoder"], d / names["decoder"]
+
+
 def _tree(tmp_path, precision: str, onnx_bytes: bytes | None = None):
-    """An output tree with what predict reads before the model runs: config.yaml (cache.root under tmp_path, its
-    onnx.precision "auto"), onnx/encoder.onnx, onnx/onnx.json recording ``precision``."""
+    """An output tree with what predict reads: config.yaml (cache.root under tmp_path, its onnx.precision "auto"),
+    the onnx/ pair (``_fake_pair``; ``onnx_bytes`` in the encoder's place), onnx/onnx.json recording
+    ``precision``."""
     import yaml
     run = tmp_path / "run"
     (run / "onnx").mkdir(parents=True)
     (run / "config.yaml").write_text(yaml.safe_dump({
         "model": {"device": "cpu"}, "cache": {"root": str(tmp_path / "c")}, "onnx": {"precision": "auto"},
         "quant": {"calib": {"image_size": SIZE}}}))
-    _onnx(run / "onnx" / "encoder.onnx")
+    enc, _ = _fake_pair(run / "onnx")
     if onnx_bytes is not None:
-        (run / "onnx" / "encoder.onnx").write_bytes(onnx_bytes)
+        enc.write_bytes(onnx_bytes)
     (run / "onnx" / "onnx.json").write_text(json.dumps({"enabled": True, "runtime": "openvino",
                                                         "precision_setting": precision}))
     return run
@@ -240,14 +277,17 @@ def test_predict_runs_the_file_at_the_precision_it_was_evaluated_with(tmp_path, 
     monkeypatch.setattr(runtimes, "open_runtime", spy)
     run = _tree(tmp_path, "f32")
     assert _predict(run, tmp_path) == 0
-    assert seen == [("f32", tmp_path / "home-cache" / "sam2ptq" / "openvino")]
+    assert seen == [("f32", tmp_path / "home-cache" / "sam2ptq" / "openvino")] * 2  # encoder; the decoder: f32
     err = capsys.readouterr().err
-    assert "compiling encoder.onnx for OpenVINO (first time on this machine" in err, err
+    assert "compiling sam2.1_hiera_tiny.encoder.onnx for OpenVINO (first time on this machine" in err, err
     assert _predict(run, tmp_path) == 0
     assert "compiling" not in capsys.readouterr().err  # cached
     (tmp_path / "c" / "openvino").mkdir(parents=True)  # the pipeline's cache on this machine
     assert _predict(run, tmp_path) == 0
-    assert seen[-1] == ("f32", tmp_path / "c" / "openvino")
+    assert seen[-2:] == [("f32", tmp_path / "c" / "openvino")] * 2
+    run = _tree(tmp_path / "auto", "auto")  # the encoder follows the record; the float decoder stays f32
+    assert _predict(run, tmp_path) == 0
+    assert [p for p, _ in seen[-2:]] == ["auto", "f32"]
 
 
 @pytest.mark.parametrize("broken", ["truncated", "unknown_op"])
@@ -265,9 +305,9 @@ def test_predict_runtime_that_cannot_open_the_file_is_one_line(tmp_path, monkeyp
     assert _predict(run, tmp_path, runtime) == 2
     out, err = capfd.readouterr()
     lines = [ln for ln in err.splitlines() if ln.strip()]
-    want = f"error: {runtime} cannot open {run / 'onnx' / 'encoder.onnx'} ("
+    want = f"error: {runtime} cannot open {run / 'onnx' / 'sam2.1_hiera_tiny.encoder.onnx'} ("
     assert lines[-1].startswith(want) and "--runtime fake" in lines[-1], err
-    assert all(ln.startswith("compiling encoder.onnx for OpenVINO") for ln in lines[:-1]), err
+    assert all(ln.startswith("compiling sam2.1_hiera_tiny.encoder.onnx for OpenVINO") for ln in lines[:-1]), err
     assert len(lines) <= 2 and "Traceback" not in err and not out
     if runtime == "openvino":
         assert ("is not an ONNX file OpenVINO can read" in lines[-1]) == (broken == "truncated")

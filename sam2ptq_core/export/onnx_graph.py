@@ -21,7 +21,8 @@ from torch import nn
 
 from ..algorithms.quantizers import QParams
 from ..sam2.quantized_model import convert_static, pack_weights, quant_linears
-from .runtimes import need
+from .onnx_interface import ENCODER_INPUTS, ENCODER_OUTPUTS
+from .runtime_choice import need
 
 __all__ = ["OPSET", "runtime_model", "export_module", "export_onnx", "export_float", "translation_table",
            "activation_format"]
@@ -63,8 +64,10 @@ class _Encoder(nn.Module):
         super().__init__()
         self.model = model
 
-    def forward(self, pixel_values: torch.Tensor):
-        return tuple(self.model.get_image_embeddings(pixel_values))
+    def forward(self, image: torch.Tensor):
+        """image [1, 3, S, S] (normalised) → high_res_feats_0, high_res_feats_1, image_embed: what
+        ``Sam2Model.get_image_embeddings`` returns (conv_s0/conv_s1 applied, no_mem_embed added), in its order."""
+        return tuple(self.model.get_image_embeddings(image))
 
 
 def activation_format(model: nn.Module) -> str:
@@ -86,8 +89,9 @@ def _check_exportable(model: nn.Module) -> int:
 
 
 def export_module(path: Path, module: nn.Module, args: tuple, input_names: list[str], output_names: list[str],
-                  metadata: dict[str, str] | None = None) -> None:
-    """Trace ``module(*args)`` with torch's dynamo exporter and our ops' translations; write ``path`` (checked)."""
+                  metadata: dict[str, str] | None = None, dynamic_shapes=None) -> None:
+    """Trace ``module(*args)`` with torch's dynamo exporter and our ops' translations; write ``path`` (checked).
+    ``dynamic_shapes``: as ``torch.onnx.export``'s (one entry per argument; None: every shape static)."""
     onnx = need("onnx")
     import logging
     import warnings
@@ -100,11 +104,12 @@ def export_module(path: Path, module: nn.Module, args: tuple, input_names: list[
             warnings.simplefilter("ignore")
             prog = torch.onnx.export(module, args, dynamo=True, opset_version=OPSET, verbose=False,
                                      input_names=input_names, output_names=output_names,
-                                     custom_translation_table=translation_table())
+                                     dynamic_shapes=dynamic_shapes, custom_translation_table=translation_table())
     finally:
         quiet.setLevel(level)
     proto = prog.model_proto
     _unshare_qparams(proto)
+    _rank2_qdq_bias(proto)
     for k, v in (metadata or {}).items():
         proto.metadata_props.add(key=k, value=str(v))
     onnx.checker.check_model(proto)
@@ -141,10 +146,54 @@ def _unshare_qparams(proto) -> None:
             seen.add(node.input[i])
 
 
+def _rank2_qdq_bias(proto) -> None:
+    """Store the bias of each MatMul(DequantizeLinear(QuantizeLinear(x)), W) → Add as [1, N] instead of [N] (the
+    same sum by broadcasting). ONNX Runtime 1.32's MatMulAddFusion, on in a default session (the one SAM2 apps
+    open), turns an N-d QDQ MatMul + [N] bias into Reshape → Gemm → Reshape and mistypes the QuantizeLinear it
+    then inserts, so the session does not start ("output_dtype INT8 does not match y_zero_point type UINT8",
+    samexporter's client on the reduced W4A4 encoder); it leaves N-d MatMuls with a 2-d bias alone (its Gemm
+    bias check). Our own sessions also disable it (``runtimes``)."""
+    from onnx import numpy_helper
+    inits = {t.name: t for t in proto.graph.initializer}
+    made = {o: n for n in proto.graph.node for o in n.output}
+    uses: dict[str, int] = {}
+    stale: set[str] = set()
+    copied: set[str] = set()
+    for n in proto.graph.node:
+        for i in n.input:
+            uses[i] = uses.get(i, 0) + 1
+    for node in proto.graph.node:
+        if node.op_type != "Add" or len(node.input) != 2:
+            continue
+        mm, b = made.get(node.input[0]), inits.get(node.input[1])
+        if mm is None or mm.op_type != "MatMul" or b is None or len(b.dims) != 1:
+            continue
+        x = made.get(mm.input[0])  # the quantized input's DequantizeLinear (the weight may come through a Concat)
+        if x is None or x.op_type != "DequantizeLinear":
+            continue
+        arr = numpy_helper.to_array(b).reshape(1, -1)
+        if uses[b.name] == 1:
+            b.CopyFrom(numpy_helper.from_array(arr, b.name))
+            stale.add(b.name)
+        else:  # shared with another node: a [1, N] copy of its own
+            t = numpy_helper.from_array(arr, f"{b.name}__rank2_{node.name}")
+            proto.graph.initializer.append(t)
+            node.input[1] = t.name
+            copied.add(b.name)
+    used = {i for n in proto.graph.node for i in n.input}
+    keep_init = [t for t in proto.graph.initializer if t.name in used or t.name not in copied]
+    del proto.graph.initializer[:]
+    proto.graph.initializer.extend(keep_init)
+    keep = [v for v in proto.graph.value_info if v.name not in stale]  # their old [N] shapes
+    del proto.graph.value_info[:]
+    proto.graph.value_info.extend(keep)
+
+
 def _export_encoder(path: Path, model: nn.Module, image_size: int, metadata: dict[str, str] | None) -> None:
-    """The image encoder of ``model``: pixel_values [1, 3, S, S] → fpn0, fpn1, embedding."""
-    export_module(path, _Encoder(model), (torch.zeros(1, 3, image_size, image_size),), ["pixel_values"],
-                  ["fpn0", "fpn1", "embedding"], metadata)
+    """The image encoder of ``model`` in the SAM2 apps' interface (``onnx_interface``): image [1, 3, S, S] static →
+    high_res_feats_0, high_res_feats_1, image_embed."""
+    export_module(path, _Encoder(model), (torch.zeros(1, 3, image_size, image_size),), ENCODER_INPUTS,
+                  ENCODER_OUTPUTS, metadata)
 
 
 def export_onnx(path: Path, model: nn.Module, image_size: int, metadata: dict[str, str] | None = None) -> dict:
@@ -155,6 +204,6 @@ def export_onnx(path: Path, model: nn.Module, image_size: int, metadata: dict[st
     return {"layers": n, "bytes": path.stat().st_size, "opset": OPSET}
 
 
-def export_float(path: Path, fp_model: nn.Module, image_size: int) -> None:
+def export_float(path: Path, fp_model: nn.Module, image_size: int, metadata: dict[str, str] | None = None) -> None:
     """The float encoder as ONNX, exported like the quantized one (the baseline a user would deploy)."""
-    _export_encoder(path, fp_model.float().eval(), image_size, None)
+    _export_encoder(path, fp_model.float().eval(), image_size, metadata)

@@ -13,11 +13,27 @@ from torch import nn
 from ..algorithms.metrics import sqnr_db
 from ..sam2.loading import trunk
 from .onnx_graph import activation_format, export_float, export_onnx
-from .runtimes import RuntimeSam2, float_precision, machine, open_runtime, runtime_version
+from .runtimes import float_precision, machine, open_runtime, runtime_version
 
-__all__ = ["time_encoder", "export_files", "measure_runtime", "score_runtime"]
+__all__ = ["RuntimeSam2", "time_encoder", "export_files", "measure_runtime", "score_runtime"]
 
-LEVELS = ("fpn0", "fpn1", "embedding")
+LEVELS = ("fpn0", "fpn1", "embedding")  # the report's names of high_res_feats_0, high_res_feats_1, image_embed
+
+
+class RuntimeSam2(nn.Module):
+    """The float Sam2Model with its image encoder run by a graph runtime (``runtimes.open_runtime``): prompt encoder
+    and mask decoder stay in torch, so masks can be scored like the fake-quant model's."""
+
+    def __init__(self, sam2: nn.Module, encoder):
+        super().__init__()
+        self.sam2, self.encoder = sam2, encoder
+
+    def get_image_embeddings(self, pixel_values: torch.Tensor) -> list[torch.Tensor]:
+        outs = self.encoder(pixel_values.detach().float().cpu().numpy())
+        return [torch.from_numpy(o).to(device=pixel_values.device, dtype=pixel_values.dtype) for o in outs]
+
+    def forward(self, **kw):
+        return self.sam2(**kw)
 
 
 def time_encoder(fn, x, warmup: int = 2, runs: int = 5) -> float:
@@ -53,14 +69,21 @@ def _fidelity(run, fp_model, quant_model, twin, pixels) -> dict:
 
 
 def export_files(d: Path, fp_model: nn.Module, twin: nn.Module, size: int, metadata: dict | None = None) -> dict:
-    """``d/encoder.onnx`` traced from ``twin`` (``onnx_graph.runtime_model``: the quantized model in its runtime
-    form) at ``size``² and ``d/float.onnx``, the float encoder exported the same way (the latency baseline): what the
-    files are, whatever runtime or machine runs them."""
-    info = export_onnx(d / "encoder.onnx", twin, size, metadata)
-    export_float(d / "float.onnx", fp_model, size)
+    """The SAM2 apps' pair (``onnx_interface``) at ``size``²: ``d/encoder.onnx`` traced from ``twin``
+    (``onnx_graph.runtime_model``: the quantized model in its runtime form) and ``d/decoder.onnx``, the float
+    prompt encoder + mask decoder of ``fp_model``; plus ``d/float.onnx``, the float encoder exported the same way
+    (the latency baseline): what the files are, whatever runtime or machine runs them. ``metadata`` goes into
+    each file's metadata_props, with ``component`` saying which file it is."""
+    from .onnx_decoder import export_decoder
+    meta = metadata or {}
+    info = export_onnx(d / "encoder.onnx", twin, size, {**meta, "component": "encoder (quantized)"})
+    export_float(d / "float.onnx", fp_model, size, {**meta, "component": "encoder (float32, latency baseline)",
+                                                     "scheme": "float32", "activations": "float"})
+    dec = export_decoder(d / "decoder.onnx", fp_model, size,
+                         {**meta, "component": "decoder (float32 prompt encoder + mask decoder)"})
     fp32_bytes = sum(m.weight.numel() * 4 for k, m in trunk(twin).named_modules() if hasattr(m, "packed"))
     return {**info, "image_size": size, "float_bytes": (d / "float.onnx").stat().st_size,
-            "linear_weights_fp32_bytes": fp32_bytes,
+            "decoder_bytes": dec["bytes"], "linear_weights_fp32_bytes": fp32_bytes,
             "activations": f"{activation_format(twin)}, ranges observed on the quantized model (static_ranges)"}
 
 

@@ -1,5 +1,7 @@
-"""``quantize_sam2.py predict``: run a quantized output tree on one image; write the binary mask (``--out``, a
-black/white PNG at the image's size) and an overlay figure beside it (``<out stem>_overlay.png``)."""
+"""``quantize_sam2.py predict``: run a quantized output tree on one image with one prompt (points, positive and
+negative, and/or a box); write the binary mask (``--out``, a black/white PNG at the image's size) and an overlay
+beside it (``<out stem>_overlay.png``). On a graph runtime (openvino, onnxruntime) it runs the tree's ONNX pair
+(``onnx_predictor``) and never imports torch; ``--runtime fake`` runs the torch model (fake quantization)."""
 from __future__ import annotations
 
 import argparse
@@ -8,91 +10,133 @@ import logging
 import sys
 from pathlib import Path
 
-import numpy as np
-import torch
+from .onnx_predictor import Prompt
 
-__all__ = ["main"]
+__all__ = ["main", "torch_prompt_masks"]
 
 
-def main(argv: list[str]) -> int:
+def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="quantize_sam2.py predict",
                                 description="Segment one image with a quantized SAM2 output tree.")
     p.add_argument("--run", required=True, help="output directory written by quantize_sam2.py")
     p.add_argument("--image", required=True, help="image file")
-    p.add_argument("--point", action="append", required=True, help="foreground point X,Y in pixels (repeatable)")
+    p.add_argument("--point", action="append", default=[],
+                   help="positive point X,Y in pixels (repeatable; all points and the box make one mask)")
+    p.add_argument("--negative", action="append", default=[], help="negative point X,Y in pixels (repeatable)")
+    p.add_argument("--box", default=None, help="box X1,Y1,X2,Y2 in pixels")
     p.add_argument("--format", choices=["cache", "nunchaku"], default="cache", help="which files to load")
     p.add_argument("--out", default="mask.png",
-                   help="binary mask PNG to write (255 = object; default: mask.png); the overlay figure goes beside "
+                   help="binary mask PNG to write (255 = object; default: mask.png); the overlay goes beside "
                         "it as <name>_overlay.png")
     p.add_argument("--device", choices=["cuda", "cpu"], default=None,
                    help="where to run (default: the run's model.device)")
     p.add_argument("--runtime", choices=["auto", "openvino", "onnxruntime", "fake"], default="auto",
-                   help="the encoder on real int8 kernels (the tree's onnx/encoder.onnx on OpenVINO or ONNX Runtime, "
-                        "CPU) or fake quantization in torch; auto: the fastest available here (default)")
-    a = p.parse_args(argv)
-    try:
-        run, im, pts = _checked_inputs(a)
-    except ValueError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+                   help="the tree's ONNX pair (onnx/sam2.1_hiera_<name>.{encoder,decoder}.onnx) on OpenVINO or ONNX "
+                        "Runtime (CPU, no torch) or fake quantization in torch; auto: the fastest available here "
+                        "(default)")
+    return p
+
+
+def main(argv: list[str]) -> int:
+    a = _parser().parse_args(argv)
     from ..config import load_config
-    from ..sam2.evaluation import predict_masks
-    from ..sam2.images import normalize, resize_uint8
-    from .reader import load_quantized
-    from .report import RANDOM_BANNER, plot_mask
     try:
+        run, im, prompt = _checked_inputs(a)
         cfg = load_config(run / "config.yaml")
-        model = load_quantized(run, a.format)
         device = a.device or cfg.model.device
-        runtime = _runtime(a, run, device)
-        precision = _precision(run, cfg) if runtime != "fake" else "auto"
-    except (OSError, ValueError, RuntimeError) as e:
+        runtime = _runtime(a, run, cfg.model.name, device)
+        if runtime == "fake":
+            mask, times = _predict_torch(run, a.format, device, cfg, im, prompt)
+        else:
+            mask, times = _predict_onnx(run, runtime, cfg, im, prompt)
+    except ValueError as e:
         print(f"error: {str(e).splitlines()[0]}", file=sys.stderr)
         return 2
-    if device == "cuda" and not torch.cuda.is_available():
-        print("error: the run was quantized for cuda but no CUDA device is available; add --device cpu",
-              file=sys.stderr)
-        return 2
-    model = model.to(device)
-    if runtime != "fake":
-        from .runtimes import RuntimeSam2, open_runtime
-        onnx = run / "onnx" / "encoder.onnx"
-        try:
-            encoder = open_runtime(onnx, runtime, precision=precision, cache=_model_cache(cfg))
-        except Exception as e:  # a compile, file or cache failure: one line, whatever the runtime raises
-            print(f"error: {runtime} cannot open {onnx} ({_reason(e)}); export the tree again (quantize with "
-                  "--onnx '{}') or use --runtime fake", file=sys.stderr)
-            return 2
-        model = RuntimeSam2(model, encoder)
-    size = cfg.quant.calib.image_size
-    with torch.inference_mode():
-        emb = model.get_image_embeddings(normalize(resize_uint8(im, size))[None].to(device))
-        masks = predict_masks(model, emb, size, (im.height, im.width), points=pts)
-    union = masks.any(0).numpy()
-    title = (("RANDOM WEIGHTS — " if cfg.model.random_init else "") + f"{cfg.model.name} quantized ("
-             + (f"{runtime}, onnx" if runtime != "fake" else a.format) + ")")
+    import numpy as np
     from PIL import Image
+
+    from .onnx_predictor import overlay
+    banner = "RANDOM WEIGHTS — not a real SAM2 checkpoint"
+    title = ("RANDOM WEIGHTS — " if cfg.model.random_init else "") + f"{cfg.model.name} quantized ({runtime})"
     out = Path(a.out)
-    Image.fromarray((union * 255).astype(np.uint8), mode="L").save(out, format="PNG")
-    overlay = out.with_name(out.stem + "_overlay.png")
-    plot_mask(np.asarray(im), union, pts.numpy(), overlay, title)
-    print(f"{out}: mask covers {100 * union.mean():.1f} % of the image (overlay: {overlay})"
-          + (f" ({RANDOM_BANNER})" if cfg.model.random_init else ""))
+    Image.fromarray(mask.astype(np.uint8) * 255, mode="L").save(out, format="PNG")
+    ov = out.with_name(out.stem + "_overlay.png")
+    overlay(im, mask, prompt, ov, title)
+    print(f"{out}: mask covers {100 * mask.mean():.1f} % of the image (overlay: {ov}); encoder "
+          f"{1000 * times[0]:.0f} ms, prompt {1000 * times[1]:.1f} ms ({runtime})"
+          + (f" ({banner})" if cfg.model.random_init else ""))
     return 0
 
 
-def _runtime(a, run: Path, device: str) -> str:
-    """The encoder's runtime: a graph runtime on the tree's ONNX file (CPU) or "fake" (torch fake quantization)."""
+def _predict_onnx(run: Path, runtime: str, cfg, im, prompt: Prompt):
+    """The tree's ONNX pair on ``runtime`` (numpy, pillow and the runtime only): (mask, (encoder s, prompt s))."""
+    from .onnx_interface import find_pair
+    from .onnx_predictor import CannotOpen, OnnxSam2
+    enc, dec = find_pair(run / "onnx", cfg.model.name)
+    try:
+        sam = OnnxSam2(enc, dec, runtime, precision=_precision(run, cfg), cache=_model_cache(cfg))
+    except CannotOpen as e:
+        raise ValueError(f"{runtime} cannot open {e.path} ({_reason(e.cause)}); export the tree again (quantize "
+                         "with --onnx '{}') or use --runtime fake") from None
+    t_enc = sam.set_image(im)
+    pred = sam.predict(prompt)
+    return pred.mask, (t_enc, pred.seconds)
+
+
+def torch_prompt_masks(model, embeddings, size: int, orig_hw: tuple[int, int], prompt: Prompt):
+    """The torch ``Sam2Model`` path of one prompt: ``model(image_embeddings=…, multimask_output=True)`` on the
+    prompt's arrays (``Prompt.arrays``: the decoder's points and labels), then ``onnx_predictor.best_mask``.
+    Returns (bool mask [H, W], multimask logits [3, S/4, S/4] numpy, iou [3] numpy)."""
+    import torch
+
+    from .onnx_predictor import best_mask
+    h, w = orig_hw
+    coords, labels = prompt.arrays(w, h, size)
+    dev, dt = embeddings[0].device, next(model.parameters()).dtype
+    with torch.inference_mode():
+        out = model(image_embeddings=[e.to(dt) for e in embeddings],
+                    input_points=torch.from_numpy(coords)[None].to(dev, dt),
+                    input_labels=torch.from_numpy(labels)[None].to(dev).long(), multimask_output=True)
+    logits, iou = out.pred_masks[0, 0].float().cpu().numpy(), out.iou_scores[0, 0].float().cpu().numpy()
+    return best_mask(logits, iou, h, w)[0], logits, iou
+
+
+def _predict_torch(run: Path, fmt: str, device: str, cfg, im, prompt: Prompt):
+    """The torch model read back from the tree (fake quantization): (mask, (encoder s, prompt s))."""
+    import time
+
+    import torch
+
+    from ..sam2.images import normalize, resize_uint8
+    from .reader import load_quantized
+    if device == "cuda" and not torch.cuda.is_available():
+        raise ValueError("the run was quantized for cuda but no CUDA device is available; add --device cpu")
+    try:
+        model = load_quantized(run, fmt).to(device)
+    except (OSError, RuntimeError) as e:
+        raise ValueError(str(e).splitlines()[0]) from None
+    size = cfg.quant.calib.image_size
+    t0 = time.perf_counter()
+    with torch.inference_mode():
+        emb = model.get_image_embeddings(normalize(resize_uint8(im, size))[None].to(device))
+    t1 = time.perf_counter()
+    mask = torch_prompt_masks(model, emb, size, (im.height, im.width), prompt)[0]
+    return mask, (t1 - t0, time.perf_counter() - t1)
+
+
+def _runtime(a, run: Path, model_name: str, device: str) -> str:
+    """A graph runtime on the tree's ONNX pair (CPU) or "fake" (torch fake quantization)."""
+    from .onnx_interface import pair_names
     from .runtimes import available_runtimes, pick_runtime
-    has_onnx = (run / "onnx" / "encoder.onnx").is_file()
+    has_onnx = (run / "onnx" / pair_names(model_name)["encoder"]).is_file()
     if a.runtime == "auto":
         usable = has_onnx and device == "cpu" and a.format == "cache" and available_runtimes()
         return pick_runtime("auto") if usable else "fake"
     if a.runtime == "fake":
         return "fake"
     if not has_onnx:
-        raise ValueError(f"--runtime {a.runtime}: {run} has no onnx/encoder.onnx; quantize with the onnx key "
-                         "(--onnx '{}') or use --runtime fake")
+        raise ValueError(f"--runtime {a.runtime}: {run} has no onnx/{pair_names(model_name)['encoder']}; quantize "
+                         "with the onnx key (--onnx '{}') or use --runtime fake")
     if device != "cpu" or a.format != "cache":
         raise ValueError(f"--runtime {a.runtime} runs on the CPU from the cache files; add --device cpu and drop "
                          "--format nunchaku")
@@ -144,10 +188,25 @@ def _reason(e: Exception) -> str:
     return " ".join(said or lines or [type(e).__name__])[:300]
 
 
-def _checked_inputs(a) -> tuple[Path, object, torch.Tensor]:
-    """Everything that can be checked before the model loads; raises ValueError with one line naming the fix."""
+def _xy(flag: str, s: str, n: int, im, path: str) -> list[float]:
+    """``s`` as ``n`` numbers in pixels inside ``im``, pairs as (x, y); ValueError with one line otherwise."""
     import math
+    try:
+        v = [float(t) for t in s.split(",")]
+    except ValueError:
+        v = []
+    if len(v) != n:
+        what = "two numbers X,Y" if n == 2 else "four numbers X1,Y1,X2,Y2"
+        raise ValueError(f"--{flag} must be {what} in pixels, got {s!r}")
+    for x, y in zip(v[::2], v[1::2]):
+        if not (math.isfinite(x) and math.isfinite(y) and 0 <= x < im.width and 0 <= y < im.height):
+            raise ValueError(f"--{flag} {s} is outside the image: {path} is {im.width}×{im.height} pixels, so "
+                             f"0 ≤ X < {im.width} and 0 ≤ Y < {im.height}")
+    return v
 
+
+def _checked_inputs(a) -> tuple[Path, object, Prompt]:
+    """Everything that can be checked before the model loads; raises ValueError with one line naming the fix."""
     from ..sam2.images import load_rgb
     run = Path(a.run)
     if not (run / "config.yaml").is_file():
@@ -160,14 +219,11 @@ def _checked_inputs(a) -> tuple[Path, object, torch.Tensor]:
         im = load_rgb(Path(a.image))
     except (OSError, ValueError) as e:
         raise ValueError(f"--image {a.image} cannot be read as an image ({str(e).splitlines()[0]})") from None
-    pts = []
-    for s in a.point:
-        try:
-            x, y = (float(v) for v in s.split(","))
-        except ValueError:
-            raise ValueError(f"--point must be two numbers X,Y in pixels, got {s!r}") from None
-        if not (math.isfinite(x) and math.isfinite(y) and 0 <= x < im.width and 0 <= y < im.height):
-            raise ValueError(f"--point {s} is outside the image: {a.image} is {im.width}×{im.height} pixels, so "
-                             f"0 ≤ X < {im.width} and 0 ≤ Y < {im.height}")
-        pts.append((x, y))
-    return run, im, torch.tensor(pts)
+    if not (a.point or a.negative or a.box):
+        raise ValueError("give a prompt: --point X,Y (positive), --negative X,Y, or --box X1,Y1,X2,Y2")
+    pos = [tuple(_xy("point", s, 2, im, a.image)) for s in a.point]
+    neg = [tuple(_xy("negative", s, 2, im, a.image)) for s in a.negative]
+    box = tuple(_xy("box", a.box, 4, im, a.image)) if a.box else None
+    if box is not None and not (box[0] < box[2] and box[1] < box[3]):
+        raise ValueError(f"--box {a.box}: X1 < X2 and Y1 < Y2 are needed (top-left, then bottom-right)")
+    return run, im, Prompt(pos + neg, [1] * len(pos) + [0] * len(neg), box)

@@ -126,14 +126,14 @@ def _branch_line(lr: dict | None) -> str:
 
 
 def _runtime_lines(metrics: dict) -> list[str]:
-    """The real-kernel encoder (onnx/encoder.onnx on a graph runtime) beside the float encoder on the same runtime
-    and the fake-quant model."""
+    """The real-kernel encoder (onnx/sam2.1_hiera_<name>.encoder.onnx on a graph runtime) beside the float encoder
+    on the same runtime and the fake-quant model."""
     r = metrics.get("runtime")
     if not r:
         return []
     lat = r["latency_s"]
     st = r["sqnr_db"]
-    return ["", "## Real kernels (onnx/encoder.onnx)", "",
+    return ["", "## Real kernels (the ONNX encoder in onnx/)", "",
             f"On {r['runtime']} ({r.get('precision', 'f32')} float ops; int8 QDQ weights from the pipeline's codes, "
             "static per-tensor 8-bit activations observed on the quantized model): the quantized encoder runs "
             f"**{r['speedup_vs_float_runtime']:.2f}× as fast as the float encoder on the same runtime** "

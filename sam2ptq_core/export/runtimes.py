@@ -1,13 +1,12 @@
-"""Graph runtimes (OpenVINO, ONNX Runtime): which are installed, a session over an ONNX file (OpenVINO's through its
-model cache, ``model_cache.ModelCache``), and SAM2 with its image encoder run by one. "Runtime" in sam2ptq means one
-of these; onnxruntime is the ``'.[onnx]'`` extra, OpenVINO the ``'.[openvino]'`` extra, and a missing one is one
-error line (``MissingRuntime``). Choosing one (torch-free) is ``runtime_choice``."""
+"""Graph runtimes (OpenVINO, ONNX Runtime): which are installed and a session over an ONNX file (OpenVINO's through
+its model cache, ``model_cache.ModelCache``), inputs bound by position as SAM2 apps bind them. No torch: the
+torch-free predictor (``onnx_predictor``) runs on these. "Runtime" in sam2ptq means one of these; onnxruntime is the
+``'.[onnx]'`` extra, OpenVINO the ``'.[openvino]'`` extra, and a missing one is one error line (``MissingRuntime``).
+Choosing one is ``runtime_choice``; SAM2 with its encoder on a runtime, for scoring, is ``onnx_scoring.RuntimeSam2``."""
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
-
-import torch
-from torch import nn
 
 from .model_cache import ModelCache
 from .runtime_choice import (
@@ -22,7 +21,30 @@ from .runtime_choice import (
 )
 
 __all__ = ["RUNTIMES", "MissingRuntime", "need", "available_runtimes", "pick_runtime", "check_exporter",
-           "open_runtime", "runtime_version", "machine", "float_precision", "RuntimeSam2", "ModelCache"]
+           "open_runtime", "Session", "runtime_version", "machine", "float_precision", "ModelCache"]
+
+
+@dataclass(frozen=True)
+class Session:
+    """A compiled file: ``session(*inputs)`` → outputs (numpy, in the file's order); the names of its inputs and
+    outputs (OpenVINO gives a tensor several names: the ONNX one among them) and the first input's shape (None for
+    a dynamic dimension), where SAM2 apps read the image size."""
+    run: object
+    input_names: list[frozenset[str]]
+    output_names: list[frozenset[str]]
+    input_shape: list[int | None]
+
+    def __call__(self, *xs):
+        return self.run(*xs)
+
+    def has_interface(self, inputs: list[str], outputs: list[str]) -> bool:
+        """The file's inputs and outputs are exactly ``inputs`` and ``outputs``, in that order."""
+        return (len(inputs) == len(self.input_names) and len(outputs) == len(self.output_names)
+                and all(n in s for n, s in zip(inputs + outputs, self.input_names + self.output_names)))
+
+    def describe(self) -> str:
+        names = [sorted(s)[-1] for s in self.input_names], [sorted(s)[-1] for s in self.output_names]
+        return f"inputs {names[0]}, outputs {names[1]}"
 
 
 def _onnxruntime_session(path: Path, threads: int | None):
@@ -40,7 +62,10 @@ def _onnxruntime_session(path: Path, threads: int | None):
     # fails to start the session ("Attempt to replace the existing tensor", W8A8 encoder at 256²)
     sess = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"],
                                 disabled_optimizers=["MatMulAddFusion", "ConstantSharing"])
-    return lambda px: sess.run(None, {"pixel_values": px})
+    names = [i.name for i in sess.get_inputs()]
+    shape = [d if isinstance(d, int) else None for d in sess.get_inputs()[0].shape]
+    return Session(lambda *xs: sess.run(None, dict(zip(names, xs))), [frozenset([n]) for n in names],
+                   [frozenset([o.name]) for o in sess.get_outputs()], shape)
 
 
 def _openvino_session(path: Path, threads: int | None, precision: str, cache: ModelCache | None):
@@ -66,17 +91,21 @@ def _openvino_session(path: Path, threads: int | None, precision: str, cache: Mo
         cache.bound(keep=model.parent)
     req = compiled.create_infer_request()
 
-    def run(px):
-        res = req.infer({0: px})
+    def run(*xs):
+        res = req.infer(dict(enumerate(xs)))
         return [res[o] for o in compiled.outputs]
-    return run
+    shape = [d.get_length() if d.is_static else None for d in compiled.inputs[0].get_partial_shape()]
+    return Session(run, [frozenset(i.get_names()) for i in compiled.inputs],
+                   [frozenset(o.get_names()) for o in compiled.outputs], shape)
 
 
 def open_runtime(path: Path, runtime: str, threads: int | None = None, precision: str = "auto",
-                 cache: ModelCache | None = None):
-    """A callable pixels [1, 3, S, S] float32 (numpy) → [fpn0, fpn1, embedding] (numpy) running ``path`` on the CPU
-    with ``runtime`` (openvino or onnxruntime). ``precision`` (OpenVINO): "auto" keeps its default, bf16 for the
-    float ops on CPUs that have bf16 (the fastest); "f32" runs them in float32. OpenVINO compiles the Hiera graph in
+                 cache: ModelCache | None = None) -> Session:
+    """A ``Session``: a callable (numpy inputs in the file's input order) → [numpy outputs in its output order]
+    running ``path`` on the CPU with ``runtime`` (openvino or onnxruntime); for the encoder pixels [1, 3, S, S]
+    float32 → [high_res_feats_0, high_res_feats_1, image_embed]. The shapes the file leaves dynamic stay dynamic.
+    ``precision`` (OpenVINO): "auto" keeps its default, bf16 for the float ops on CPUs that have bf16 (the
+    fastest); "f32" runs them in float32. OpenVINO compiles the Hiera graph in
     about 85 s on 2 cores; its model cache ``cache`` (a run's: ``ModelCache.under(local_dir(cfg), …)``; None:
     ``ModelCache.default()``) makes every later compile of the same file 0.3 s, says when a compile is not cached
     and falls back to compiling without it (one warning) where it cannot be written."""
@@ -94,18 +123,3 @@ def float_precision(runtime: str, wanted: str) -> str:
         return ov.Core().get_property("CPU", "INFERENCE_PRECISION_HINT").get_type_name()
     return "f32"
 
-
-class RuntimeSam2(nn.Module):
-    """The float Sam2Model with its image encoder run by a graph runtime (``open_runtime``): prompt encoder and
-    mask decoder stay in torch, so masks can be scored like the fake-quant model's."""
-
-    def __init__(self, sam2: nn.Module, encoder):
-        super().__init__()
-        self.sam2, self.encoder = sam2, encoder
-
-    def get_image_embeddings(self, pixel_values: torch.Tensor) -> list[torch.Tensor]:
-        outs = self.encoder(pixel_values.detach().float().cpu().numpy())
-        return [torch.from_numpy(o).to(device=pixel_values.device, dtype=pixel_values.dtype) for o in outs]
-
-    def forward(self, **kw):
-        return self.sam2(**kw)

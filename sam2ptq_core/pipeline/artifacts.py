@@ -212,9 +212,10 @@ class StaticRanges(Artifact):
 
 
 class OnnxExport(Artifact):
-    """``onnx.json`` (formats, layers, sizes, metadata; ``enabled`` false without ``onnx``), ``encoder.onnx`` (the
-    quantized encoder as int8 QDQ, export/onnx_graph.py) and ``float.onnx`` (the float encoder, the latency
-    baseline). What the file is, not how it ran: that is ``OnnxRuntime``."""
+    """``onnx.json`` (formats, layers, sizes, metadata; ``enabled`` false without ``onnx``), the SAM2 apps' pair
+    (export/onnx_interface.py): ``encoder.onnx`` (the quantized encoder as int8 QDQ, export/onnx_graph.py) and
+    ``decoder.onnx`` (the float prompt encoder + mask decoder, export/onnx_decoder.py), and ``float.onnx`` (the
+    float encoder, the latency baseline). What the files are, not how they ran: that is ``OnnxRuntime``."""
     FILES = ("onnx.json",)
 
     def info(self) -> dict:
@@ -222,6 +223,9 @@ class OnnxExport(Artifact):
 
     def encoder_file(self) -> Path:
         return self.manifest.path("encoder.onnx")
+
+    def decoder_file(self) -> Path:
+        return self.manifest.path("decoder.onnx")
 
     def float_file(self) -> Path:
         return self.manifest.path("float.onnx")

@@ -33,17 +33,28 @@ def write_model_files(d: Path, c: RunConfig, fetched: A.FetchedModel, smooth: A.
     shutil.copyfile(mixed.scheme_file(), d / "scheme.json")
     if ranges.info()["enabled"]:  # static activation parameters (the reader needs them for a static run)
         shutil.copyfile(ranges.ranges_file(), d / "ranges.json")
-    if onnx.info()["enabled"]:  # the ONNX encoder and what it measured (not the float baseline it was timed with)
-        (d / "onnx").mkdir()
-        shutil.copyfile(onnx.encoder_file(), d / "onnx" / "encoder.onnx")
-        info = {**onnx.info(), **onnx_rt.info()}  # the file's record and where it ran (predict: precision_setting)
-        (d / "onnx" / "onnx.json").write_text(json.dumps(info, indent=1, allow_nan=True))
+    if onnx.info()["enabled"]:  # the ONNX pair and what it measured (not the float baseline it was timed with)
+        _write_onnx(d / "onnx", c.model.name, onnx, onnx_rt)
     cfg = c.model_dump(mode="json")
     if ch.get("fallback"):
         # the choice itself, so a reader rebuilds these fallbacks (none chosen: num_layers 0, still one valid policy)
         cfg["quant"]["mixed"].update(layers=ch["layers"], budget_bits=None,
                                      num_layers=None if ch["layers"] else 0)
     (d / "config.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
+
+
+def _write_onnx(d: Path, model_name: str, onnx: A.OnnxExport, onnx_rt: A.OnnxRuntime) -> None:
+    """``onnx/``: the SAM2 apps' pair under their published names, X-AnyLabeling's config and README.md beside
+    them (``export/onnx_interface.py``), and ``onnx.json``: the files' record and where they ran (predict reads
+    precision_setting)."""
+    from ..export.onnx_interface import pair_names, write_pair_extras
+    d.mkdir()
+    names = pair_names(model_name)
+    shutil.copyfile(onnx.encoder_file(), d / names["encoder"])
+    shutil.copyfile(onnx.decoder_file(), d / names["decoder"])
+    info = {**onnx.info(), **onnx_rt.info(), "files": names}
+    write_pair_extras(d, model_name, info)
+    (d / "onnx.json").write_text(json.dumps(info, indent=1, allow_nan=True))
 
 
 def write_evaluation_files(d: Path, evaluation: A.Evaluation, onnx_rt: A.OnnxRuntime, guard: str = "") -> None:

@@ -32,16 +32,47 @@ def _pixels(art: dict):
     return normalize(art["build_calibration_set"].images()[:2])
 
 
+def scheme_summary(c: RunConfig, activations: str) -> str:
+    """One line naming the recipe, for the files' metadata and the X-AnyLabeling display name."""
+    w, q = c.quant.wgts, c.quant
+    g = w.group_shapes[0][-1]
+    parts = [f"weights {w.dtype} " + ("per channel" if g == -1 else f"group {g}"), f"activations {activations}"]
+    parts += [n for n, on in (("smoothing", q.smooth), ("rotation", q.rotation), ("GPTQ", w.kernel_gptq)) if on]
+    if w.low_rank is not None:
+        parts.append(f"low-rank branch rank {w.low_rank.rank}")
+    return "; ".join(parts)
+
+
+def file_metadata(c: RunConfig, fetched: dict, random_weights: bool, source: str, activations: str) -> dict:
+    """The pair's ``metadata_props`` (issue 29): model, revision, weights sha256, scheme, image size, mean/std,
+    resize rule, sam2ptq version, random_weights; ``fetched``: fetch_model's manifest meta."""
+    from .. import __version__
+    from ..export.onnx_interface import RESIZE
+    from ..sam2.images import MEAN, STD
+    from ..sam2.variants import hub_id
+    s = c.quant.calib.image_size
+    return {"producer": "sam2ptq", "sam2ptq_version": __version__, "model": c.model.name,
+            "model_name": c.model.path or hub_id(c.model.name), "revision": c.model.revision, "source": source,
+            "weights_sha256": fetched.get("weights_sha256", ""), "random_weights": str(random_weights).lower(),
+            "config_hash": config_hash(c), "scheme": scheme_summary(c, activations), "activations": activations,
+            "pipeline_activations": "static" if c.quant.ipts.static else "dynamic per token (the file is static)",
+            "image_size": str(s), "input_shape": f"[1, 3, {s}, {s}]", "mean": str(list(MEAN)), "std": str(list(STD)),
+            "pixel_scale": "1/255", "resize": RESIZE, "color": "RGB",
+            "interface": "SAM2 ONNX encoder/decoder (ONNX-SAM2-Segment-Anything, samexporter)"}
+
+
 def export_encoder(c: RunConfig, art: dict, d: Path) -> dict:
-    """``d/encoder.onnx`` + ``d/float.onnx`` and ``onnx_scoring.export_files``' record of them. ``art``: the
-    stage's upstream artifacts by stage name."""
+    """``d/encoder.onnx`` (the quantized encoder), ``d/decoder.onnx`` (the float prompt encoder + mask decoder),
+    ``d/float.onnx`` (the latency baseline), all in the SAM2 apps' interface, and ``onnx_scoring.export_files``'
+    record of them. ``art``: the stage's upstream artifacts by stage name."""
     from ..export.onnx_graph import activation_format
     from ..export.onnx_scoring import export_files
     fp, model, _, twin = _models(c, art)
-    meta = {"producer": "sam2ptq", "random_weights": str(fp.random_weights).lower(), "model": c.model.name,
-            "source": fp.source, "config_hash": config_hash(c), "activations": activation_format(twin),
-            "pipeline_activations": "static" if c.quant.ipts.static else "dynamic per token (the file is static)"}
-    return export_files(d, model, twin, c.quant.calib.image_size, meta)
+    acts = activation_format(twin)
+    meta = file_metadata(c, art["fetch_model"].meta, fp.random_weights, fp.source, acts)
+    info = export_files(d, model, twin, c.quant.calib.image_size, meta)
+    return {**info, "scheme": meta["scheme"], "random_weights": fp.random_weights, "model_source": fp.source,
+            "metadata": meta}
 
 
 def runtime_key(c: RunConfig) -> dict:
