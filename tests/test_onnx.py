@@ -208,7 +208,7 @@ def test_missing_runtime_is_one_line(monkeypatch):
 
 @pytest.mark.slow
 def test_flow_exports_and_runs_the_onnx_encoder(prefect_server, tmp_path):
-    """The reduced W4A4 config with ``onnx``: the stage writes onnx/encoder.onnx, scores it against float and its
+    """The reduced W4A4 config with ``onnx``: the stage writes the onnx/ pair, scores the encoder against float and its
     runtime twin, times it against the float encoder on the same runtime; evaluate adds the real-kernel row; a rerun
     reuses the stage; predict runs it. Measured (random weights, 128², ONNX Runtime): embedding SQNR vs the runtime
     twin 30–40 dB (per-tensor codes flip at rounding boundaries as float op order differs over 12 blocks; layer by
@@ -223,7 +223,7 @@ def test_flow_exports_and_runs_the_onnx_encoder(prefect_server, tmp_path):
     out = Path(sam2_ptq(str(REDUCED_CFG), ovs))
     info = json.loads((out / "onnx" / "onnx.json").read_text())
     assert info["enabled"] and info["runtime"] == "onnxruntime" and info["layers"] == 23
-    assert (out / "onnx" / "encoder.onnx").stat().st_size == info["bytes"]
+    assert (out / "onnx" / "sam2.1_hiera_tiny.encoder.onnx").stat().st_size == info["bytes"]
     sq = info["sqnr_db"]
     assert sq["vs_runtime_twin"]["fpn0"] > 40 and sq["vs_runtime_twin"]["embedding"] > 25, sq
     assert set(info["latency_s"]) == {"float_runtime", "quantized_runtime", "torch_fp32"}
