@@ -7,7 +7,8 @@ one machine. Each measurement runs in its own process (peak RSS is that process'
 Files built here are quantized the way the pipeline builds them, with plain rounding (RTN) instead of the full
 recipe: random weights (offline), static sint8 activation ranges observed on the quantized model over the 7
 calibration photos (the static_ranges stage's observer); fidelity is measured on 3 held-out photos.
-Formats: W8A8 (sint8 per-channel weights: the fast path) and W4A8 (uint4 groups of 128, the demo's weight format).
+Formats: W8A8 (sint8 per-channel weights: the fast path), W8A8+QK (also the attention matmul Q·Kᵀ with static sint8
+query and key, `quant.ipts.attention`) and W4A8 (uint4 groups of 128, the demo's weight format).
 
 Files the pipeline built (its full recipe: smoothing, GPTQ, static ranges observed on the calibrated model) join
 the same run with ``--file NAME=PATH`` (an output tree's ``encoder.onnx``); ``--seed`` must then be the run's
@@ -15,7 +16,7 @@ the same run with ``--file NAME=PATH`` (an output tree's ``encoder.onnx``); ``--
 OpenVINO file's per-op profile (``benchmarks/runtime_profile.py``: share of time in float ops, Amdahl bound).
 
     python benchmarks/runtime_latency.py [--model tiny] [--size 1024] [--runs 5] [--seed 0] [--out DIR]
-        [--file "W8A8 (full recipe)=outputs/sam2/…/encoder.onnx"] [--formats W8A8,W4A8]
+        [--file "W8A8 (full recipe)=outputs/sam2/…/encoder.onnx"] [--formats W8A8,W8A8+QK,W4A8]
         [--runtimes openvino,onnxruntime] [--profile]
 """
 from __future__ import annotations
@@ -78,12 +79,13 @@ def _time(kind: str, path: str, px: str, args, precision: str = "auto") -> dict:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def _quantized(m, imgs, w_dtype: str, group: int, a_dtype: str):
+def _quantized(m, imgs, w_dtype: str, group: int, a_dtype: str, attention: bool = False):
     """(runtime-form model, fake-quant model): RTN codes, no smoothing or GELU shift, static sint8 ranges observed
-    on ``imgs``."""
+    on ``imgs``; ``attention``: Q·Kᵀ's inputs too (sam2/attention.py, ``quant.ipts.attention``)."""
     from sam2ptq_core.algorithms.quantizers import dequantize, quantize
     from sam2ptq_core.algorithms.scheme import LayerScheme
     from sam2ptq_core.export.onnx_graph import runtime_model
+    from sam2ptq_core.sam2.attention import set_static
     from sam2ptq_core.sam2.loading import quantizable_linears
     from sam2ptq_core.sam2.quantized_model import LayerArtifacts, prepare_static, quant_linears, quantize_model
     sch = LayerScheme(w_dtype, group, a_dtype, -1)
@@ -94,13 +96,14 @@ def _quantized(m, imgs, w_dtype: str, group: int, a_dtype: str):
                     "zero": q.qparams.zero if q.qparams.zero is not None else torch.empty(0)}
         arts[n] = LayerArtifacts(sch, dequantize(q), mod.bias.detach(), None, None, None)
     qm = quantize_model(copy.deepcopy(m), arts)
-    obs = prepare_static(qm)
+    obs = prepare_static(qm, attention=attention)
     with torch.inference_mode():
         for x in imgs:
             qm.get_image_embeddings(x)
-    qparams = {n: o.qparams("mse", sch.static8().a_dtype) for n, o in obs.items()}
+    qparams = {n: o.qparams("mse", sch.static8().a_dtype if n in arts else "sint8") for n, o in obs.items()}
     for ql in quant_linears(qm).values():
         ql.observer = None
+    set_static(qm, {})  # observers off; the fake-quant model keeps float attention (as the dynamic pipeline)
     return runtime_model(qm, saved, qparams), qm
 
 
@@ -125,7 +128,8 @@ def main() -> dict:
     p.add_argument("--seed", type=int, default=0, help="the random weights' seed (a pipeline run's `seed`)")
     p.add_argument("--file", action="append", default=[], metavar="NAME=PATH",
                    help="an encoder.onnx the pipeline built, timed and scored beside the others")
-    p.add_argument("--formats", default="W8A8,W4A8", help="RTN files built here (comma-separated; '' for none)")
+    p.add_argument("--formats", default="W8A8,W8A8+QK,W4A8",
+                   help="RTN files built here (comma-separated; '' for none; +QK: attention's Q·Kᵀ in int8 too)")
     p.add_argument("--runtimes", default="openvino,onnxruntime")
     p.add_argument("--profile", action="store_true", help="OpenVINO per-op profile of each file (Amdahl bound)")
     p.add_argument("--out", type=Path, help="keep the files and write results.json here")
@@ -163,9 +167,10 @@ def main() -> dict:
     files = {"fp32": tmp / "fp32.onnx"}
     export_float(files["fp32"], m, args.size)
     twins = {}
-    rtn = {"W8A8": ("sint8", -1, "sint8"), "W4A8": ("uint4", 128, "uint8")}
-    for fmt, (w, g, a) in {f"{k} RTN": rtn[k] for k in filter(None, args.formats.split(","))}.items():
-        twins[fmt], _ = _quantized(m, calib, w, g, a)
+    rtn = {"W8A8": ("sint8", -1, "sint8", False), "W4A8": ("uint4", 128, "uint8", False),
+           "W8A8+QK": ("sint8", -1, "sint8", True)}  # +QK: attention's Q·Kᵀ quantized too
+    for fmt, (w, g, a, qk) in {f"{k} RTN": rtn[k] for k in filter(None, args.formats.split(","))}.items():
+        twins[fmt], _ = _quantized(m, calib, w, g, a, qk)
         files[fmt] = tmp / f"{fmt.replace(' ', '_')}.onnx"
         export_onnx(files[fmt], twins[fmt], args.size)
     for spec in args.file:

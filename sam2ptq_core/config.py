@@ -111,6 +111,9 @@ class IptsCfg(_Node):
     static: bool = False
     static_method: Literal["mse", "minmax"] = "mse"
     static_images: int = Field(8, ge=1)
+    # the attention matmul Q·Kᵀ with static sint8 per-tensor query and key (sam2/attention.py), observed with the
+    # linears' ranges: in the ONNX file always, in the pipeline's evaluation with ``static``
+    attention: bool = False
     # SVDQuant: mlp.proj_out's input (after GELU) + 0.171875, quantized unsigned (uint4 for sint4), shift in the
     # bias; such layers are never rotated (a rotation would make the input signed again)
     gelu_shift: bool = False
@@ -121,6 +124,13 @@ class IptsCfg(_Node):
         if self.static and not (self.dtype and FORMATS[self.dtype].bits == 8):
             raise ValueError(f"static activations are 8-bit per tensor (uint8, as graph runtimes run them), but dtype "
                              f"is {self.dtype}; use dtype uint8 or sint8 with static: true, or static: false")
+        return self
+
+    @model_validator(mode="after")
+    def _attention_is_8bit(self):
+        if self.attention and not (self.dtype and FORMATS[self.dtype].bits == 8):
+            raise ValueError(f"attention quantizes Q·Kᵀ's inputs static 8-bit, beside 8-bit activations, but dtype "
+                             f"is {self.dtype}; use dtype sint8 or uint8 with attention: true, or attention: false")
         return self
 
     @model_validator(mode="after")

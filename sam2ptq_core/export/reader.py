@@ -82,7 +82,9 @@ def _from_cache(out: Path, cfg) -> nn.Module:
         arts[name] = LayerArtifacts(sch, w.float(), bias, sm, br.get("a.weight"), br.get("b.weight"),
                                     rotate=full in rotated, rotate_random=rot.get("random", False),
                                     rotate_seed=rot.get("seed", 0), act_qparams=static.get(name))
-    return quantize_model(model, arts)
+    from ..sam2.attention import set_static
+    set_static(quantize_model(model, arts), static)  # Q·Kᵀ, when ranges.json holds attention entries
+    return model
 
 
 def _static_ranges(out: Path, schemes: dict) -> dict:

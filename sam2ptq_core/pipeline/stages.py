@@ -102,7 +102,7 @@ def _ranges_slice(c: RunConfig) -> dict:
     if not (q.ipts.static or c.onnx):
         return {"static": None}
     return {"method": q.ipts.static_method, "num_images": q.ipts.static_images, "device": c.model.device,
-            "seed": c.seed}
+            "seed": c.seed, **({"attention": True} if q.ipts.attention else {})}  # (older keys stay valid)
 
 
 def _onnx_slice(c: RunConfig) -> dict:

@@ -138,8 +138,11 @@ def build_quantized(fp_model: nn.Module, qlayers: dict[str, dict], smooth: dict[
     """A deep copy of the float model with its trunk linears swapped for QuantLinear from the stored artifacts
     (``act_qparams``: the static activation parameters, for static schemes)."""
     import copy
-    return quantize_model(copy.deepcopy(fp_model), artifacts_from_saved(qlayers, smooth, rotation, schemes,
-                                                                        act_qparams))
+
+    from . import attention
+    m = quantize_model(copy.deepcopy(fp_model), artifacts_from_saved(qlayers, smooth, rotation, schemes, act_qparams))
+    attention.set_static(m, act_qparams or {})  # Q·Kᵀ when the ranges hold attention entries (quant.ipts.attention)
+    return m
 
 
 @contextmanager
@@ -160,23 +163,31 @@ def quant_linears(model: nn.Module) -> dict[str, QuantLinear]:
     return {n: m for n, m in trunk(model).named_modules() if isinstance(m, QuantLinear)}
 
 
-def prepare_static(model: nn.Module, seed: int = 0) -> dict[str, RangeObserver]:
+def prepare_static(model: nn.Module, seed: int = 0, attention: bool = False) -> dict[str, RangeObserver]:
     """Attach a ``RangeObserver`` to every QuantLinear with quantized activations (the tensor it feeds its
-    activation quantizer); run calibration images through the model, then ``convert_static``."""
+    activation quantizer) and, with ``attention``, to every attention module's query and key
+    (``sam2/attention.py``: ``<module>.query``, ``<module>.key``); run calibration images through the model, then
+    ``convert_static``."""
     obs = {}
     for i, (n, ql) in enumerate(quant_linears(model).items()):
         if ql.scheme.a_dtype is not None:
             ql.observer = obs[n] = RangeObserver(seed=seed + i)
+    if attention:
+        from . import attention as attn
+        obs.update(attn.observe(model, seed))
     return obs
 
 
 def convert_static(model: nn.Module, qparams: dict[str, QParams]) -> nn.Module:
     """Each named QuantLinear switched (in place) to its static scheme (``LayerScheme.static8``) with its
-    parameters; observers removed. Returns the model."""
+    parameters, and each attention module with ``<module>.query``/``.key`` entries quantizing Q·Kᵀ's inputs;
+    observers removed. Returns the model."""
+    from . import attention
     for n, ql in quant_linears(model).items():
         ql.observer = None
         if n in qparams:
             ql.set_static(ql.scheme.static8(), qparams[n])
+    attention.set_static(model, qparams)
     return model
 
 
