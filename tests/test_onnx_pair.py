@@ -154,6 +154,12 @@ def test_predictor_masks_equal_the_torch_sam2model_path(pair, runtime):
     assert min(ious) >= 0.99, ious
 
 
+def test_predict_says_random_weights_as_the_report_does():
+    from sam2ptq_core.export.predict import BANNER
+    from sam2ptq_core.export.report import RANDOM_BANNER
+    assert BANNER == RANDOM_BANNER
+
+
 def test_prompt_arrays_and_best_mask():
     """Points then box corners (labels 2, 3) scaled to the S frame; the mask is the highest predicted IoU's."""
     c, lab = Prompt([(50.0, 20.0)], [0], box=(10.0, 10.0, 90.0, 30.0)).arrays(100, 40, 128)

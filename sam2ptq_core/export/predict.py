@@ -14,6 +14,8 @@ from .onnx_predictor import Prompt
 
 __all__ = ["main", "torch_prompt_masks"]
 
+BANNER = "RANDOM WEIGHTS — not a real SAM2 checkpoint"  # = report.RANDOM_BANNER (report imports matplotlib; tested)
+
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="quantize_sam2.py predict",
@@ -56,7 +58,6 @@ def main(argv: list[str]) -> int:
     from PIL import Image
 
     from .onnx_predictor import overlay
-    banner = "RANDOM WEIGHTS — not a real SAM2 checkpoint"
     title = ("RANDOM WEIGHTS — " if cfg.model.random_init else "") + f"{cfg.model.name} quantized ({runtime})"
     out = Path(a.out)
     Image.fromarray(mask.astype(np.uint8) * 255, mode="L").save(out, format="PNG")
@@ -64,7 +65,7 @@ def main(argv: list[str]) -> int:
     overlay(im, mask, prompt, ov, title)
     print(f"{out}: mask covers {100 * mask.mean():.1f} % of the image (overlay: {ov}); encoder "
           f"{1000 * times[0]:.0f} ms, prompt {1000 * times[1]:.1f} ms ({runtime})"
-          + (f" ({banner})" if cfg.model.random_init else ""))
+          + (f" ({BANNER})" if cfg.model.random_init else ""))
     return 0
 
 
