@@ -245,11 +245,11 @@ def test_flow_exports_and_runs_the_onnx_encoder(prefect_server, tmp_path):
 
 @pytest.mark.slow
 def test_static_activations_are_calibrated_and_evaluated_as_shipped(prefect_server, tmp_path):
-    """``quant.ipts.static: true`` (reduced config at W4A8 with the GELU shift): the pipeline calibrates and
-    evaluates static per-tensor activations (sint8, uint8 on the shifted inputs; zero point 0), so its own
-    evaluation row and the ONNX file's row (ONNX Runtime) agree on the held-out images: measured embedding SQNR
-    21.821 vs 21.800 dB, mask mIoU 0.9426 vs 0.9425 (bounds: 1.5 dB, 0.005; asymmetric uint8 had 22.16 dB);
-    the file's twin in torch is the evaluated model (same QuantLinear scheme and parameters)."""
+    """``quant.ipts.static: true`` (reduced config at W4A8 with the GELU shift and ``quant.ipts.attention``): the
+    pipeline calibrates and evaluates static per-tensor activations (sint8, uint8 on the shifted inputs; zero point
+    0; Q·Kᵀ's query and key sint8), so its own evaluation row and the ONNX file's row (ONNX Runtime) agree on the
+    held-out images: measured embedding SQNR 22.053 vs 22.060 dB, mask mIoU 0.9418 vs 0.9414 (bounds: 1.5 dB,
+    0.005; without attention quantization 21.821 vs 21.800 dB); the file's twin in torch is the evaluated model."""
     import json
     from pathlib import Path
 
@@ -258,17 +258,20 @@ def test_static_activations_are_calibrated_and_evaluated_as_shipped(prefect_serv
     from tests.helpers import REDUCED_CFG
     ovs = [f"cache.root={tmp_path / 'c'}", f"output.root={tmp_path / 'o'}", "onnx={runtime: onnxruntime}",
            "quant.ipts.dtype=sint8", "quant.ipts.gelu_shift=true", "quant.ipts.group_shapes=[[1, -1]]",
-           "quant.ipts.static=true", "quant.ipts.static_images=2", "output.job=static"]
+           "quant.ipts.static=true", "quant.ipts.static_images=2", "quant.ipts.attention=true", "output.job=static"]
     out = Path(sam2_ptq(str(REDUCED_CFG), ovs))
     m = json.loads((out / "metrics.json").read_text())
     schemes = json.loads((out / "scheme.json").read_text())["layers"]
     assert all(s["a_static"] and s["a_dtype"] == ("uint8" if s["shift"] else "sint8") for s in schemes.values())
     assert any(s["shift"] for s in schemes.values())
     ranges = json.loads((out / "ranges.json").read_text())
-    assert ranges["method"] == "mse" and set(ranges["layers"]) == set(schemes)
+    qk = {k for k in ranges["layers"] if k.endswith((".query", ".key"))}  # quant.ipts.attention: 5 blocks' Q·Kᵀ
+    assert ranges["method"] == "mse" and set(ranges["layers"]) - qk == set(schemes) and len(qk) == 10
     fq, rt = m["encoder"]["sqnr_db"]["embedding"], m["runtime"]["encoder"]["sqnr_db"]["embedding"]
     assert abs(fq - rt) < 1.5, (fq, rt)
     assert abs(m["masks"]["miou_vs_fp"] - m["runtime"]["masks"]["miou_vs_fp"]) < 0.005
     qm = load_quantized(out)  # the tree reads back with its static parameters
+    from sam2ptq_core.sam2.attention import attention_modules
     from sam2ptq_core.sam2.quantized_model import quant_linears
     assert all(ql.scheme.a_static and ql.a_scale is not None for ql in quant_linears(qm).values())
+    assert all(md.qk_quant.static for md in attention_modules(qm).values())
