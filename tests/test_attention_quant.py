@@ -153,6 +153,8 @@ def test_attention_parameters_select_the_modules():
     qm, qp = _calibrated(m, torch.randn(1, 3, 128, 128, generator=g))
     mods = attention.attention_modules(qm)
     assert all(md.qk_quant.static for md in mods.values())
+    from sam2ptq_core.export.onnx_graph import activation_format  # what the file's metadata and README say
+    assert activation_format(qm).endswith("Q·Kᵀ sint8 ×5") and activation_format(m) == "float"
     one = {k: v for k, v in qp.items() if k.startswith("blocks.1.attn.")}
     m2 = copy.deepcopy(m)
     assert attention.set_static(m2, one) == 1

@@ -72,10 +72,15 @@ class _Encoder(nn.Module):
 
 def activation_format(model: nn.Module) -> str:
     """The static activation formats of ``model``'s QuantLinear modules, as the file's metadata and record say it,
-    e.g. "static per tensor, zero point 0: sint8 ×41, uint8 ×10 (GELU-shifted inputs)"."""
+    e.g. "static per tensor, zero point 0: sint8 ×41, uint8 ×10 (GELU-shifted inputs)", plus the attention modules
+    whose Q·Kᵀ is quantized (``quant.ipts.attention``): ", Q·Kᵀ sint8 ×12"."""
     from collections import Counter
+
+    from ..sam2.attention import attention_modules
     n = Counter(ql.scheme.a_dtype for ql in quant_linears(model).values() if ql.scheme.a_static)
     parts = [f"{d} ×{k}" + (" (GELU-shifted inputs)" if d == "uint8" else "") for d, k in sorted(n.items())]
+    qk = sum(getattr(m, "qk_quant", None) is not None and m.qk_quant.static for m in attention_modules(model).values())
+    parts += [f"Q·Kᵀ sint8 ×{qk}"] if qk else []
     return "static per tensor, zero point 0: " + ", ".join(parts) if parts else "float"
 
 

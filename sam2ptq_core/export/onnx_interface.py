@@ -81,7 +81,8 @@ def _readme(model_name: str, names: dict[str, str], info: dict) -> str:
         "(0.485, 0.456, 0.406), std (0.229, 0.224, 0.225), NCHW. Prompts: pixel coordinates × "
         f"{s}/width, {s}/height. Masks: the mask with the highest `iou_predictions`, upsampled bilinearly to the "
         "image size, > 0.", "",
-        f"What is quantized: the Hiera trunk's linear layers ({info.get('activations', '')}; weights as integer "
+        f"What is quantized: the Hiera trunk's linear layers, and Q·Kᵀ where the activations say so "
+        f"({info.get('activations', '')}; weights as integer "
         "codes + DequantizeLinear). The FPN neck, conv_s0/conv_s1 and the whole decoder (prompt encoder + mask "
         "decoder) are float32.", "",
         f"Measured ({info.get('runtime', '?')} {info.get('runtime_version', '')}, {info.get('machine', '')}): "
