@@ -20,8 +20,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
+from . import runtimes
 from .onnx_interface import DECODER_INPUTS, DECODER_OUTPUTS, ENCODER_INPUTS, ENCODER_OUTPUTS, find_pair
-from .runtimes import Session, open_runtime
+from .runtimes import Session
 
 __all__ = ["MEAN", "STD", "Prompt", "Prediction", "OnnxSam2", "CannotOpen", "preprocess", "upsample_bilinear",
            "best_mask", "overlay"]
@@ -106,7 +107,7 @@ def _open(path: Path, runtime: str, threads, precision: str, cache, inputs: list
     """``path`` on ``runtime``; CannotOpen when the runtime fails, ValueError (one line) when the file runs but is
     not the interface's ``what`` (a foreign ONNX file)."""
     try:
-        session = open_runtime(path, runtime, threads, precision, cache)
+        session = runtimes.open_runtime(path, runtime, threads, precision, cache)  # by module: tests spy on it
     except Exception as e:  # whatever the runtime raises
         raise CannotOpen(path, e) from e
     if not session.has_interface(inputs, outputs):
