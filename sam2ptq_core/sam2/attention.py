@@ -17,6 +17,7 @@ import torch
 from torch import nn
 from transformers import AttentionInterface
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+from transformers.models.sam2.modeling_sam2 import eager_attention_forward
 
 from ..algorithms.qdq import RangeObserver, quantize_dequantize, static_params
 from ..algorithms.quantizers import QParams
@@ -65,8 +66,7 @@ def _attention(module: nn.Module, query, key, value, attention_mask, scaling=Non
     if qk is None or not qk.static:
         if qk is not None:
             qk(query, key)  # observing: record, then the float attention unchanged
-        base = qk.base if qk is not None else "sdpa"
-        fn = ALL_ATTENTION_FUNCTIONS[base] if base != "eager" else _eager()
+        fn = ALL_ATTENTION_FUNCTIONS.get_interface(qk.base if qk is not None else "sdpa", eager_attention_forward)
         return fn(module, query, key, value, attention_mask, scaling=scaling, dropout=dropout, **kw)
     # transformers' eager attention with the MatMul's inputs quantized: key transposed first, so that the graph
     # reads Transpose → Q → DQ → MatMul (ONNX Runtime's transpose optimizer fails on a Transpose after the DQ)
@@ -76,11 +76,6 @@ def _attention(module: nn.Module, query, key, value, attention_mask, scaling=Non
         w = w + attention_mask
     w = nn.functional.softmax(w, dim=-1, dtype=torch.float32).to(query.dtype)
     return torch.matmul(w, value).transpose(1, 2).contiguous(), w
-
-
-def _eager():
-    from transformers.models.sam2.modeling_sam2 import eager_attention_forward
-    return eager_attention_forward
 
 
 AttentionInterface.register(IMPL, _attention)
@@ -119,15 +114,14 @@ def observe(model: nn.Module, seed: int = 0) -> dict[str, RangeObserver]:
 def set_static(model: nn.Module, qparams: dict[str, QParams]) -> int:
     """Every trunk attention module with ``<module>.query`` and ``.key`` entries in ``qparams`` quantizing them
     (in place), observers removed; returns how many. A model with no such entries is left as it is."""
-    names = [n for n in attention_modules(model) if f"{n}.query" in qparams]
-    if not names:
-        for qk in (getattr(m, "qk_quant", None) for m in attention_modules(model).values()):
-            if qk is not None:
-                qk.observers = None
-        return 0
-    mods = attach(model)
-    for n, qk in mods.items():
-        qk.observers = None
-        if n in names:
-            qk.set_static(qparams[f"{n}.query"], qparams[f"{n}.key"])
+    mods = attention_modules(model)
+    names = [n for n in mods if f"{n}.query" in qparams]
+    if names:
+        attach(model)
+    for n, m in mods.items():
+        qk = getattr(m, "qk_quant", None)
+        if qk is not None:
+            qk.observers = None
+            if n in names:
+                qk.set_static(qparams[f"{n}.query"], qparams[f"{n}.key"])
     return len(names)
