@@ -18,7 +18,7 @@ fi
 . .venv/bin/activate
 python -m pip install -q --upgrade pip >/dev/null 2>&1 || true
 python -c "import torch" 2>/dev/null || python -m pip install -q "torch==${TORCH_VERSION:-2.13.0}"
-python -m pip install -q -e '.[dev,onnx,openvino]'
+python -m pip install -q -e '.[dev,onnx,openvino,video]'
 python -m pip install -q --no-deps 'deepcompressor-toolkit==0.1.0'
 python -m pip install -q --no-deps 'samexporter==0.5.0'
 echo "$WANT" > "$STAMP"

@@ -1,7 +1,8 @@
 """``quantize_sam2.py predict``: run a quantized output tree on one image with one prompt (points, positive and
 negative, and/or a box); write the binary mask (``--out``, a black/white PNG at the image's size) and an overlay
 beside it (``<out stem>_overlay.png``). On a graph runtime (openvino, onnxruntime) it runs the tree's ONNX pair
-(``onnx_predictor``) and never imports torch; ``--runtime fake`` runs the torch model (fake quantization)."""
+(``onnx_predictor``) and never imports torch; ``--runtime fake`` runs the torch model (fake quantization).
+``--video`` tracks objects through a clip instead (``predict_video``)."""
 from __future__ import annotations
 
 import argparse
@@ -21,15 +22,23 @@ def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="quantize_sam2.py predict",
                                 description="Segment one image with a quantized SAM2 output tree.")
     p.add_argument("--run", required=True, help="output directory written by quantize_sam2.py")
-    p.add_argument("--image", required=True, help="image file")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--image", help="image file")
+    src.add_argument("--video", help="video file (anything FFmpeg decodes) or folder of frames: track the prompted "
+                                     "objects from --frame on (writes --out as a folder)")
     p.add_argument("--point", action="append", default=[],
                    help="positive point X,Y in pixels (repeatable; all points and the box make one mask)")
     p.add_argument("--negative", action="append", default=[], help="negative point X,Y in pixels (repeatable)")
     p.add_argument("--box", default=None, help="box X1,Y1,X2,Y2 in pixels")
     p.add_argument("--format", choices=["cache", "nunchaku"], default="cache", help="which files to load")
-    p.add_argument("--out", default="mask.png",
+    p.add_argument("--object", action="append", default=[], metavar="SPEC",
+                   help="--video: one more object, e.g. 'box=100,80,300,400' or 'point=320,240 negative=300,200' "
+                        "(repeatable; --point/--negative/--box give object 1)")
+    p.add_argument("--frame", type=int, default=0, help="--video: the frame the prompts are on (default 0)")
+    p.add_argument("--max-frames", type=int, default=None, help="--video: track at most this many frames")
+    p.add_argument("--out", default=None,
                    help="binary mask PNG to write (255 = object; default: mask.png); the overlay goes beside "
-                        "it as <name>_overlay.png")
+                        "it as <name>_overlay.png. --video: the folder to write (default: video_masks)")
     p.add_argument("--device", choices=["cuda", "cpu"], default=None,
                    help="where to run (default: the run's model.device)")
     p.add_argument("--runtime", choices=["auto", "openvino", "onnxruntime", "fake"], default="auto",
@@ -41,6 +50,10 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str]) -> int:
     a = _parser().parse_args(argv)
+    if a.video is not None:
+        from .predict_video import main as video_main
+        return video_main(a)
+    a.out = a.out or "mask.png"
     from ..config import load_config
     try:
         run, im, prompt = _checked_inputs(a)
