@@ -21,6 +21,20 @@ def prefect_server():
         yield
 
 
+@pytest.fixture(scope="session")
+def onnx_tree(prefect_server, tmp_path_factory):
+    """One output tree of the reduced W4A4 config with ``onnx`` (ONNX Runtime, one latency run), built once for the
+    session: the drop-in pair's tests and the video path's read it, none writes to it."""
+    from pathlib import Path
+
+    from flows.ptq import sam2_ptq
+    from tests.helpers import REDUCED_CFG
+    pytest.importorskip("onnxruntime", reason="the '.[onnx]' extra (scripts/setup.sh installs it)")
+    d = tmp_path_factory.mktemp("pair_tree")
+    ovs = [f"cache.root={d / 'c'}", f"output.root={d / 'o'}", "onnx={runtime: onnxruntime, latency_runs: 1}"]
+    return Path(sam2_ptq(str(REDUCED_CFG), ovs))
+
+
 @pytest.fixture
 def s3_server(tmp_path):
     """moto's standalone S3 server on loopback, as s3fs's own test suite runs it."""

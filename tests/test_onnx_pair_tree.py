@@ -7,7 +7,6 @@ import json
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -17,7 +16,7 @@ pytest.importorskip("onnxruntime", reason="the '.[onnx]' extra (scripts/setup.sh
 
 from sam2ptq_core.export.onnx_interface import pair_names  # noqa: E402
 from sam2ptq_core.export.onnx_predictor import OnnxSam2, Prompt  # noqa: E402
-from tests.helpers import REDUCED_CFG, ROOT  # noqa: E402
+from tests.helpers import ROOT  # noqa: E402
 
 S = 128
 NAMES = pair_names("tiny")
@@ -25,12 +24,9 @@ PHOTOS = ["coffee.jpg", "astronaut.jpg", "chelsea.jpg"]
 pytestmark = pytest.mark.slow
 
 
-@pytest.fixture(scope="module")
-def tree(prefect_server, tmp_path_factory):
-    from flows.ptq import sam2_ptq
-    d = tmp_path_factory.mktemp("pair_tree")
-    ovs = [f"cache.root={d / 'c'}", f"output.root={d / 'o'}", "onnx={runtime: onnxruntime, latency_runs: 1}"]
-    return Path(sam2_ptq(str(REDUCED_CFG), ovs))
+@pytest.fixture
+def tree(onnx_tree):
+    return onnx_tree
 
 
 def _iou(a, b) -> float:
@@ -55,7 +51,7 @@ def test_tree_holds_the_pair_its_config_readme_and_metadata(tree):
     assert "RANDOM WEIGHTS" in readme and f"[1, 3, {S}, {S}]" in readme and "not measured" not in readme
     info = json.loads((d / "onnx.json").read_text())
     assert info["files"] == NAMES and info["decoder_bytes"] == (d / NAMES["decoder"]).stat().st_size
-    for f in (NAMES["encoder"], NAMES["decoder"]):
+    for f in (NAMES["encoder"], NAMES["decoder"], NAMES["video_encoder"]):
         meta = {p.key: p.value for p in onnx.load(str(d / f)).metadata_props}
         assert meta["random_weights"] == "true" and meta["image_size"] == str(S) and meta["resize"] == "stretch"
         assert len(meta["weights_sha256"]) == 64 and meta["sam2ptq_version"] and meta["model_name"]

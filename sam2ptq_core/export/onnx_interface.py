@@ -28,9 +28,11 @@ RESIZE = "stretch"  # the whole image to S×S, aspect ratio not kept (transforme
 
 def pair_names(model_name: str) -> dict[str, str]:
     """The file names under ``onnx/`` for variant ``model_name`` (tiny, small, base-plus, large), as X-AnyLabeling
-    and samexporter name the published files: ``sam2.1_hiera_<name>.encoder.onnx`` and so on."""
+    and samexporter name the published files: ``sam2.1_hiera_<name>.encoder.onnx`` and so on, plus
+    ``video_encoder``: the encoder cut at the raw FPN levels SAM2's video path reads (``onnx_video``)."""
     stem = "sam2.1_hiera_" + model_name.replace("-", "_")
-    return {"encoder": f"{stem}.encoder.onnx", "decoder": f"{stem}.decoder.onnx", "config": f"{stem}.yaml"}
+    return {"encoder": f"{stem}.encoder.onnx", "decoder": f"{stem}.decoder.onnx", "config": f"{stem}.yaml",
+            "video_encoder": f"{stem}.video_encoder.onnx"}
 
 
 def find_pair(onnx_dir: Path, model_name: str) -> tuple[Path, Path]:
@@ -76,7 +78,11 @@ def _readme(model_name: str, names: dict[str, str], info: dict) -> str:
         f"| `{names['decoder']}` | `image_embed`, `high_res_feats_0`, `high_res_feats_1`, `point_coords` [N, P, 2] "
         f"(pixels of the {s}² input), `point_labels` [N, P] (1 positive, 0 negative, 2 / 3 box top-left / "
         f"bottom-right, -1 padding), `mask_input` [N, 1, {s // 4}, {s // 4}], `has_mask_input` [N] | `masks` "
-        f"[N, 3, {s // 4}, {s // 4}] (logits of the three multimask tokens), `iou_predictions` [N, 3] |", "",
+        f"[N, 3, {s // 4}, {s // 4}] (logits of the three multimask tokens), `iou_predictions` [N, 3] |",
+        f"| `{names['video_encoder']}` | `image`, as the encoder | `backbone_fpn_0` [1, 256, {s // 4}, {s // 4}], "
+        f"`backbone_fpn_1` [1, 256, {s // 8}, {s // 8}], `vision_features` [1, 256, {s // 16}, {s // 16}]: the raw "
+        "FPN levels (before conv_s0/conv_s1 and the no-memory embedding) SAM2's video predictor reads; the same "
+        "quantized graph, cut there (`quantize_sam2.py predict --video`) |", "",
         f"Preprocessing: RGB, resized to {s}×{s} without keeping the aspect ratio (bilinear), /255, mean "
         "(0.485, 0.456, 0.406), std (0.229, 0.224, 0.225), NCHW. Prompts: pixel coordinates × "
         f"{s}/width, {s}/height. Masks: the mask with the highest `iou_predictions`, upsampled bilinearly to the "

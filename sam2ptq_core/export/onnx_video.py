@@ -15,15 +15,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-__all__ = ["VIDEO_ENCODER_OUTPUTS", "video_encoder_name", "write_video_encoder"]
+__all__ = ["VIDEO_ENCODER_OUTPUTS", "write_video_encoder"]
 
 VIDEO_ENCODER_OUTPUTS = ["backbone_fpn_0", "backbone_fpn_1", "vision_features"]
 LAYOUT_OPS = ("Transpose", "Reshape", "Flatten", "Squeeze", "Unsqueeze", "Identity")
-
-
-def video_encoder_name(model_name: str) -> str:
-    """``sam2.1_hiera_<name>.video_encoder.onnx``, beside the apps' pair in the tree's ``onnx/``."""
-    return "sam2.1_hiera_" + model_name.replace("-", "_") + ".video_encoder.onnx"
 
 
 def _raw_levels(graph) -> list[str]:

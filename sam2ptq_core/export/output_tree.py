@@ -18,7 +18,7 @@ from ..files import atomic_dir, file_listing, verified
 
 __all__ = ["EXPORT_VERSION", "export_key", "tree_is_current", "write_tree", "record_stages"]
 
-EXPORT_VERSION = 1
+EXPORT_VERSION = 2  # 2: onnx/ holds the video encoder
 
 
 def export_key(config: dict, stage_keys: dict[str, str]) -> str:

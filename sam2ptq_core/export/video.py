@@ -19,7 +19,8 @@ from PIL import Image
 from torch import nn
 
 from ..sam2.images import IMAGE_SUFFIXES, load_rgb
-from .onnx_video import VIDEO_ENCODER_OUTPUTS, video_encoder_name
+from .onnx_interface import pair_names
+from .onnx_video import VIDEO_ENCODER_OUTPUTS
 
 __all__ = ["RuntimeVisionEncoder", "VideoSource", "read_frames", "video_model", "float_video_model",
            "write_masks", "OverlayWriter", "PALETTE"]
@@ -119,11 +120,11 @@ def _checkpoint(cfg):
 def _runtime_encoder(run: Path, cfg, runtime: str, image_model: nn.Module, precision: str = "auto", cache=None):
     """The tree's video encoder file on ``runtime`` (written from the apps' encoder when the tree predates it)."""
     from . import runtimes
-    from .onnx_interface import pair_names
     from .onnx_video import write_video_encoder
-    f = run / "onnx" / video_encoder_name(cfg.model.name)
+    names = pair_names(cfg.model.name)
+    f = run / "onnx" / names["video_encoder"]
     if not f.is_file():
-        enc = run / "onnx" / pair_names(cfg.model.name)["encoder"]
+        enc = run / "onnx" / names["encoder"]
         if not enc.is_file():
             raise ValueError(f"--runtime {runtime}: {run} has no onnx/ encoder; quantize with --onnx '{{}}' or use "
                              "--runtime fake")

@@ -48,10 +48,13 @@ def _write_onnx(d: Path, model_name: str, onnx: A.OnnxExport, onnx_rt: A.OnnxRun
     them (``export/onnx_interface.py``), and ``onnx.json``: the files' record and where they ran (predict reads
     precision_setting)."""
     from ..export.onnx_interface import pair_names, write_pair_extras
+    from ..export.onnx_video import write_video_encoder
     d.mkdir()
     names = pair_names(model_name)
     shutil.copyfile(onnx.encoder_file(), d / names["encoder"])
     shutil.copyfile(onnx.decoder_file(), d / names["decoder"])
+    write_video_encoder(d / names["encoder"], d / names["video_encoder"],
+                        {"component": "video_encoder (quantized): the raw FPN levels Sam2VideoModel reads"})
     info = {**onnx.info(), **onnx_rt.info(), "files": names}
     write_pair_extras(d, model_name, info)
     (d / "onnx.json").write_text(json.dumps(info, indent=1, allow_nan=True))
