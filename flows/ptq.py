@@ -9,6 +9,7 @@ from sam2ptq_core.pipeline.progress import run_logger
 from tasks.calibration import build_calibration_set
 from tasks.capture import capture_activations
 from tasks.evaluate import evaluate
+from tasks.evaluate_video import evaluate_video
 from tasks.export import export
 from tasks.fetch_model import fetch_model
 from tasks.gptq_lowrank import gptq_lowrank
@@ -50,6 +51,8 @@ def sam2_ptq(config: dict | str = "", overrides: list[str] | None = None, accept
                                       refs["gptq_lowrank"], refs["mixed"], refs["static_ranges"])
     refs["evaluate"] = evaluate(cfg, refs["fetch_model"], refs["build_calibration_set"], refs["smooth"],
                                 refs["gptq_lowrank"], refs["mixed"], refs["static_ranges"])
+    refs["evaluate_video"] = evaluate_video(cfg, refs["fetch_model"], refs["build_calibration_set"], refs["smooth"],
+                                            refs["gptq_lowrank"], refs["mixed"], refs["static_ranges"])
     refs["onnx_runtime"] = onnx_runtime(cfg, refs["fetch_model"], refs["build_calibration_set"], refs["smooth"],
                                         refs["gptq_lowrank"], refs["mixed"], refs["static_ranges"],
                                         refs["onnx_export"], refs["evaluate"])

@@ -169,6 +169,17 @@ class RotationCfg(_Node):
         return v
 
 
+class VideoEvalCfg(_Node):
+    """The quantized encoder inside SAM2's video predictor on one clip, against the float tracker (J&F per object
+    and frame, per-frame time): the evaluate_video stage."""
+    clip: str                                  # a video file (anything FFmpeg decodes) or a folder of frames
+    objects: list[str] = Field(min_length=1)   # one prompt per object on prompt_frame, predict --object's syntax:
+    #                                            "box=X1,Y1,X2,Y2", "point=X,Y negative=X,Y" (pixels of the clip)
+    num_frames: int = Field(8, ge=2)           # frames tracked from prompt_frame on
+    prompt_frame: int = Field(0, ge=0)
+    strip_frames: int = Field(4, ge=1)         # frames shown in the report's strip
+
+
 class EvalCfg(_Node):
     path: str = ""          # held-out image folder; empty = a seeded split disjoint from the calibration images
     num_samples: int = Field(8, ge=1)
@@ -178,6 +189,7 @@ class EvalCfg(_Node):
     regression_threshold: float = Field(0.5, ge=0)  # allowed drop of mIoU vs FP (points) against the last run
     regression_across_models: bool = False  # compare with runs of other model weights too (default: new weights,
     #                                         new baseline)
+    video: VideoEvalCfg | None = None  # track a clip with the quantized encoder (the report's "Video" section)
 
 
 class MixedCfg(_Node):

@@ -39,8 +39,9 @@ def export(cfg: dict, refs: dict[str, Ref], guard: str = "") -> str:
                 from sam2ptq_core.pipeline.export_files import write_evaluation_files, write_model_files
                 write_model_files(tmp, c, art["fetch_model"], art["smooth"], art["gptq_lowrank"], art["mixed"],
                                   art["static_ranges"], art["onnx_export"], art["onnx_runtime"])
-                write_evaluation_files(tmp, art["evaluate"], art["onnx_runtime"], guard)
+                write_evaluation_files(tmp, art["evaluate"], art["onnx_runtime"], art["evaluate_video"], guard)
             copies = [f for f in art["evaluate"].files() if f.name not in ("report.md", "metrics.json")]
+            copies += [f for f in art["evaluate_video"].files() if f.suffix == ".png"]
             write_tree(target, write_files, copies, stages)
             stages[NAME]["seconds"] = round(time.time() - t0, 2)
             record_stages(target, stages)

@@ -278,7 +278,7 @@ def test_first_run_on_a_fresh_prefect_home_then_cached_summary(tmp_path):
     stages = [ln.split() for ln in out if ln.startswith("  ")]
     assert [s[0] for s in stages] == ["fetch_model", "build_calibration_set", "capture_activations", "rotate",
                                       "smooth", "gptq_lowrank", "sensitivity", "mixed", "static_ranges", "onnx_export",
-                                      "evaluate", "onnx_runtime", "export"]
+                                      "evaluate", "evaluate_video", "onnx_runtime", "export"]
     assert all(s[1] == "built" for s in stages)
     assert any(ln.startswith("embedding SQNR ") and "mask mIoU vs float" in ln for ln in out)
     assert out[-2] == f"output: {tmp_path / 'o' / 'reduced_w4a4'}" and out[-1].startswith("wall time: ")

@@ -3,6 +3,7 @@ the apps' encoder it is cut from; a generated clip tracked end to end with the q
 Runtime) through ``predict --video``, scored against the float tracker; bad input as one line."""
 import json
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -184,3 +185,30 @@ def test_predict_video_bad_input_is_one_line(onnx_tree, tmp_path, capsys, case, 
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error: ") and want in err[0], err
     assert case == "foreign_out" and (out / "notes.txt").read_text() == "mine" or not out.exists()
+
+
+@pytest.mark.slow
+def test_flow_video_evaluation_is_a_stage_with_a_report_section(onnx_tree, tmp_path):
+    """quant.eval.video on the ONNX tree's own stages (same cache): only evaluate_video and export are built; the
+    tree's report gets a "Video" section (random-weights banner first), its strip and J&F curve, metrics.json a
+    "video" entry; a second run reuses the stage; a clip that does not open stops the flow before any stage."""
+    from flows.ptq import sam2_ptq
+    from sam2ptq_core.config import ConfigError
+    from tests.helpers import REDUCED_CFG
+    clip = _clip(tmp_path / "frames", 4)
+    video = f"{{clip: {clip}, objects: ['point=50,35', 'box=25,15,75,55'], num_frames: 3, strip_frames: 2}}"
+    ovs = [f"cache.root={onnx_tree.parent.parent / 'c'}", f"output.root={tmp_path / 'o'}",
+           "onnx={runtime: onnxruntime, latency_runs: 1}", f"quant.eval.video={video}"]
+    out = Path(sam2_ptq(str(REDUCED_CFG), ovs))
+    st = json.loads((out / "stages.json").read_text())
+    assert [k for k, v in st.items() if not v["reused"]] == ["evaluate_video", "export"]
+    report = (out / "report.md").read_text()
+    assert report.startswith("RANDOM WEIGHTS") and "## Video (SAM2's video predictor" in report
+    assert (out / "video_strip.png").stat().st_size > 0 and (out / "video_jf.png").stat().st_size > 0
+    v = json.loads((out / "metrics.json").read_text())["video"]
+    assert v["frames"] == [0, 1, 2] and len(v["objects"]) == 2 and 0.5 < v["JF"] <= 1
+    out = Path(sam2_ptq(str(REDUCED_CFG), ovs))
+    assert json.loads((out / "stages.json").read_text())["evaluate_video"]["reused"]
+    bad = [*ovs[:-1], f"quant.eval.video={{clip: {tmp_path / 'missing.mp4'}, objects: ['box=1,1,5,5']}}"]
+    with pytest.raises(ConfigError, match="quant.eval.video: clip .*missing.mp4 does not exist"):
+        sam2_ptq.fn(str(REDUCED_CFG), bad)

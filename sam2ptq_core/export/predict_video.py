@@ -47,8 +47,8 @@ def _prompts(a, size: tuple[int, int], xy) -> list[Prompt]:
 
 
 def _checked(a):
+    from .clips import read_frames
     from .predict import _xy
-    from .video import read_frames
     run = Path(a.run)
     if not (run / "config.yaml").is_file():
         raise ValueError(f"--run {run} is not a sam2ptq output tree (no config.yaml there); pass a directory written "

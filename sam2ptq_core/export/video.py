@@ -3,14 +3,12 @@ PNGs, an H.264 overlay clip), the encoder on torch (fake quantization) or on a g
 
     model = video_model(run, "fake")             # Sam2VideoModel, its vision_encoder the tree's quantized one
     model = video_model(run, "onnxruntime")      # … the encoder is onnx/<stem>.video_encoder.onnx on the runtime
-    for f in track(model, read_frames(clip).frames(), prompts): …   # sam2/video.py
+    for f in track(model, read_frames(clip).frames(), prompts): …   # clips.py, sam2/video.py
 
 Everything but the encoder (prompt encoder, mask decoder, memory attention, memory encoder) runs in torch: the
 video path needs transformers' ``Sam2VideoModel``, so ``predict --video`` imports torch on every runtime."""
 from __future__ import annotations
 
-from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -18,7 +16,7 @@ import torch
 from PIL import Image
 from torch import nn
 
-from ..sam2.images import IMAGE_SUFFIXES, load_rgb
+from .clips import VideoSource, read_frames
 from .onnx_interface import pair_names
 from .onnx_video import VIDEO_ENCODER_OUTPUTS
 
@@ -51,62 +49,6 @@ class RuntimeVisionEncoder(nn.Module):
         feats = tuple(torch.from_numpy(np.ascontiguousarray(o)).to(pixel_values.device) for o in outs)
         return Sam2VisionEncoderOutput(last_hidden_state=None, fpn_hidden_states=feats,
                                        fpn_position_encoding=tuple(self._pos_of(f) for f in feats))
-
-
-@dataclass(frozen=True)
-class VideoSource:
-    """A clip (a video file PyAV can decode) or a folder of frames (images sorted by name)."""
-    path: Path
-    files: tuple[Path, ...] = ()     # frames of a folder; empty for a video file
-    fps: float = 24.0
-    count: int | None = None         # frames, when the container says
-    size: tuple[int, int] = (0, 0)   # (width, height) of the first frame
-
-    def frames(self, limit: int | None = None) -> Iterator[Image.Image]:
-        """RGB frames in order, at most ``limit``."""
-        if self.files:
-            for f in self.files[:limit]:
-                yield load_rgb(f)
-            return
-        import av
-        with av.open(str(self.path)) as c:
-            for i, fr in enumerate(c.decode(video=0)):
-                if limit is not None and i >= limit:
-                    break
-                yield fr.to_image().convert("RGB")
-
-
-def read_frames(path: str | Path) -> VideoSource:
-    """Open ``path`` (a video file or a folder of frames) and read its first frame; ValueError (one line naming
-    the fix) when it does not exist, is empty, or cannot be decoded."""
-    p = Path(path)
-    if p.is_dir():
-        files = tuple(sorted(f for f in p.iterdir() if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES))
-        if not files:
-            raise ValueError(f"--video {path}: the folder holds no frames ({', '.join(sorted(IMAGE_SUFFIXES))}); "
-                             "pass a video file or a folder of images named in frame order")
-        try:
-            first = load_rgb(files[0])
-        except (OSError, ValueError) as e:
-            raise ValueError(f"--video {path}: {files[0].name} cannot be read ({str(e).splitlines()[0]})") from None
-        return VideoSource(p, files, 24.0, len(files), first.size)
-    if not p.is_file():
-        raise ValueError(f"--video {path} does not exist; pass a video file (mp4, avi, mkv, …) or a folder of frames")
-    import av
-    try:
-        with av.open(str(p)) as c:
-            if not c.streams.video:
-                raise ValueError(f"--video {path} has no video stream; pass a video file or a folder of frames")
-            s = c.streams.video[0]
-            first = next(c.decode(video=0), None)
-            fps = float(s.average_rate) if s.average_rate else 24.0
-            count = s.frames or None
-    except av.error.FFmpegError as e:
-        raise ValueError(f"--video {path} cannot be decoded ({e.strerror or type(e).__name__}); pass a video file "
-                         "FFmpeg reads (mp4, avi, mkv, …) or a folder of frames") from None
-    if first is None:
-        raise ValueError(f"--video {path} holds no frames; pass another clip")
-    return VideoSource(p, (), fps, count, (first.width, first.height))
 
 
 def _checkpoint(cfg):

@@ -242,6 +242,21 @@ class OnnxRuntime(Artifact):
         return self._json("runtime.json")
 
 
+class VideoEvaluation(Artifact):
+    """``video.json`` (J&F of the quantized tracker against the float one, per object and frame, and both
+    trackers' per-frame times; ``enabled`` false without ``quant.eval.video``), with it ``video_strip.png`` and
+    ``video_jf.png`` (copied into the output tree by export)."""
+    FILES = ("video.json",)
+
+    @classmethod
+    def write(cls, d: Path, metrics: dict, strip: dict | None = None, title: str = "") -> None:
+        from ..export.video_report import write_video_files
+        write_video_files(d, metrics, strip, title)
+
+    def metrics(self) -> dict:
+        return self._json("video.json")
+
+
 class Evaluation(Artifact):
     """metrics.json, report.md and the report's pictures (copied into the output tree by export)."""
     FILES = ("metrics.json", "report.md")

@@ -60,17 +60,27 @@ def _write_onnx(d: Path, model_name: str, onnx: A.OnnxExport, onnx_rt: A.OnnxRun
     (d / "onnx.json").write_text(json.dumps(info, indent=1, allow_nan=True))
 
 
-def write_evaluation_files(d: Path, evaluation: A.Evaluation, onnx_rt: A.OnnxRuntime, guard: str = "") -> None:
+def write_evaluation_files(d: Path, evaluation: A.Evaluation, onnx_rt: A.OnnxRuntime, video: A.VideoEvaluation,
+                           guard: str = "") -> None:
     """``metrics.json`` and ``report.md``: the evaluate stage's, with the ONNX file's row on the runtime
-    (``metrics["runtime"]``, the report's "Real kernels" section) when there is one, and the regression guard's
-    line under the report's first line."""
+    (``metrics["runtime"]``, the report's "Real kernels" section) when there is one, the video tracking
+    (``metrics["video"]`` without the per-frame lists, which stay in the stage's video.json; the report's "Video"
+    section) when ``quant.eval.video`` asked for it, and the regression guard's line under the report's first
+    line."""
     from ..export.report import with_runtime
+    from ..export.video_report import with_video
     metrics = evaluation.metrics()
     report = evaluation.manifest.path("report.md").read_text()
     rt = onnx_rt.info()
     if rt["enabled"]:
         metrics["runtime"] = rt["heldout"]
         report = with_runtime(report, metrics)
+    v = video.metrics()
+    if v["enabled"]:
+        report = with_video(report, v)
+        metrics["video"] = {k: val for k, val in v.items() if k not in ("J", "F")}
+        for t in ("float", "quantized"):
+            metrics["video"][t] = {k: val for k, val in v[t].items() if k != "frames"}
     if guard:
         first, *rest = report.split("\n")
         report = "\n".join([first, "", f"**Regression guard:** {guard}", *rest])

@@ -24,6 +24,12 @@ def preflight(cfg: RunConfig) -> None:
         _check_folder(cfg.cache.root, "cache.root")
     _check_image_counts(cfg)
     _check_images_decode(cfg)
+    if cfg.quant.eval.video is not None:  # the clip opens and every object's prompt fits its frames
+        from .video_evaluation import clip_prompts
+        try:
+            clip_prompts(cfg)
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
     if cfg.quant.eval.annotations and not Path(cfg.quant.eval.annotations).is_file():
         raise StageError(f"quant.eval.annotations file {cfg.quant.eval.annotations} does not exist")
     if cfg.model.path:

@@ -116,8 +116,18 @@ def _onnx_runtime_slice(c: RunConfig) -> dict:
 
 def _evaluate_slice(c: RunConfig) -> dict:
     q = c.quant
-    return {"ipts": _dump(q.ipts), "eval": _dump(q.eval, exclude={"regression_threshold", "regression_across_models"}),
+    return {"ipts": _dump(q.ipts),
+            "eval": _dump(q.eval, exclude={"regression_threshold", "regression_across_models", "video"}),
             "device": c.model.device, "dtype": c.model.dtype, "image_size": q.calib.image_size, "seed": c.seed}
+
+
+def _video_slice(c: RunConfig) -> dict:
+    # + the clip's content digest (the task's key_extra)
+    q = c.quant
+    if q.eval.video is None:
+        return {"video": None}
+    return {"video": _dump(q.eval.video), "static": q.ipts.static, "device": c.model.device, "dtype": c.model.dtype,
+            "image_size": q.calib.image_size, "seed": c.seed}
 
 
 STAGES: dict[str, Stage] = {s.name: s for s in [
@@ -150,6 +160,10 @@ STAGES: dict[str, Stage] = {s.name: s for s in [
           "onnx: the quantized encoder as int8 QDQ ONNX (and the float encoder), whatever runs it"),
     Stage("evaluate", 12, ("fetch_model", "build_calibration_set", "smooth", "gptq_lowrank", "mixed", "static_ranges"),
           _evaluate_slice, A.Evaluation, "float vs quantized SAM2 on held-out images: SQNR, mask IoU, report"),
+    Stage("evaluate_video", 1, ("fetch_model", "build_calibration_set", "smooth", "gptq_lowrank", "mixed",
+                                "static_ranges"), _video_slice, A.VideoEvaluation,
+          "quant.eval.video: the quantized encoder in SAM2's video predictor on a clip, J&F against the float "
+          "tracker per object and frame, per-frame time"),
     Stage("onnx_runtime", 1, ("fetch_model", "build_calibration_set", "smooth", "gptq_lowrank", "mixed",
                               "static_ranges", "onnx_export", "evaluate"), _onnx_runtime_slice, A.OnnxRuntime,
           "onnx: the file on this machine's graph runtime: SQNR, latency against torch, held-out masks"),

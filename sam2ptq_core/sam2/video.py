@@ -26,7 +26,7 @@ from .images import normalize, resize_uint8
 
 RANDOM_OBJECT_SCORE = 10.0  # the random model's object-score logit bias (see build_video_model)
 
-__all__ = ["video_config", "build_video_model", "ObjectPrompt", "TrackedFrame", "track", "EncoderClock"]
+__all__ = ["video_config", "build_video_model", "ObjectPrompt", "TrackedFrame", "track", "EncoderClock", "jf_scores"]
 
 
 def video_config(image_model: nn.Module, **overrides):
@@ -137,6 +137,7 @@ def track(model: nn.Module, frames: Iterable, prompts: list[ObjectPrompt], promp
     if not prompts:
         raise ValueError("no objects to track: give at least one prompt")
     size = model.config.image_size
+    param = next(model.parameters())
     keep = max(model.config.num_maskmem, model.config.max_object_pointers_in_encoder)
     clock = EncoderClock(model.vision_encoder)
     session = None
@@ -144,12 +145,12 @@ def track(model: nn.Module, frames: Iterable, prompts: list[ObjectPrompt], promp
         for i, im in enumerate(frames):
             if i < prompt_frame:
                 continue
-            pixels = normalize(resize_uint8(im, size))
+            pixels = normalize(resize_uint8(im, size)).to(param.device, param.dtype)
             t0 = time.perf_counter()
             with torch.inference_mode():
                 if session is None:
                     session = Sam2VideoInferenceSession(video_height=im.height, video_width=im.width,
-                                                        inference_device="cpu", dtype=torch.float32)
+                                                        inference_device=param.device, dtype=param.dtype)
                     session.add_new_frame(pixels, i)
                     for p in prompts:
                         session.add_point_inputs(session.obj_id_to_idx(p.obj_id), i, {
@@ -163,8 +164,25 @@ def track(model: nn.Module, frames: Iterable, prompts: list[ObjectPrompt], promp
                                                          mode="bilinear", align_corners=False)
             total = time.perf_counter() - t0
             _forget(session, i, keep)
-            yield TrackedFrame(i, logits[:, 0] > 0, clock.take(), total)
+            yield TrackedFrame(i, (logits[:, 0] > 0).cpu(), clock.take(), total)
     finally:
         clock.close()
     if session is None:
         raise ValueError(f"the clip has no frame {prompt_frame} (it ended before the prompt frame)")
+
+
+def jf_scores(reference: list[TrackedFrame], tracked: list[TrackedFrame]) -> dict:
+    """DAVIS's J&F of ``tracked`` against ``reference`` (the same clip, prompts and frames): per frame and object
+    J (region IoU) and F (boundary, ``metrics.boundary_f``), their means, J&F = (mean J + mean F) / 2, and how
+    many (frame, object) pairs had an object in neither mask (DAVIS scores those 1)."""
+    from ..algorithms.metrics import davis_jf
+    if [f.index for f in reference] != [f.index for f in tracked]:
+        raise ValueError("the two trackings cover different frames")
+    J, F, empty = [], [], 0
+    for r, t in zip(reference, tracked):
+        pairs = [davis_jf(a, b) for a, b in zip(t.masks, r.masks)]
+        J.append([j for j, _ in pairs])
+        F.append([f for _, f in pairs])
+        empty += sum(int(not (a.any() or b.any())) for a, b in zip(t.masks, r.masks))
+    mj, mf = float(np.mean(J)), float(np.mean(F))
+    return {"J": J, "F": F, "mean_J": mj, "mean_F": mf, "JF": (mj + mf) / 2, "both_empty": empty}

@@ -1,0 +1,69 @@
+"""Clips for SAM2's video path, torch-free: a video file decoded with PyAV (FFmpeg's libraries in a wheel, the
+``'.[video]'`` extra) or a folder of frames (images sorted by name), read one frame at a time."""
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from PIL import Image
+
+from ..sam2.images import IMAGE_SUFFIXES, load_rgb
+
+__all__ = ["VideoSource", "read_frames"]
+
+
+@dataclass(frozen=True)
+class VideoSource:
+    """A clip (a video file PyAV can decode) or a folder of frames (images sorted by name)."""
+    path: Path
+    files: tuple[Path, ...] = ()     # frames of a folder; empty for a video file
+    fps: float = 24.0
+    count: int | None = None         # frames, when the container says
+    size: tuple[int, int] = (0, 0)   # (width, height) of the first frame
+
+    def frames(self, limit: int | None = None) -> Iterator[Image.Image]:
+        """RGB frames in order, at most ``limit``."""
+        if self.files:
+            for f in self.files[:limit]:
+                yield load_rgb(f)
+            return
+        import av
+        with av.open(str(self.path)) as c:
+            for i, fr in enumerate(c.decode(video=0)):
+                if limit is not None and i >= limit:
+                    break
+                yield fr.to_image().convert("RGB")
+
+
+def read_frames(path: str | Path) -> VideoSource:
+    """Open ``path`` (a video file or a folder of frames) and read its first frame; ValueError (one line naming
+    the fix) when it does not exist, is empty, or cannot be decoded."""
+    p = Path(path)
+    if p.is_dir():
+        files = tuple(sorted(f for f in p.iterdir() if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES))
+        if not files:
+            raise ValueError(f"--video {path}: the folder holds no frames ({', '.join(sorted(IMAGE_SUFFIXES))}); "
+                             "pass a video file or a folder of images named in frame order")
+        try:
+            first = load_rgb(files[0])
+        except (OSError, ValueError) as e:
+            raise ValueError(f"--video {path}: {files[0].name} cannot be read ({str(e).splitlines()[0]})") from None
+        return VideoSource(p, files, 24.0, len(files), first.size)
+    if not p.is_file():
+        raise ValueError(f"--video {path} does not exist; pass a video file (mp4, avi, mkv, …) or a folder of frames")
+    import av
+    try:
+        with av.open(str(p)) as c:
+            if not c.streams.video:
+                raise ValueError(f"--video {path} has no video stream; pass a video file or a folder of frames")
+            s = c.streams.video[0]
+            first = next(c.decode(video=0), None)
+            fps = float(s.average_rate) if s.average_rate else 24.0
+            count = s.frames or None
+    except av.error.FFmpegError as e:
+        raise ValueError(f"--video {path} cannot be decoded ({e.strerror or type(e).__name__}); pass a video file "
+                         "FFmpeg reads (mp4, avi, mkv, …) or a folder of frames") from None
+    if first is None:
+        raise ValueError(f"--video {path} holds no frames; pass another clip")
+    return VideoSource(p, (), fps, count, (first.width, first.height))
