@@ -4,7 +4,8 @@ frame), the encoder time per frame E and the rest of the frame (decoders, memory
 every object, ≈ M·n) with 1, 4 and 16 objects.
 
     python benchmarks/video_tracking.py --run outputs/sam2/demo_tiny_w4a8 [--clip FILE] [--frames 10]
-        [--sweep-frames 4] [--json benchmarks/results/video_tracking_cpu.json] [--out outputs/video_tracking]
+        [--sweep-frames 4] [--runtimes onnxruntime,openvino] [--json benchmarks/results/video_tracking_cpu.json]
+        [--out outputs/video_tracking]
 
 The clip defaults to ``vtest.avi`` of Debian's opencv-doc package (pedestrians, 768×576, 10 fps), installed with
 apt-get when it is missing and this process may. Overlay clips of each tracker go to ``--out`` (not in git)."""
@@ -110,8 +111,10 @@ def _breakdown(model, src, prompts, frames: int) -> dict:
     clocks = {k: EncoderClock(m) for k, m in parts.items()}
     linears = [EncoderClock(m) for m in model.memory_attention.modules() if isinstance(m, torch.nn.Linear)]
     sums = {k: 0.0 for k in [*parts, "memory_attention_linears", "frames"]}
+    tracked = []
     try:
-        for i, _ in enumerate(track(model, src.frames(frames), prompts)):
+        for i, f in enumerate(track(model, src.frames(frames), prompts)):
+            tracked.append(f)
             got = {k: c.take() for k, c in clocks.items()}
             lin = sum(c.take() for c in linears)
             if i == 0:
@@ -124,7 +127,7 @@ def _breakdown(model, src, prompts, frames: int) -> dict:
         for c in [*clocks.values(), *linears]:
             c.close()
     n = max(sums.pop("frames"), 1)
-    return {k: v / n for k, v in sums.items()}
+    return {k: v / n for k, v in sums.items()}, tracked
 
 
 def _overlay(path: Path, src, tracked, title: str) -> None:
@@ -140,10 +143,13 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--run", default="outputs/sam2/demo_tiny_w4a8")
     ap.add_argument("--clip", default=None)
-    ap.add_argument("--frames", type=int, default=10, help="frames of the J&F run (4 objects)")
-    ap.add_argument("--sweep-frames", type=int, default=4, help="frames of each 1- and 16-object run")
+    ap.add_argument("--frames", type=int, default=8, help="frames of the J&F run (the three walkers)")
+    ap.add_argument("--sweep-frames", type=int, default=5, help="frames of each 1-, 4- and 16-object run")
     ap.add_argument("--json", default="benchmarks/results/video_tracking_cpu.json")
     ap.add_argument("--out", default="outputs/video_tracking")
+    ap.add_argument("--runtimes", default="onnxruntime",
+                    help="graph runtimes to run the encoders on, comma-separated (openvino compiles each new 1024² "
+                         "file for minutes on 2 cores)")
     a = ap.parse_args()
     from sam2ptq_core.config import load_config
     from sam2ptq_core.export.runtime_choice import machine
@@ -159,29 +165,32 @@ def main() -> None:
     out_dir = Path(a.out)
     out_dir.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as tmp:
-        trackers = _trackers(run, available_runtimes(), Path(tmp))
+        wanted = [r for r in a.runtimes.split(",") if r]
+        missing = [r for r in wanted if r not in available_runtimes()]
+        if missing:
+            sys.exit(f"error: --runtimes {','.join(missing)} is not installed here (pip install -e '.[onnx,openvino]')")
+        trackers = _trackers(run, wanted, Path(tmp))
         size = cfg.quant.calib.image_size
-        prompts4 = _prompts(4, size, *src.size)
+        prompts3 = _prompts(3, size, *src.size)
         runs = {}
         for name, model in trackers.items():
-            runs[name] = _run(model, src, prompts4, a.frames)
+            runs[name] = _run(model, src, prompts3, a.frames)
             print(f"{name}: {_times(runs[name])}", flush=True)
             _overlay(out_dir / f"{name.replace(' ', '_')}.mp4", src, runs[name], f"{banner[:14]} {name}")
         ref = runs["torch float"]
         rows = {name: {**_times(t), **({} if name == "torch float" else jf_scores(ref, t))}
                 for name, t in runs.items()}
-        deploy = next((n for n in ("openvino quantized", "onnxruntime quantized") if n in trackers),
-                      "torch quantized")
-        breakdown = _breakdown(trackers[deploy], src, prompts4, a.sweep_frames + 4)
+        deploy = next((f"{r} quantized" for r in wanted), "torch quantized")
+        breakdown, tracked4 = _breakdown(trackers[deploy], src, _prompts(4, size, *src.size), a.sweep_frames)
         print(f"{deploy}, 4 objects, per frame: {breakdown}", flush=True)
-        sweep = {4: rows[deploy]}
+        sweep = {4: _times(tracked4)}
         for n in (1, 16):
             sweep[n] = _times(_run(trackers[deploy], src, _prompts(n, size, *src.size), a.sweep_frames))
             print(f"{deploy}, {n} objects: {sweep[n]}", flush=True)
     e = statistics.median(s["encoder_s"] for s in sweep.values())
     m = float(np.polyfit([1, 4, 16], [sweep[n]["rest_s"] for n in (1, 4, 16)], 1)[0])
     result = {"first_line": banner, "random_weights": cfg.model.random_init, "run": str(run), "clip": str(clip),
-              "clip_size": list(src.size), "frames": a.frames, "objects": list(NAMED_BOXES), "image_size": size,
+              "clip_size": list(src.size), "frames": a.frames, "objects": list(NAMED_BOXES)[:3], "image_size": size,
               "date": datetime.date.today().isoformat(), "machine": machine(), "python": platform.python_version(),
               "torch": torch.__version__, "trackers": {k: {kk: vv for kk, vv in v.items() if kk not in ("J", "F")}
                                                       for k, v in rows.items()},

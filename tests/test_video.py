@@ -212,3 +212,22 @@ def test_flow_video_evaluation_is_a_stage_with_a_report_section(onnx_tree, tmp_p
     bad = [*ovs[:-1], f"quant.eval.video={{clip: {tmp_path / 'missing.mp4'}, objects: ['box=1,1,5,5']}}"]
     with pytest.raises(ConfigError, match="quant.eval.video: clip .*missing.mp4 does not exist"):
         sam2_ptq.fn(str(REDUCED_CFG), bad)
+
+
+@pytest.mark.slow
+def test_a_tree_exported_before_the_video_file_gets_it_cut_on_the_fly(onnx_tree, tmp_path):
+    """A tree without onnx/<stem>.video_encoder.onnx (exported before it existed): video_model cuts the apps'
+    encoder itself, and the masks equal those of the tree's own video file."""
+    import shutil
+
+    from sam2ptq_core.export.onnx_interface import pair_names
+    from sam2ptq_core.export.video import read_frames, video_model
+    from sam2ptq_core.sam2.video import ObjectPrompt, track
+    old = tmp_path / "old"
+    shutil.copytree(onnx_tree, old)
+    (old / "onnx" / pair_names("tiny")["video_encoder"]).unlink()
+    src = read_frames(_clip(tmp_path / "frames", 2))
+    prompts = [ObjectPrompt(1, np.array([[50.0, 47.0]]), np.array([1]))]
+    got = [f.masks for f in track(video_model(old, "onnxruntime"), src.frames(), prompts)]
+    want = [f.masks for f in track(video_model(onnx_tree, "onnxruntime"), src.frames(), prompts)]
+    assert all(torch.equal(g, w) for g, w in zip(got, want)) and got[0].any()

@@ -71,8 +71,6 @@ def main(a) -> int:
     try:
         run, out, src, prompts = _checked(a)
         cfg = load_config(run / "config.yaml")
-        if (a.device or cfg.model.device) != "cpu" and a.runtime != "fake":
-            a.device = "cpu"  # graph runtimes run on the CPU; torch follows them there
         runtime = _runtime(a, run, cfg.model.name, a.device or cfg.model.device)
         precision = _precision(run, cfg) if runtime != "fake" else "auto"
         result = _track(a, run, out, src, prompts, cfg, runtime, precision)
@@ -97,13 +95,14 @@ def _track(a, run: Path, out: Path, src, prompts: list[Prompt], cfg, runtime: st
     from ..sam2.video import ObjectPrompt, track
     from .predict import _model_cache
     from .video import OverlayWriter, tint, video_model, write_masks
+    device = a.device or cfg.model.device
+    if device == "cuda" and not torch.cuda.is_available():
+        raise ValueError("the run was quantized for cuda but no CUDA device is available; add --device cpu")
     try:
         model = video_model(run, runtime, precision, _model_cache(cfg) if runtime == "openvino" else None)
     except (OSError, RuntimeError) as e:
         raise ValueError(str(e).splitlines()[0]) from None
-    device = a.device or cfg.model.device
-    if device == "cuda" and not torch.cuda.is_available():
-        raise ValueError("the run was quantized for cuda but no CUDA device is available; add --device cpu")
+    model = model.to(device)  # a graph runtime's encoder takes and gives CPU arrays whatever the device
     size = model.config.image_size
     w, h = src.size
     arrays = [p.arrays(w, h, size) for p in prompts]  # ([1, P, 2], [1, P]) each

@@ -70,8 +70,12 @@ def _runtime_encoder(run: Path, cfg, runtime: str, image_model: nn.Module, preci
         if not enc.is_file():
             raise ValueError(f"--runtime {runtime}: {run} has no onnx/ encoder; quantize with --onnx '{{}}' or use "
                              "--runtime fake")
+        import atexit
+        import shutil
         import tempfile
-        f = write_video_encoder(enc, Path(tempfile.mkdtemp(prefix="sam2ptq-video-")) / f.name)
+        tmp = tempfile.mkdtemp(prefix="sam2ptq-video-")  # a tree exported before the video file: cut it here
+        atexit.register(shutil.rmtree, tmp, True)
+        f = write_video_encoder(enc, Path(tmp) / f.name)
     session = runtimes.open_runtime(f, runtime, None, precision, cache)
     if not session.has_interface(["image"], VIDEO_ENCODER_OUTPUTS):
         raise ValueError(f"{f} is not a SAM2 video encoder ({session.describe()}); export the tree again")
