@@ -161,7 +161,8 @@ def test_predict_video_tracks_a_generated_clip_with_the_quantized_encoder(onnx_t
 @pytest.mark.parametrize("case, want", [
     ("empty", "the folder holds no frames"), ("garbage", "cannot be decoded"), ("frame", "--frame 9: "),
     ("object", "is not point=X,Y, negative=X,Y or box=X1,Y1,X2,Y2"), ("outside", "is outside the image"),
-    ("foreign_out", "exists and was not written by predict --video")])
+    ("foreign_out", "exists and was not written by predict --video"),
+    ("corrupt_frame", "frame 00002.png cannot be read"), ("mixed_sizes", "all frames must have one size")])
 def test_predict_video_bad_input_is_one_line(onnx_tree, tmp_path, capsys, case, want):
     from sam2ptq_core.export.predict import main
     frames = _clip(tmp_path / "frames", 3)
@@ -178,6 +179,11 @@ def test_predict_video_bad_input_is_one_line(onnx_tree, tmp_path, capsys, case, 
         extra += ["--object", "circle=1,2"]
     elif case == "outside":
         extra = ["--point", f"{FW},10"]
+    elif case == "corrupt_frame":  # found only while tracking, after frames 0 and 1 were written to the temp tree
+        (frames / "00002.png").write_bytes(b"not a png")
+    elif case == "mixed_sizes":
+        from PIL import Image
+        Image.new("RGB", (FW + 2, FH)).save(frames / "00002.png")
     else:
         out.mkdir()
         (out / "notes.txt").write_text("mine")
@@ -231,3 +237,36 @@ def test_a_tree_exported_before_the_video_file_gets_it_cut_on_the_fly(onnx_tree,
     got = [f.masks for f in track(video_model(old, "onnxruntime"), src.frames(), prompts)]
     want = [f.masks for f in track(video_model(onnx_tree, "onnxruntime"), src.frames(), prompts)]
     assert all(torch.equal(g, w) for g, w in zip(got, want)) and got[0].any()
+
+
+def test_the_video_evaluation_leaves_the_image_regression_family_alone():
+    """quant.eval.video adds a stage; the image mIoU guard's family (eval_protocol) must not change with it."""
+    from sam2ptq_core.config import load_config
+    from sam2ptq_core.pipeline.regression import eval_protocol
+    from tests.helpers import REDUCED_CFG
+    plain = load_config(str(REDUCED_CFG), [])
+    video = load_config(str(REDUCED_CFG), ["quant.eval.video={clip: x.mp4, objects: ['box=1,1,5,5']}"])
+    assert eval_protocol(plain) == eval_protocol(video)
+
+
+def test_jf_scores_leave_the_prompt_frame_out_of_the_means():
+    """Frame 0 (the prompt frame) disagrees completely, frames 1–2 agree: the means are over frames 1–2 (1.0),
+    the per-frame lists keep frame 0 (J 0)."""
+    from sam2ptq_core.sam2.video import TrackedFrame, jf_scores
+    a, b = _band(10, 20)[None], _band(60, 20)[None]
+    ref = [TrackedFrame(i, a, 0.0, 0.0) for i in range(3)]
+    got = [TrackedFrame(0, b, 0.0, 0.0), *ref[1:]]
+    s = jf_scores(ref, got)
+    assert s["J"][0] == [0.0] and s["mean_J"] == 1.0 and s["JF"] == 1.0 and s["scored_frames"] == [1, 2]
+
+
+@pytest.mark.slow
+def test_an_image_only_checkpoint_cannot_make_a_silently_random_tracker(tmp_path):
+    """A local checkpoint written by Sam2Model.save_pretrained has no memory modules: one error naming the fix."""
+    from sam2ptq_core.sam2.loading import build_random
+    from sam2ptq_core.sam2.video import build_video_model
+    from tests.helpers import ARCH
+    m = build_random("tiny", 0, 128, ARCH)
+    m.save_pretrained(tmp_path / "ckpt")
+    with pytest.raises(ValueError, match="holds no weights for SAM2's video modules"):
+        build_video_model(m, checkpoint=tmp_path / "ckpt")

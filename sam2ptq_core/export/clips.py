@@ -10,7 +10,7 @@ from PIL import Image
 
 from ..sam2.images import IMAGE_SUFFIXES, load_rgb
 
-__all__ = ["VideoSource", "read_frames"]
+__all__ = ["VideoSource", "read_frames", "open_av"]
 
 
 @dataclass(frozen=True)
@@ -23,17 +23,38 @@ class VideoSource:
     size: tuple[int, int] = (0, 0)   # (width, height) of the first frame
 
     def frames(self, limit: int | None = None) -> Iterator[Image.Image]:
-        """RGB frames in order, at most ``limit``."""
+        """RGB frames in order, at most ``limit``; a frame that does not decode is a ValueError naming it."""
         if self.files:
             for f in self.files[:limit]:
-                yield load_rgb(f)
+                try:
+                    im = load_rgb(f)
+                except (OSError, ValueError, Image.DecompressionBombError) as e:
+                    raise ValueError(f"--video {self.path}: frame {f.name} cannot be read "
+                                     f"({str(e).splitlines()[0]})") from None
+                yield im
             return
+        av = open_av()
+        i = 0
+        try:
+            with av.open(str(self.path)) as c:
+                for fr in c.decode(video=0):
+                    if limit is not None and i >= limit:
+                        break
+                    im = fr.to_image().convert("RGB")
+                    i += 1
+                    yield im
+        except av.error.FFmpegError as e:
+            raise ValueError(f"--video {self.path}: frame {i} cannot be decoded ({e.strerror or type(e).__name__})"
+                             ) from None
+
+
+def open_av():
+    """PyAV, or a ValueError naming the extra that installs it."""
+    try:
         import av
-        with av.open(str(self.path)) as c:
-            for i, fr in enumerate(c.decode(video=0)):
-                if limit is not None and i >= limit:
-                    break
-                yield fr.to_image().convert("RGB")
+    except ImportError:
+        raise ValueError("reading and writing video files needs PyAV: pip install -e '.[video]'") from None
+    return av
 
 
 def read_frames(path: str | Path) -> VideoSource:
@@ -52,7 +73,7 @@ def read_frames(path: str | Path) -> VideoSource:
         return VideoSource(p, files, 24.0, len(files), first.size)
     if not p.is_file():
         raise ValueError(f"--video {path} does not exist; pass a video file (mp4, avi, mkv, …) or a folder of frames")
-    import av
+    av = open_av()
     try:
         with av.open(str(p)) as c:
             if not c.streams.video:

@@ -6,6 +6,7 @@ and the per-object part). The encoder runs on torch (fake quantization) or on a 
 SAM2's video path (transformers' ``Sam2VideoModel``) runs in torch."""
 from __future__ import annotations
 
+import contextlib
 import json
 import sys
 from pathlib import Path
@@ -53,6 +54,8 @@ def _checked(a):
     if not (run / "config.yaml").is_file():
         raise ValueError(f"--run {run} is not a sam2ptq output tree (no config.yaml there); pass a directory written "
                          f"by quantize_sam2.py, e.g. outputs/sam2/<job>")
+    if a.format != "cache":
+        raise ValueError("--video runs the tree's cache files (and its ONNX video encoder); drop --format nunchaku")
     if a.frame < 0 or (a.max_frames is not None and a.max_frames < 1):
         raise ValueError("--frame must be ≥ 0 and --max-frames ≥ 1")
     out = Path(a.out or "video_masks")
@@ -85,7 +88,8 @@ def main(a) -> int:
 
 
 def _track(a, run: Path, out: Path, src, prompts: list[Prompt], cfg, runtime: str, precision: str):
-    """Track and write ``out`` atomically; returns (frames, median encoder s, median per-object part s)."""
+    """Track and write ``out`` atomically; returns (frames, median encoder s, median per-object part s; the
+    medians leave the prompt frame out)."""
     import statistics
 
     import torch
@@ -133,12 +137,17 @@ def _track(a, run: Path, out: Path, src, prompts: list[Prompt], cfg, runtime: st
                 rows.append({"frame": tf.index, "encoder_s": tf.encoder_s, "per_object_s": tf.per_object_s,
                              "area": [float(m.mean()) for m in masks]})
                 bar.update(1)
-        finally:
+        except BaseException:
             bar.close()
-            writer.close()
+            with contextlib.suppress(Exception):  # the tracking error is the one to report; a container never
+                writer.close()                    # started may not close cleanly (the temp folder goes anyway)
+            raise
+        bar.close()
+        writer.close()
         (d / "timing.json").write_text(json.dumps({"runtime": runtime, "objects": ids, "prompt_frame": a.frame,
                                                    "random_weights": cfg.model.random_init, "frames": rows},
                                                   indent=1))
     atomic_dir(out.resolve(), build)
-    return (len(rows), statistics.median(r["encoder_s"] for r in rows),
-            statistics.median(r["per_object_s"] for r in rows))
+    timed = rows[1:] or rows  # the prompt frame has no memory to attend to: left out, as the stage does
+    return (len(rows), statistics.median(r["encoder_s"] for r in timed),
+            statistics.median(r["per_object_s"] for r in timed))

@@ -16,7 +16,7 @@ import torch
 from PIL import Image
 from torch import nn
 
-from .clips import VideoSource, read_frames
+from .clips import VideoSource, open_av, read_frames
 from .onnx_interface import pair_names
 from .onnx_video import VIDEO_ENCODER_OUTPUTS
 
@@ -75,7 +75,11 @@ def _runtime_encoder(run: Path, cfg, runtime: str, image_model: nn.Module, preci
         import tempfile
         tmp = tempfile.mkdtemp(prefix="sam2ptq-video-")  # a tree exported before the video file: cut it here
         atexit.register(shutil.rmtree, tmp, True)
-        f = write_video_encoder(enc, Path(tmp) / f.name)
+        try:
+            f = write_video_encoder(enc, Path(tmp) / f.name)
+        except ImportError:
+            raise ValueError(f"{run} predates its video encoder file; cutting it needs onnx: pip install -e "
+                             "'.[onnx]' (or export the tree again)") from None
     session = runtimes.open_runtime(f, runtime, None, precision, cache)
     if not session.has_interface(["image"], VIDEO_ENCODER_OUTPUTS):
         raise ValueError(f"{f} is not a SAM2 video encoder ({session.describe()}); export the tree again")
@@ -139,8 +143,7 @@ class OverlayWriter:
 
     def __init__(self, path: Path, fps: float, size: tuple[int, int]):
         from fractions import Fraction
-
-        import av
+        av = open_av()
         self.path = path
         self.size = (size[0] // 2 * 2, size[1] // 2 * 2)
         self.container = av.open(str(path), mode="w")
@@ -149,7 +152,7 @@ class OverlayWriter:
         self.stream.pix_fmt = "yuv420p"
 
     def add(self, image: Image.Image) -> None:
-        import av
+        av = open_av()
         im = image.crop((0, 0, *self.size))
         for packet in self.stream.encode(av.VideoFrame.from_image(im)):
             self.container.mux(packet)

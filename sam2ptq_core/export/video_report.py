@@ -69,14 +69,17 @@ def write_video_files(d: Path, metrics: dict, strip: dict | None, title: str) ->
 def video_lines(v: dict) -> list[str]:
     """The report's "Video" section."""
     n_obj = len(v["objects"])
-    per = [f"object {k + 1} (`{s}`): J {np.mean(np.asarray(v['J'])[:, k]):.4f}, F "
-           f"{np.mean(np.asarray(v['F'])[:, k]):.4f}" for k, s in enumerate(v["objects"])]
+    rows = slice(1, None) if len(v["J"]) > 1 else slice(None)  # the means' frames (jf_scores: after the prompt)
+    J, F = np.asarray(v["J"])[rows], np.asarray(v["F"])[rows]
+    per = [f"object {k + 1} (`{s}`): J {J[:, k].mean():.4f}, F {F[:, k].mean():.4f}"
+           for k, s in enumerate(v["objects"])]
     fl, q = v["float"], v["quantized"]
     return ["", "## Video (SAM2's video predictor, quantized encoder vs float)", "",
             f"`{v['clip']}` ({v['clip_size'][0]}×{v['clip_size'][1]}), frames {v['frames'][0]}–{v['frames'][-1]}, "
             f"{n_obj} object(s) prompted on frame {v['prompt_frame']}; forward tracking, memory modules "
             + ("seeded random (random weights)." if v["random_weights"] else "from the checkpoint."), "",
-            f"**J&F {v['JF']:.4f}** (J {v['mean_J']:.4f}, F {v['mean_F']:.4f}) against the float tracker; "
+            f"**J&F {v['JF']:.4f}** (J {v['mean_J']:.4f}, F {v['mean_F']:.4f}) against the float tracker over the "
+            f"frames after the prompt frame; "
             + "; ".join(per) + (f". {v['both_empty']} (frame, object) pairs had no object in either mask (scored 1)."
                                 if v["both_empty"] else "."), "",
             "| tracker | encoder ms/frame | decoders + memory ms/frame (all objects) |", "|---|---|---|",

@@ -55,7 +55,7 @@ def eval_protocol(cfg) -> str:
     way are comparable."""
     from ..config import config_hash
     d = {"eval": cfg.quant.eval.model_dump(mode="json", exclude={"regression_threshold", "regression_across_models",
-                                                                 "num_overlays"}),
+                                                                 "num_overlays", "video"}),
          "calib": cfg.quant.calib.model_dump(mode="json", include={"path", "num_samples", "image_size"}),
          "seed": cfg.seed}
     return config_hash(d)[:10]

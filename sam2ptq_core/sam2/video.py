@@ -54,7 +54,13 @@ def build_video_model(image_model: nn.Module, *, checkpoint: Path | None = None,
     from transformers import Sam2VideoModel
     cfg = video_config(image_model)
     if checkpoint is not None:
-        video = Sam2VideoModel.from_pretrained(str(checkpoint), config=cfg, torch_dtype=torch.float32)
+        video, info = Sam2VideoModel.from_pretrained(str(checkpoint), config=cfg, torch_dtype=torch.float32,
+                                                     output_loading_info=True)
+        lacking = [k for k in info["missing_keys"] if not k.startswith("vision_encoder.")]
+        if lacking:  # an image-only checkpoint (Sam2Model.save_pretrained): its tracker would be random
+            raise ValueError(f"{checkpoint} holds no weights for SAM2's video modules ({lacking[0]} and "
+                             f"{len(lacking) - 1} more are missing); use a facebook/sam2.1-* checkpoint (model "
+                             "type sam2_video), which holds the memory attention and memory encoder")
     else:
         with torch.random.fork_rng(devices=[]):
             torch.default_generator.manual_seed(seed)
@@ -93,17 +99,26 @@ class TrackedFrame:
         return self.total_s - self.encoder_s
 
 
-class EncoderClock:
-    """Seconds spent in a module's forward, summed since the last ``take()`` (forward pre/post hooks)."""
+def _sync(device: torch.device) -> None:
+    """Wait for the device's queued kernels, so a clock read measures work done, not work launched."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
 
-    def __init__(self, module: nn.Module):
-        self.spent, self._t0 = 0.0, 0.0
+
+class EncoderClock:
+    """Seconds spent in a module's forward, summed since the last ``take()`` (forward pre/post hooks; on CUDA each
+    hook synchronizes first)."""
+
+    def __init__(self, module: nn.Module, device: torch.device | str = "cpu"):
+        self.spent, self._t0, self.device = 0.0, 0.0, torch.device(device)
         self._hooks = [module.register_forward_pre_hook(self._start), module.register_forward_hook(self._stop)]
 
     def _start(self, *_):
+        _sync(self.device)
         self._t0 = time.perf_counter()
 
     def _stop(self, *_):
+        _sync(self.device)
         self.spent += time.perf_counter() - self._t0
 
     def take(self) -> float:
@@ -137,20 +152,25 @@ def track(model: nn.Module, frames: Iterable, prompts: list[ObjectPrompt], promp
     if not prompts:
         raise ValueError("no objects to track: give at least one prompt")
     size = model.config.image_size
-    param = next(model.parameters())
+    param = model.no_memory_embedding  # the video model's own parameter: its device and dtype
     keep = max(model.config.num_maskmem, model.config.max_object_pointers_in_encoder)
-    clock = EncoderClock(model.vision_encoder)
+    clock = EncoderClock(model.vision_encoder, param.device)
     session = None
     try:
         for i, im in enumerate(frames):
             if i < prompt_frame:
                 continue
+            if session is not None and im.size != (session.video_width, session.video_height):
+                raise ValueError(f"frame {i} is {im.width}×{im.height}, the clip's first tracked frame "
+                                 f"{session.video_width}×{session.video_height}: all frames must have one size")
             pixels = normalize(resize_uint8(im, size)).to(param.device, param.dtype)
+            _sync(param.device)
             t0 = time.perf_counter()
             with torch.inference_mode():
                 if session is None:
-                    session = Sam2VideoInferenceSession(video_height=im.height, video_width=im.width,
-                                                        inference_device=param.device, dtype=param.dtype)
+                    session = Sam2VideoInferenceSession(
+                        video_height=im.height, video_width=im.width, inference_device=param.device,
+                        inference_state_device=param.device, video_storage_device=param.device, dtype=param.dtype)
                     session.add_new_frame(pixels, i)
                     for p in prompts:
                         session.add_point_inputs(session.obj_id_to_idx(p.obj_id), i, {
@@ -162,6 +182,7 @@ def track(model: nn.Module, frames: Iterable, prompts: list[ObjectPrompt], promp
                     out = model(session, frame=pixels, frame_idx=i)
                 logits = torch.nn.functional.interpolate(out.pred_masks.float(), size=(im.height, im.width),
                                                          mode="bilinear", align_corners=False)
+            _sync(param.device)
             total = time.perf_counter() - t0
             _forget(session, i, keep)
             yield TrackedFrame(i, (logits[:, 0] > 0).cpu(), clock.take(), total)
@@ -173,16 +194,20 @@ def track(model: nn.Module, frames: Iterable, prompts: list[ObjectPrompt], promp
 
 def jf_scores(reference: list[TrackedFrame], tracked: list[TrackedFrame]) -> dict:
     """DAVIS's J&F of ``tracked`` against ``reference`` (the same clip, prompts and frames): per frame and object
-    J (region IoU) and F (boundary, ``metrics.boundary_f``), their means, J&F = (mean J + mean F) / 2, and how
-    many (frame, object) pairs had an object in neither mask (DAVIS scores those 1)."""
+    J (region IoU) and F (boundary, ``metrics.boundary_f``) on every frame; their means over the frames after the
+    prompt frame (DAVIS likewise leaves out the frame whose mask is given; the prompt frame is an image-level
+    comparison with no memory; its evaluation script also drops the clip's last frame, kept here), J&F =
+    (mean J + mean F) / 2, and how many scored (frame, object) pairs had an object in neither mask (scored 1)."""
     from ..algorithms.metrics import davis_jf
     if [f.index for f in reference] != [f.index for f in tracked]:
         raise ValueError("the two trackings cover different frames")
-    J, F, empty = [], [], 0
+    J, F, empty = [], [], []
     for r, t in zip(reference, tracked):
         pairs = [davis_jf(a, b) for a, b in zip(t.masks, r.masks)]
         J.append([j for j, _ in pairs])
         F.append([f for _, f in pairs])
-        empty += sum(int(not (a.any() or b.any())) for a, b in zip(t.masks, r.masks))
-    mj, mf = float(np.mean(J)), float(np.mean(F))
-    return {"J": J, "F": F, "mean_J": mj, "mean_F": mf, "JF": (mj + mf) / 2, "both_empty": empty}
+        empty.append(sum(int(not (a.any() or b.any())) for a, b in zip(t.masks, r.masks)))
+    s = slice(1, None) if len(J) > 1 else slice(None)
+    mj, mf = float(np.mean(J[s])), float(np.mean(F[s]))
+    return {"J": J, "F": F, "mean_J": mj, "mean_F": mf, "JF": (mj + mf) / 2, "both_empty": sum(empty[s]),
+            "scored_frames": [f.index for f in reference][s]}
