@@ -188,7 +188,9 @@ def test_predict_video_bad_input_is_one_line(onnx_tree, tmp_path, capsys, case, 
         out.mkdir()
         (out / "notes.txt").write_text("mine")
     assert main(["--run", str(onnx_tree), "--video", video, *extra, "--out", str(out), "--runtime", "fake"]) == 2
-    err = capsys.readouterr().err.strip().splitlines()
+    # what a terminal shows: each line after its last carriage return (the progress bar, leave=False, clears itself)
+    err = [ln.rsplit("\r", 1)[-1] for ln in capsys.readouterr().err.split("\n")]
+    err = [ln for ln in err if ln.strip()]
     assert len(err) == 1 and err[0].startswith("error: ") and want in err[0], err
     assert case == "foreign_out" and (out / "notes.txt").read_text() == "mine" or not out.exists()
 
