@@ -96,20 +96,20 @@ def _run(model, src, prompts, frames: int):
 
 
 def _times(tracked) -> dict:
-    """Median seconds per frame, the prompt frame left out (it has no memory to attend to)."""
-    rest = tracked[1:] or tracked
-    return {"encoder_s": statistics.median(f.encoder_s for f in rest),
-            "rest_s": statistics.median(f.per_object_s for f in rest)}
+    """Median seconds per frame (``sam2/video.py::median_times``: the prompt frame left out)."""
+    from sam2ptq_core.sam2.video import median_times
+    med = median_times([f.timing() for f in tracked])
+    return {"encoder_s": med["encoder_s"], "rest_s": med["per_object_s"]}
 
 
 def _breakdown(model, src, prompts, frames: int) -> dict:
     """Seconds per frame (prompt frame left out) in each part of the per-object work: memory attention (and the
     share of it in its nn.Linear layers), memory encoder, prompt encoder + mask decoder, by forward hooks."""
-    from sam2ptq_core.sam2.video import EncoderClock, track
+    from sam2ptq_core.sam2.video import ForwardClock, track
     parts = {"memory_attention": model.memory_attention, "memory_encoder": model.memory_encoder,
              "mask_decoder": model.mask_decoder, "prompt_encoder": model.prompt_encoder}
-    clocks = {k: EncoderClock(m) for k, m in parts.items()}
-    linears = [EncoderClock(m) for m in model.memory_attention.modules() if isinstance(m, torch.nn.Linear)]
+    clocks = {k: ForwardClock(m) for k, m in parts.items()}
+    linears = [ForwardClock(m) for m in model.memory_attention.modules() if isinstance(m, torch.nn.Linear)]
     sums = {k: 0.0 for k in [*parts, "memory_attention_linears", "frames"]}
     tracked = []
     try:

@@ -42,8 +42,11 @@ def evaluate_video(cfg: dict, model_ref: Ref, calib_ref: Ref, smooth_ref: Ref, g
             return {}
         from pathlib import Path
 
-        from sam2ptq_core.files import file_sha256
-        clip = Path(c.quant.eval.video.clip)
-        files = sorted(f for f in clip.iterdir() if f.is_file()) if clip.is_dir() else [clip]
-        return {"clip_sha256": {f.name: file_sha256(f) for f in files}}
+        from sam2ptq_core.export.clips import frame_files
+        from sam2ptq_core.pipeline.stages import store_of
+        from sam2ptq_core.sam2.images import files_digest
+        clip = Path(c.quant.eval.video.clip)  # the frames the stage reads; hashes memoised as evaluate's images
+        files = list(frame_files(clip)) if clip.is_dir() else [clip]
+        digest = files_digest(store_of(c).preprocess_cache(), files)
+        return {"clip_sha256": {f.name: digest[str(f)] for f in files}}
     return run_stage(STAGE, c, refs, build, key_extra)

@@ -10,7 +10,7 @@ from PIL import Image
 
 from ..sam2.images import IMAGE_SUFFIXES, load_rgb
 
-__all__ = ["VideoSource", "read_frames", "open_av"]
+__all__ = ["VideoSource", "read_frames", "frame_files", "open_av"]
 
 
 @dataclass(frozen=True)
@@ -57,12 +57,17 @@ def open_av():
     return av
 
 
+def frame_files(folder: Path) -> tuple[Path, ...]:
+    """The frames of a folder: its images (by suffix, not recursive), sorted by name."""
+    return tuple(sorted(f for f in folder.iterdir() if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES))
+
+
 def read_frames(path: str | Path) -> VideoSource:
     """Open ``path`` (a video file or a folder of frames) and read its first frame; ValueError (one line naming
     the fix) when it does not exist, is empty, or cannot be decoded."""
     p = Path(path)
     if p.is_dir():
-        files = tuple(sorted(f for f in p.iterdir() if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES))
+        files = frame_files(p)
         if not files:
             raise ValueError(f"--video {path}: the folder holds no frames ({', '.join(sorted(IMAGE_SUFFIXES))}); "
                              "pass a video file or a folder of images named in frame order")

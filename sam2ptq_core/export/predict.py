@@ -219,13 +219,19 @@ def _xy(flag: str, s: str, n: int, im, path: str) -> list[float]:
     return v
 
 
-def _checked_inputs(a) -> tuple[Path, object, Prompt]:
-    """Everything that can be checked before the model loads; raises ValueError with one line naming the fix."""
-    from ..sam2.images import load_rgb
+def _run_dir(a) -> Path:
+    """``--run`` as a sam2ptq output tree; ValueError with one line otherwise."""
     run = Path(a.run)
     if not (run / "config.yaml").is_file():
         raise ValueError(f"--run {run} is not a sam2ptq output tree (no config.yaml there); pass a directory written "
                          f"by quantize_sam2.py, e.g. outputs/sam2/<job>")
+    return run
+
+
+def _checked_inputs(a) -> tuple[Path, object, Prompt]:
+    """Everything that can be checked before the model loads; raises ValueError with one line naming the fix."""
+    from ..sam2.images import load_rgb
+    run = _run_dir(a)
     out_dir = Path(a.out).resolve().parent
     if not out_dir.is_dir():
         raise ValueError(f"--out {a.out}: folder {out_dir} does not exist; create it or write the PNG elsewhere")

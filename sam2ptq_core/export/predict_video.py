@@ -49,11 +49,8 @@ def _prompts(a, size: tuple[int, int], xy) -> list[Prompt]:
 
 def _checked(a):
     from .clips import read_frames
-    from .predict import _xy
-    run = Path(a.run)
-    if not (run / "config.yaml").is_file():
-        raise ValueError(f"--run {run} is not a sam2ptq output tree (no config.yaml there); pass a directory written "
-                         f"by quantize_sam2.py, e.g. outputs/sam2/<job>")
+    from .predict import _run_dir, _xy
+    run = _run_dir(a)
     if a.format != "cache":
         raise ValueError("--video runs the tree's cache files (and its ONNX video encoder); drop --format nunchaku")
     if a.frame < 0 or (a.max_frames is not None and a.max_frames < 1):
@@ -90,13 +87,11 @@ def main(a) -> int:
 def _track(a, run: Path, out: Path, src, prompts: list[Prompt], cfg, runtime: str, precision: str):
     """Track and write ``out`` atomically; returns (frames, median encoder s, median per-object part s; the
     medians leave the prompt frame out)."""
-    import statistics
-
     import torch
     from tqdm import tqdm
 
     from ..files import atomic_dir
-    from ..sam2.video import ObjectPrompt, track
+    from ..sam2.video import ObjectPrompt, median_times, track
     from .predict import _model_cache
     from .video import OverlayWriter, tint, video_model, write_masks
     device = a.device or cfg.model.device
@@ -134,8 +129,7 @@ def _track(a, run: Path, out: Path, src, prompts: list[Prompt], cfg, runtime: st
                 masks = tf.masks.cpu().numpy()
                 write_masks(d / "masks", tf.index, masks, ids)
                 writer.add(tint(shown.pop(tf.index), masks, ids, title))
-                rows.append({"frame": tf.index, "encoder_s": tf.encoder_s, "per_object_s": tf.per_object_s,
-                             "area": [float(m.mean()) for m in masks]})
+                rows.append({**tf.timing(), "area": [float(m.mean()) for m in masks]})
                 bar.update(1)
         except BaseException:
             bar.close()
@@ -148,6 +142,5 @@ def _track(a, run: Path, out: Path, src, prompts: list[Prompt], cfg, runtime: st
                                                    "random_weights": cfg.model.random_init, "frames": rows},
                                                   indent=1))
     atomic_dir(out.resolve(), build)
-    timed = rows[1:] or rows  # the prompt frame has no memory to attend to: left out, as the stage does
-    return (len(rows), statistics.median(r["encoder_s"] for r in timed),
-            statistics.median(r["per_object_s"] for r in timed))
+    med = median_times(rows)
+    return len(rows), med["encoder_s"], med["per_object_s"]

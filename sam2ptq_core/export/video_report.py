@@ -12,9 +12,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-__all__ = ["write_video_files", "video_lines", "with_video", "VIDEO_FILES"]
-
-VIDEO_FILES = ("video.json", "video_strip.png", "video_jf.png")
+__all__ = ["write_video_files", "video_lines", "with_video"]
 COLOURS = [(0.12, 0.56, 1.0), (1.0, 0.31, 0.16), (0.24, 0.78, 0.24), (0.94, 0.78, 0.0), (0.78, 0.24, 0.86)]
 
 
@@ -69,10 +67,8 @@ def write_video_files(d: Path, metrics: dict, strip: dict | None, title: str) ->
 def video_lines(v: dict) -> list[str]:
     """The report's "Video" section."""
     n_obj = len(v["objects"])
-    rows = slice(1, None) if len(v["J"]) > 1 else slice(None)  # the means' frames (jf_scores: after the prompt)
-    J, F = np.asarray(v["J"])[rows], np.asarray(v["F"])[rows]
-    per = [f"object {k + 1} (`{s}`): J {J[:, k].mean():.4f}, F {F[:, k].mean():.4f}"
-           for k, s in enumerate(v["objects"])]
+    per = [f"object {k + 1} (`{s}`): J {j:.4f}, F {f:.4f}"
+           for k, (s, j, f) in enumerate(zip(v["objects"], v["object_J"], v["object_F"]))]
     fl, q = v["float"], v["quantized"]
     return ["", "## Video (SAM2's video predictor, quantized encoder vs float)", "",
             f"`{v['clip']}` ({v['clip_size'][0]}×{v['clip_size'][1]}), frames {v['frames'][0]}–{v['frames'][-1]}, "

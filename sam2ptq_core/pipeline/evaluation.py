@@ -38,11 +38,12 @@ def heldout_items(c: RunConfig, paths: list[Path], coco=None):
         yield p, x, hw, (gt_prompts(coco[0], coco[1][p.name]) if coco else None)
 
 
-def quantized_model(c: RunConfig, fp_model, smooth: A.SmoothingChoice, gptq: A.QuantizedLayers,
-                    mixed: A.MixedChoice, ranges: A.StaticRanges):
+def quantized_model(c: RunConfig, fp_model, smooth: A.SmoothingChoice, shipped: tuple[dict, dict],
+                    ranges: A.StaticRanges):
     """The run's quantized model as the pipeline evaluates it (fake quantization; static activations when
-    ``quant.ipts.static``, the pipeline's format then), a deep copy of ``fp_model``."""
-    qlayers, schemes = A.shipped_layers(gptq, mixed)
+    ``quant.ipts.static``, the pipeline's format then), a deep copy of ``fp_model``; ``shipped``:
+    ``artifacts.shipped_layers``'s (layers, schemes)."""
+    qlayers, schemes = shipped
     static = ranges.qparams() if c.quant.ipts.static else None  # the pipeline's format is static: score it
     return build_quantized(fp_model, qlayers, smooth.scales(), smooth.rotation_choice(), schemes, static)
 
@@ -55,7 +56,7 @@ def run_evaluation(c: RunConfig, fetched: A.FetchedModel, calib: A.CalibrationSe
     from ..sam2.coco import load_coco
     fp = load_fp_model(c, fetched)
     qlayers, schemes = A.shipped_layers(gptq, mixed)
-    qm = quantized_model(c, fp.model, smooth, gptq, mixed, ranges)
+    qm = quantized_model(c, fp.model, smooth, (qlayers, schemes), ranges)
     coco = load_coco(c.quant.eval.annotations) if c.quant.eval.annotations else None
     paths = held_out_images(c, {s["path"] for s in calib.sources()}, set(coco[1]) if coco else None)
     size = c.quant.calib.image_size

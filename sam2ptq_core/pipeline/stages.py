@@ -160,7 +160,7 @@ STAGES: dict[str, Stage] = {s.name: s for s in [
           "onnx: the quantized encoder as int8 QDQ ONNX (and the float encoder), whatever runs it"),
     Stage("evaluate", 12, ("fetch_model", "build_calibration_set", "smooth", "gptq_lowrank", "mixed", "static_ranges"),
           _evaluate_slice, A.Evaluation, "float vs quantized SAM2 on held-out images: SQNR, mask IoU, report"),
-    Stage("evaluate_video", 1, ("fetch_model", "build_calibration_set", "smooth", "gptq_lowrank", "mixed",
+    Stage("evaluate_video", 2, ("fetch_model", "build_calibration_set", "smooth", "gptq_lowrank", "mixed",
                                 "static_ranges"), _video_slice, A.VideoEvaluation,
           "quant.eval.video: the quantized encoder in SAM2's video predictor on a clip, J&F against the float "
           "tracker per object and frame, per-frame time"),

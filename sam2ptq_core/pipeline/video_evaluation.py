@@ -7,7 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..config import RunConfig
-from ..sam2.video import ObjectPrompt, build_video_model, jf_scores, track
+from ..sam2.video import ObjectPrompt, build_video_model, jf_scores, median_times, track
 from . import artifacts as A
 from .evaluation import quantized_model
 from .runtime import load_fp_model, to_run_dtype
@@ -48,11 +48,10 @@ def run_video_evaluation(c: RunConfig, fetched: A.FetchedModel, smooth: A.Smooth
                          mixed: A.MixedChoice, ranges: A.StaticRanges, progress=None) -> tuple[dict, dict]:
     """(metrics, strip): the J&F of the quantized tracker against the float one and both trackers' per-frame
     times; ``strip``: the frames, both trackers' masks and the object ids, for the report's pictures."""
-    import statistics
     v = c.quant.eval.video
     src, prompts = clip_prompts(c)
     fp = load_fp_model(c, fetched)
-    qm = quantized_model(c, fp.model, smooth, gptq, mixed, ranges)
+    qm = quantized_model(c, fp.model, smooth, A.shipped_layers(gptq, mixed), ranges)
     ckpt = None if fp.random_weights else Path(fetched.meta["path"])
     size = c.quant.calib.image_size
     runs = {}
@@ -62,11 +61,9 @@ def run_video_evaluation(c: RunConfig, fetched: A.FetchedModel, smooth: A.Smooth
                               sum(len(r) for r in runs.values()), name)
     scores = jf_scores(runs["float"], runs["quantized"])
 
-    def times(t):  # the prompt frame has no memory to attend to: left out of the medians
-        rest = t[1:] or t
-        return {"encoder_s": statistics.median(f.encoder_s for f in rest),
-                "per_object_s": statistics.median(f.per_object_s for f in rest),
-                "frames": [{"index": f.index, "encoder_s": f.encoder_s, "per_object_s": f.per_object_s} for f in t]}
+    def times(t):
+        rows = [f.timing() for f in t]
+        return {**median_times(rows), "frames": rows}
     metrics = {"random_weights": fp.random_weights, "enabled": True, "clip": v.clip, "clip_size": list(src.size),
                "objects": list(v.objects), "prompt_frame": v.prompt_frame, "frames": [f.index for f in runs["float"]],
                **scores, "float": times(runs["float"]), "quantized": times(runs["quantized"])}

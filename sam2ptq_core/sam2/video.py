@@ -26,7 +26,8 @@ from .images import normalize, resize_uint8
 
 RANDOM_OBJECT_SCORE = 10.0  # the random model's object-score logit bias (see build_video_model)
 
-__all__ = ["video_config", "build_video_model", "ObjectPrompt", "TrackedFrame", "track", "EncoderClock", "jf_scores"]
+__all__ = ["video_config", "build_video_model", "ObjectPrompt", "TrackedFrame", "median_times", "track",
+           "ForwardClock", "jf_scores"]
 
 
 def video_config(image_model: nn.Module, **overrides):
@@ -98,6 +99,17 @@ class TrackedFrame:
         """Everything but the encoder: decoders, memory attention and memory encoder of all objects."""
         return self.total_s - self.encoder_s
 
+    def timing(self) -> dict:
+        return {"frame": self.index, "encoder_s": self.encoder_s, "per_object_s": self.per_object_s}
+
+
+def median_times(rows: list[dict]) -> dict:
+    """Median ``encoder_s`` and ``per_object_s`` of per-frame rows (``TrackedFrame.timing()``), the prompt frame
+    (the first row) left out when there are others: it has no memory to attend to."""
+    import statistics
+    timed = rows[1:] or rows
+    return {k: statistics.median(r[k] for r in timed) for k in ("encoder_s", "per_object_s")}
+
 
 def _sync(device: torch.device) -> None:
     """Wait for the device's queued kernels, so a clock read measures work done, not work launched."""
@@ -105,7 +117,7 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-class EncoderClock:
+class ForwardClock:
     """Seconds spent in a module's forward, summed since the last ``take()`` (forward pre/post hooks; on CUDA each
     hook synchronizes first)."""
 
@@ -154,7 +166,7 @@ def track(model: nn.Module, frames: Iterable, prompts: list[ObjectPrompt], promp
     size = model.config.image_size
     param = model.no_memory_embedding  # the video model's own parameter: its device and dtype
     keep = max(model.config.num_maskmem, model.config.max_object_pointers_in_encoder)
-    clock = EncoderClock(model.vision_encoder, param.device)
+    clock = ForwardClock(model.vision_encoder, param.device)
     session = None
     try:
         for i, im in enumerate(frames):
@@ -197,7 +209,8 @@ def jf_scores(reference: list[TrackedFrame], tracked: list[TrackedFrame]) -> dic
     J (region IoU) and F (boundary, ``metrics.boundary_f``) on every frame; their means over the frames after the
     prompt frame (DAVIS likewise leaves out the frame whose mask is given; the prompt frame is an image-level
     comparison with no memory; its evaluation script also drops the clip's last frame, kept here), J&F =
-    (mean J + mean F) / 2, and how many scored (frame, object) pairs had an object in neither mask (scored 1)."""
+    (mean J + mean F) / 2, each object's mean J and F, and how many scored (frame, object) pairs had an object in
+    neither mask (scored 1)."""
     from ..algorithms.metrics import davis_jf
     if [f.index for f in reference] != [f.index for f in tracked]:
         raise ValueError("the two trackings cover different frames")
@@ -210,4 +223,5 @@ def jf_scores(reference: list[TrackedFrame], tracked: list[TrackedFrame]) -> dic
     s = slice(1, None) if len(J) > 1 else slice(None)
     mj, mf = float(np.mean(J[s])), float(np.mean(F[s]))
     return {"J": J, "F": F, "mean_J": mj, "mean_F": mf, "JF": (mj + mf) / 2, "both_empty": sum(empty[s]),
+            "object_J": np.mean(J[s], axis=0).tolist(), "object_F": np.mean(F[s], axis=0).tolist(),
             "scored_frames": [f.index for f in reference][s]}
