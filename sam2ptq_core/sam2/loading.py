@@ -11,6 +11,7 @@ import fnmatch
 import hashlib
 import json
 import os
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -112,6 +113,29 @@ def trunk(model: nn.Module) -> nn.Module:
     """The Hiera trunk of a Sam2Model (or of a Sam2VisionModel)."""
     enc = getattr(model, "vision_encoder", model)
     return enc.backbone
+
+
+@contextmanager
+def constant_position_embedding(model: nn.Module, image_size: int):
+    """Within the block, the trunk's position embedding at ``image_size`` is one tensor computed beforehand by
+    transformers' own ``_get_pos_embed`` (bicubic resize of a parameter, plus the tiled window embedding), so a
+    traced graph holds it as a constant instead of the Resize → Tile → Add subgraph. Graph runtimes fold that
+    subgraph at compile time with slow reference kernels: OpenVINO spent 36 of the 37 s it took to compile the
+    512² tiny encoder on it (0.8 s with the constant), and its time grows with the image's area."""
+    t = trunk(model)
+    with torch.no_grad():
+        hw = t.patch_embed(torch.zeros(1, 3, image_size, image_size, dtype=t.pos_embed.dtype)).shape[1:3]
+        pos = t._get_pos_embed(hw)
+
+    def fixed(at):
+        if tuple(at) != tuple(hw):
+            raise ValueError(f"the position embedding was computed for {tuple(hw)} tokens, the graph has {tuple(at)}")
+        return pos
+    t._get_pos_embed = fixed  # an instance attribute shadows the method; removed on exit
+    try:
+        yield
+    finally:
+        del t._get_pos_embed
 
 
 def quantizable_linears(model: nn.Module, skip: list[str] | tuple = ()) -> dict[str, nn.Module]:
