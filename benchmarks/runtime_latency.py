@@ -134,13 +134,16 @@ def main() -> dict:
     p.add_argument("--profile", action="store_true", help="OpenVINO per-op profile of each file (Amdahl bound)")
     p.add_argument("--out", type=Path, help="keep the files and write results.json here")
     p.add_argument("--write-calib", type=Path, metavar="DIR",
-                   help="only link the 7 calibration photos into DIR (a pipeline run's quant.calib.path), then exit")
+                   help="only link the 7 calibration photos into DIR (a pipeline run's quant.calib.path) and the 3 "
+                        "held-out ones into DIR_held (its quant.eval.path), then exit")
     args = p.parse_args()
     if args.write_calib:
-        args.write_calib.mkdir(parents=True, exist_ok=True)
-        for f in CALIB:
-            if not (args.write_calib / f).exists():
-                (args.write_calib / f).symlink_to(IMAGES / f)
+        held = args.write_calib.with_name(args.write_calib.name + "_held")
+        for d, names in ((args.write_calib, CALIB), (held, HELD_OUT)):
+            d.mkdir(parents=True, exist_ok=True)
+            for f in names:
+                if not (d / f).exists():
+                    (d / f).symlink_to((IMAGES / f).resolve())
         return {}
     import numpy as np
 

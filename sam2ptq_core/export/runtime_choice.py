@@ -8,7 +8,7 @@ import platform
 from pathlib import Path
 
 __all__ = ["RUNTIMES", "MissingRuntime", "need", "available_runtimes", "pick_runtime", "check_exporter",
-           "runtime_version", "machine"]
+           "runtime_version", "machine", "int8_dot_products", "NO_VNNI"]
 
 RUNTIMES = ("openvino", "onnxruntime")
 EXTRA = {"onnx": "onnx", "onnxscript": "onnx", "onnxruntime": "onnx", "openvino": "openvino"}
@@ -40,13 +40,47 @@ def available_runtimes() -> list[str]:
     return [r for r in RUNTIMES if importable(r)]
 
 
+# oneDNN's ISA caps (ONEDNN_MAX_CPU_ISA, its older name DNNL_MAX_CPU_ISA) that leave out every int8 dot-product level
+_CAPS_WITHOUT_VNNI = {"SSE41", "AVX", "AVX2", "AVX512_CORE", "AVX512_MIC", "AVX512_MIC_4OPS"}
+_VNNI_FLAGS = ("avx512_vnni", "avx_vnni", "amx_int8")  # /proc/cpuinfo's names
+
+NO_VNNI = ("this CPU has no VNNI: OpenVINO's int8 kernels sum pairs of u8·s8 products in saturating 16-bit and "
+           "would compute the quantized file wrongly (27 % error on a layer with large codes: "
+           "tests/test_runtime_vnni.py)")
+
+
+def int8_dot_products() -> bool:
+    """Whether OpenVINO's int8 kernels on this CPU sum u8·s8 products in 32 bits: x86 with VNNI (AVX512-VNNI,
+    AVX-VNNI) or AMX; CPUs other than x86 are not checked (True). Without it oneDNN falls back to vpmaddubsw, whose
+    pair sums saturate at 32767 (255·127·2 = 64770 does not fit). Honours the ISA cap oneDNN reads
+    (``ONEDNN_MAX_CPU_ISA``), so a capped process is told what its kernels will do."""
+    cap = (os.environ.get("ONEDNN_MAX_CPU_ISA") or os.environ.get("DNNL_MAX_CPU_ISA") or "").upper()
+    if cap in _CAPS_WITHOUT_VNNI:
+        return False
+    if platform.machine().lower() not in ("x86_64", "amd64", "x86", "i686"):
+        return True
+    try:
+        flags = next((ln.split(":", 1)[1].split() for ln in Path("/proc/cpuinfo").read_text().splitlines()
+                      if ln.startswith("flags")), None)
+    except OSError:
+        flags = None
+    if flags is None:  # not Linux: numpy's own CPU detection (it has no AVX-VNNI entry)
+        from numpy._core._multiarray_umath import __cpu_features__
+        return bool(__cpu_features__.get("AVX512VNNI"))
+    return any(f in flags for f in _VNNI_FLAGS)
+
+
 def pick_runtime(wanted: str) -> str:
-    """``wanted`` if installed, or for "auto" the fastest installed; one error line naming the extra otherwise."""
+    """``wanted`` if installed, or for "auto" the fastest installed that computes int8 files exactly here (ONNX
+    Runtime, when installed, on an x86 CPU without VNNI: ``int8_dot_products``); one error line naming the extra
+    otherwise."""
     have = available_runtimes()
     if wanted == "auto":
         if not have:
             raise MissingRuntime("no ONNX runtime is installed; install one: pip install -e '.[openvino]' or "
                                  "pip install -e '.[onnx]'")
+        if not int8_dot_products() and "onnxruntime" in have:
+            return "onnxruntime"
         return have[0]
     if wanted not in have:
         need(wanted)

@@ -10,10 +10,12 @@ from pathlib import Path
 
 from .model_cache import ModelCache
 from .runtime_choice import (
+    NO_VNNI,
     RUNTIMES,
     MissingRuntime,
     available_runtimes,
     check_exporter,
+    int8_dot_products,
     machine,
     need,
     pick_runtime,
@@ -89,6 +91,8 @@ def _openvino_session(path: Path, threads: int | None, precision: str, cache: Mo
         raise
     if model is not None:
         cache.bound(keep=model.parent)
+    if not int8_dot_products():
+        _refuse_int8(compiled, path)
     req = compiled.create_infer_request()
 
     def run(*xs):
@@ -97,6 +101,18 @@ def _openvino_session(path: Path, threads: int | None, precision: str, cache: Mo
     shape = [d.get_length() if d.is_static else None for d in compiled.inputs[0].get_partial_shape()]
     return Session(run, [frozenset(i.get_names()) for i in compiled.inputs],
                    [frozenset(o.get_names()) for o in compiled.outputs], shape)
+
+
+def _refuse_int8(compiled, path: Path) -> None:
+    """On a CPU without VNNI, a file that OpenVINO runs with int8 kernels is refused (``runtime_choice.NO_VNNI``):
+    what the kernels compute is read from the compiled model itself (each op's runtime precision)."""
+    int8 = [op.get_friendly_name() for op in compiled.get_runtime_model().get_ops()
+            if op.get_rt_info()["runtimePrecision"].astype(str) in ("u8", "i8")
+            and op.get_rt_info()["layerType"].astype(str) in ("FullyConnected", "MatMul", "Convolution", "Subgraph")]
+    if int8:
+        raise RuntimeError(f"{Path(path).name}: {NO_VNNI} ({len(int8)} int8 ops); run it with ONNX Runtime "
+                           "(--runtime onnxruntime, onnx.runtime: onnxruntime), which widens the sums "
+                           "(session.x64quantprecision), or on a CPU with VNNI")
 
 
 def open_runtime(path: Path, runtime: str, threads: int | None = None, precision: str = "auto",

@@ -42,11 +42,14 @@ def preflight(cfg: RunConfig) -> None:
         from ..export.nunchaku import check_supported
         check_supported(cfg)
     if cfg.onnx is not None:  # the exporter and a runtime are extras
-        from ..export.runtime_choice import MissingRuntime, check_exporter
+        from ..export.runtime_choice import NO_VNNI, MissingRuntime, check_exporter, int8_dot_products
         try:
             check_exporter(cfg.onnx.runtime)
         except MissingRuntime as e:
             raise ConfigError(f"onnx: {e}") from None
+        if cfg.onnx.runtime == "openvino" and not int8_dot_products():
+            raise ConfigError(f"onnx.runtime openvino: {NO_VNNI}; use onnx.runtime: onnxruntime (or auto, which "
+                              "picks it on such a CPU)")
 
 
 def _check_rank(cfg: RunConfig) -> None:
