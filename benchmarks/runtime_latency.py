@@ -81,7 +81,9 @@ def _time(kind: str, path: str, px: str, args, precision: str = "auto") -> dict:
 
 def _quantized(m, imgs, w_dtype: str, group: int, a_dtype: str, attention: bool = False):
     """(runtime-form model, fake-quant model): RTN codes, no smoothing or GELU shift, static sint8 ranges observed
-    on ``imgs``; ``attention``: Q·Kᵀ's inputs too (sam2/attention.py, ``quant.ipts.attention``)."""
+    on ``imgs``; ``attention``: Q·Kᵀ's inputs too (sam2/attention.py, ``quant.ipts.attention``); ``a_dtype`` None:
+    weights only (OpenVINO then quantizes the activations of its compressed-weight FullyConnected layers
+    dynamically, per token and group of DYNAMIC_QUANTIZATION_GROUP_SIZE = 32 inputs by default)."""
     from sam2ptq_core.algorithms.quantizers import dequantize, quantize
     from sam2ptq_core.algorithms.scheme import LayerScheme
     from sam2ptq_core.export.onnx_graph import runtime_model
@@ -96,6 +98,8 @@ def _quantized(m, imgs, w_dtype: str, group: int, a_dtype: str, attention: bool 
                     "zero": q.qparams.zero if q.qparams.zero is not None else torch.empty(0)}
         arts[n] = LayerArtifacts(sch, dequantize(q), mod.bias.detach(), None, None, None)
     qm = quantize_model(copy.deepcopy(m), arts)
+    if a_dtype is None:  # weights only: the runtime quantizes activations itself (OpenVINO: per group of 32)
+        return runtime_model(qm, saved, {}), qm
     obs = prepare_static(qm, attention=attention)
     with torch.inference_mode():
         for x in imgs:
@@ -171,7 +175,8 @@ def main() -> dict:
     export_float(files["fp32"], m, args.size)
     twins = {}
     rtn = {"W8A8": ("sint8", -1, "sint8", False), "W4A8": ("uint4", 128, "uint8", False),
-           "W8A8+QK": ("sint8", -1, "sint8", True)}  # +QK: attention's Q·Kᵀ quantized too
+           "W8A8+QK": ("sint8", -1, "sint8", True),  # +QK: attention's Q·Kᵀ quantized too
+           "W4A16": ("uint4", 128, None, False)}  # int4 weights only: OpenVINO's dynamic activation quantization
     for fmt, (w, g, a, qk) in {f"{k} RTN": rtn[k] for k in filter(None, args.formats.split(","))}.items():
         twins[fmt], _ = _quantized(m, calib, w, g, a, qk)
         files[fmt] = tmp / f"{fmt.replace(' ', '_')}.onnx"

@@ -1,5 +1,6 @@
 """OpenVINO's model cache on this machine: a compiled model is kept, so a later compile of the same file takes 0.3 s
-instead of about 85 s (the 1024² Hiera graph on 2 cores).
+instead of 1.3 s (the 1024² tiny encoder on 2 cores; files exported before the position embedding was stored
+computed, ``sam2.loading.constant_position_embedding``, take minutes).
 
 One entry per file content, float precision and OpenVINO version: ``<dir>/<sha256[:32]>-<precision>-ov<version>/``
 holds a copy of the ONNX file (``model.onnx``: OpenVINO keys its cache by the file's path, so the stage's temp file,
@@ -92,7 +93,7 @@ class ModelCache:
         with contextlib.suppress(OSError):  # a read-only cache that holds the model still serves it
             os.utime(entry)  # used now: evicted last
         if not any(entry.glob("*.blob")):
-            self._log().info("compiling %s for OpenVINO (first time on this machine: a minute or more; kept in %s "
+            self._log().info("compiling %s for OpenVINO (first time on this machine; kept in %s "
                              "for later runs) …", Path(path).name, self.dir)
         return model
 
