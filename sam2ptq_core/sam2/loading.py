@@ -117,21 +117,37 @@ def trunk(model: nn.Module) -> nn.Module:
 
 @contextmanager
 def constant_position_embedding(model: nn.Module, image_size: int):
-    """Within the block, the trunk's position embedding at ``image_size`` is one tensor computed beforehand by
-    transformers' own ``_get_pos_embed`` (bicubic resize of a parameter, plus the tiled window embedding), so a
-    traced graph holds it as a constant instead of the Resize → Tile → Add subgraph. Graph runtimes fold that
-    subgraph at compile time with slow reference kernels: OpenVINO spent 36 of the 37 s it took to compile the
-    512² tiny encoder on it (0.8 s with the constant), and its time grows with the image's area."""
+    """Within the block, the trunk's position embedding at ``image_size`` is computed without a bicubic Resize:
+    bicubic interpolation is linear and separable, so ``F.interpolate(P, (h, w))`` = Rᵀ·P·C with R [H, h] and
+    C [W, w] the interpolation of the identity (F.interpolate itself, evaluated once), and a traced graph holds two
+    small MatMuls instead of a Resize. Graph runtimes fold that subgraph at compile time with their reference
+    kernels, and OpenVINO's bicubic Resize is slow there: 36 of the 37 s it took to compile the 512² tiny encoder
+    (1.0 s without; its time grows with the image's area). Storing the result instead would add C·h·w floats to
+    the file (25 MB at 1024²). Checked on entry against transformers' own ``_get_pos_embed``."""
+    import torch.nn.functional as F
     t = trunk(model)
+    p, win = t.pos_embed, t.pos_embed_window
     with torch.no_grad():
-        hw = t.patch_embed(torch.zeros(1, 3, image_size, image_size, dtype=t.pos_embed.dtype)).shape[1:3]
-        pos = t._get_pos_embed(hw)
+        hw = tuple(t.patch_embed(torch.zeros(1, 3, image_size, image_size, dtype=p.dtype)).shape[1:3])
+        want = t._get_pos_embed(hw)
 
-    def fixed(at):
-        if tuple(at) != tuple(hw):
-            raise ValueError(f"the position embedding was computed for {tuple(hw)} tokens, the graph has {tuple(at)}")
-        return pos
-    t._get_pos_embed = fixed  # an instance attribute shadows the method; removed on exit
+    def basis(n: int, size: int) -> torch.Tensor:  # [n, size]: row i = the interpolation of the i-th unit vector
+        e = torch.eye(n, dtype=p.dtype)[:, None, :, None]
+        return F.interpolate(e, size=(size, 1), mode="bicubic")[:, 0, :, 0]
+    rows, cols = basis(p.shape[2], hw[0]), basis(p.shape[3], hw[1])
+
+    def separable(at):
+        if tuple(at) != hw:
+            raise ValueError(f"the position embedding was set up for {hw} tokens, the graph has {tuple(at)}")
+        pos = rows.T @ p[0] @ cols  # [C, h, w]
+        pos = pos[None] + win.tile([1, 1, hw[0] // win.shape[2], hw[1] // win.shape[3]])
+        return pos.permute(0, 2, 3, 1)  # transformers' layout: [1, h, w, C]
+    with torch.no_grad():
+        err = float((separable(hw) - want).abs().max() / want.abs().max().clamp_min(1e-30))
+    if err > 1e-5:
+        raise RuntimeError(f"the separable position embedding differs from transformers' by {err:.1e}: "
+                           "transformers' Sam2HieraDetModel._get_pos_embed changed; update sam2/loading.py")
+    t._get_pos_embed = separable  # an instance attribute shadows the method; removed on exit
     try:
         yield
     finally:
