@@ -16,7 +16,7 @@ def capture_activations(cfg: dict, model_ref: Ref, calib_ref: Ref) -> Ref:
     c = load_config(cfg)
 
     def build(tmp):
-        from sam2ptq_core.pipeline.runtime import load_fp_model, to_run_dtype
+        from sam2ptq_core.pipeline.stage_inputs import load_fp_model, to_run_dtype
         from sam2ptq_core.sam2.capture import capture_stats
         from sam2ptq_core.sam2.images import normalize
         model = to_run_dtype(load_fp_model(c, open_artifact(c, model_ref)).model, c)

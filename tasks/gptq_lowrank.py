@@ -23,7 +23,7 @@ def gptq_lowrank(cfg: dict, model_ref: Ref, acts_ref: Ref, rot_ref: Ref, smooth_
             STAGE.artifact.write(tmp, qlayers, report)
             return {"num_layers": len(qlayers), "gptq_fallbacks": len(report["fallbacks"]), "mode": "sequential"}
         from sam2ptq_core.algorithms.model_recipe import quantize_and_report
-        from sam2ptq_core.pipeline import runtime as rt
+        from sam2ptq_core.pipeline import stage_inputs as rt
         from sam2ptq_core.schemes import layer_groups, layer_specs
         li = rt.load_layer_inputs(c, *(open_artifact(c, r) for r in (model_ref, acts_ref, rot_ref)))
         sm = open_artifact(c, smooth_ref)

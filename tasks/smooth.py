@@ -21,7 +21,7 @@ def smooth(cfg: dict, model_ref: Ref, calib_ref: Ref, acts_ref: Ref, rot_ref: Re
     def build(tmp):
         from sam2ptq_core.algorithms.model_recipe import search_all_smoothing, smoothing_record
         from sam2ptq_core.algorithms.smoothing import smooth_candidates
-        from sam2ptq_core.pipeline.runtime import device_of, load_layer_inputs
+        from sam2ptq_core.pipeline.stage_inputs import device_of, load_layer_inputs
         from sam2ptq_core.schemes import layer_groups, layer_specs
         proj = c.quant.smooth.proj if c.quant.smooth else None
         rot = c.quant.rotation

@@ -70,7 +70,7 @@ def test_flow_output_tree_and_full_reuse(prefect_server, tmp_path):
 
 def test_readers_rebuild_the_pipeline_model_exactly(prefect_server, tmp_path):
     from sam2ptq_core.export.reader import load_quantized
-    from sam2ptq_core.pipeline.runtime import load_fp_model
+    from sam2ptq_core.pipeline.stage_inputs import load_fp_model
     from sam2ptq_core.pipeline.stages import open_artifact
     from sam2ptq_core.pipeline.store import StageStore
     from sam2ptq_core.sam2.quantized_model import build_quantized

@@ -13,7 +13,7 @@ from ..sam2.images import files_digest, held_out, preprocess
 from ..sam2.loading import trunk
 from ..sam2.quantized_model import build_quantized
 from . import artifacts as A
-from .runtime import load_fp_model, to_run_dtype
+from .stage_inputs import load_fp_model, to_run_dtype
 from .stages import store_of
 
 __all__ = ["held_out_images", "heldout_items", "quantized_model", "run_evaluation"]

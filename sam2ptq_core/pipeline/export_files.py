@@ -10,7 +10,7 @@ import yaml
 
 from ..config import RunConfig
 from . import artifacts as A
-from .runtime import load_fp_model
+from .stage_inputs import load_fp_model
 
 __all__ = ["write_model_files", "write_evaluation_files"]
 

@@ -18,7 +18,7 @@ def measure_sensitivity(c: RunConfig, arts: dict, progress=None) -> dict:
     from ..sam2.images import normalize
     from ..sam2.quantized_model import artifacts_from_saved
     from ..sam2.sensitivity import layer_sensitivity
-    from .runtime import load_fp_model, to_run_dtype
+    from .stage_inputs import load_fp_model, to_run_dtype
     model = to_run_dtype(load_fp_model(c, arts["fetch_model"]).model, c)
     dev, dt = next(model.parameters()).device, next(model.parameters()).dtype
     images = arts["build_calibration_set"].images()[:c.quant.mixed.num_images]
@@ -79,7 +79,7 @@ def _requantize_w8a8(c: RunConfig, arts: dict, names: list[str], progress) -> tu
     with the run's smoothing scales and rotation choice, on the captured float statistics; and their errors."""
     from ..algorithms.model_recipe import quantize_and_report
     from ..schemes import layer_specs
-    from .runtime import chosen_rotations, device_of, load_layer_inputs
+    from .stage_inputs import chosen_rotations, device_of, load_layer_inputs
     li = load_layer_inputs(c, arts["fetch_model"], arts["capture_activations"], arts["rotate"])
     layers = {k: li.layers[k] for k in names}
     specs = layer_specs(c.quant, c.seed, shipped_schemes(c.quant, names, names))

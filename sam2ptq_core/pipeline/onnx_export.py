@@ -17,7 +17,7 @@ def _models(c: RunConfig, art: dict):
     """(loaded float model, float encoder model, fake-quant model, runtime-form twin) from the upstream artifacts."""
     from ..export.onnx_graph import runtime_model
     from ..sam2.quantized_model import build_quantized
-    from .runtime import load_fp_model
+    from .stage_inputs import load_fp_model
     fp = load_fp_model(c, art["fetch_model"])
     model = fp.model.float()
     qlayers, schemes = A.shipped_layers(art["gptq_lowrank"], art["mixed"])

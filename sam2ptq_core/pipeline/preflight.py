@@ -36,7 +36,7 @@ def preflight(cfg: RunConfig) -> None:
         from ..sam2.variants import check_checkpoint_dir
         check_checkpoint_dir(cfg.model.path)
     if cfg.model.device == "cuda":
-        from .runtime import device_of
+        from .stage_inputs import device_of
         device_of(cfg)
     if cfg.convert_nunchaku:
         from ..export.nunchaku import check_supported

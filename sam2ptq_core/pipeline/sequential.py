@@ -29,7 +29,7 @@ def run_blocks(c, refs: dict, progress: Callable[[int, int, str], None] | None =
     from ..sam2.loading import quantizable_linears, trunk
     from ..sam2.sequential import SequentialCalibrator
     from ..schemes import calibration_schemes, layer_groups, layer_specs
-    from .runtime import layer_rots, load_fp_model, to_run_dtype
+    from .stage_inputs import layer_rots, load_fp_model, to_run_dtype
     from .stages import STAGES, local_dir, open_artifact, run_stage
 
     stage = STAGES["seq_block"]

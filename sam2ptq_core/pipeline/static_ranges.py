@@ -14,7 +14,7 @@ from ..config import RunConfig
 from ..sam2.images import normalize
 from ..sam2.quantized_model import build_quantized, prepare_static
 from . import artifacts as A
-from .runtime import device_of, load_fp_model
+from .stage_inputs import device_of, load_fp_model
 
 __all__ = ["observe_ranges"]
 

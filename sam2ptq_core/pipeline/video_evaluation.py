@@ -10,7 +10,7 @@ from ..config import RunConfig
 from ..sam2.video import ObjectPrompt, build_video_model, jf_scores, median_times, track
 from . import artifacts as A
 from .evaluation import quantized_model
-from .runtime import load_fp_model, to_run_dtype
+from .stage_inputs import load_fp_model, to_run_dtype
 
 __all__ = ["clip_prompts", "run_video_evaluation"]
 
