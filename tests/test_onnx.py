@@ -197,6 +197,32 @@ def test_traced_graph_has_the_runtime_patterns(tmp_path):
     assert KINDS["shifted"][0].a_shift == GELU_SHIFT
 
 
+def test_large_4bit_layers_store_their_codes_packed(tmp_path):
+    """A layer past the exporter's folding limit (512·512 elements: 80 × 4096 codes here) still stores its 4-bit
+    codes as an INT4/UINT4 initializer, two a byte, with no Cast left in the graph, and ONNX Runtime dequantizes them
+    to exactly the weight eager QuantLinear multiplies by (bit-identical)."""
+    import onnx
+    import onnxruntime as ort
+    x, layers = _runtime_layers(4096)
+    for k in ("rotated", "grouped_unsigned"):
+        ql = layers[k]
+        path = tmp_path / f"{k}.onnx"
+        export_module(path, _One(ql), (x[k],), ["x"], ["y"])
+        g = onnx.load(str(path)).graph
+        assert "Cast" not in [n.op_type for n in g.node], k
+        codes = [i for i in g.initializer if i.data_type in (onnx.TensorProto.INT4, onnx.TensorProto.UINT4)]
+        big = [i for i in codes if i.dims[0] * i.dims[-1] >= 80 * 4096]
+        assert [sorted(i.dims) for i in big] == [[80, 4096]], k
+        assert len(big[0].raw_data) == 80 * 4096 // 2, k  # two codes a byte
+        m = onnx.load(str(path))  # the weight as ONNX Runtime dequantizes it from the packed codes
+        dq = next(n for n in m.graph.node if n.op_type == "DequantizeLinear" and n.input[0] == big[0].name)
+        m.graph.output.append(onnx.helper.make_tensor_value_info(dq.output[0], onnx.TensorProto.FLOAT, None))
+        sess = ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"])
+        w = sess.run([dq.output[0]], {"x": x[k].numpy()})[0]
+        packed = ql.packed().numpy()
+        assert np.array_equal(w if w.shape == packed.shape else w.T, packed), k
+
+
 def test_missing_runtime_is_one_line(monkeypatch):
     import sys
 

@@ -155,7 +155,7 @@ STAGES: dict[str, Stage] = {s.name: s for s in [
     Stage("static_ranges", 2, ("fetch_model", "build_calibration_set", "smooth", "gptq_lowrank", "mixed"),
           _ranges_slice, A.StaticRanges, "static per-tensor activation ranges observed on the quantized model "
           "(quant.ipts.static, onnx)"),
-    Stage("onnx_export", 7, ("fetch_model", "build_calibration_set", "smooth", "gptq_lowrank", "mixed",
+    Stage("onnx_export", 8, ("fetch_model", "build_calibration_set", "smooth", "gptq_lowrank", "mixed",
                              "static_ranges"), _onnx_slice, A.OnnxExport,
           "onnx: the quantized encoder as int8 QDQ ONNX (and the float encoder), whatever runs it"),
     Stage("evaluate", 12, ("fetch_model", "build_calibration_set", "smooth", "gptq_lowrank", "mixed", "static_ranges"),
