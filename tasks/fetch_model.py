@@ -18,7 +18,7 @@ def fetch_model(cfg: dict) -> Ref:
 
     def key_extra():
         # resolving first makes the key depend on the exact snapshot (a new hub commit → a new key)
-        from sam2ptq_core.sam2.loading import resolve_checkpoint
+        from sam2ptq_core.sam2.variants import resolve_checkpoint  # torch-free: a cached rerun skips the import
         m = c.model
         resolved["path"] = "" if m.random_init else str(resolve_checkpoint(m.name, m.path, m.revision))
         return {"resolved": resolved["path"]}

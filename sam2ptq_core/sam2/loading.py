@@ -10,15 +10,13 @@ from __future__ import annotations
 import fnmatch
 import hashlib
 import json
-import os
 from contextlib import contextmanager
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 from torch import nn
 
-from .variants import VARIANTS, ModelUnavailable, check_checkpoint_dir, hub_id
+from .variants import VARIANTS, ModelUnavailable, check_checkpoint_dir, hub_id, resolve_checkpoint
 
 __all__ = ["ModelUnavailable", "LoadedModel", "build_config", "build_random", "check_checkpoint_dir",
            "resolve_checkpoint", "load_model", "describe_model", "quantizable_linears", "trunk", "weights_sha256",
@@ -63,29 +61,6 @@ def build_random(name: str, seed: int, image_size: int = 1024, arch: dict | None
         for p in (model.vision_encoder.backbone.pos_embed, model.vision_encoder.backbone.pos_embed_window):
             nn.init.trunc_normal_(p, std=0.02)
     return model.eval()
-
-
-def resolve_checkpoint(name: str, path: str, revision: str) -> Path:
-    """A local directory holding ``config.json`` + safetensors: ``path``, else the HF cache, else a download."""
-    if path:
-        return check_checkpoint_dir(path)
-    from huggingface_hub import snapshot_download
-    repo = hub_id(name)
-    patterns = ["*.json", "*.safetensors"]
-    try:
-        return Path(snapshot_download(repo, revision=revision, allow_patterns=patterns, local_files_only=True))
-    except Exception:
-        pass
-    why = "HF_HUB_OFFLINE is set"
-    if os.environ.get("HF_HUB_OFFLINE", "0") in ("", "0", "false", "False"):
-        try:
-            return Path(snapshot_download(repo, revision=revision, allow_patterns=patterns))
-        except Exception as e:  # network errors come in many types; all mean the same thing here
-            why = f"{type(e).__name__}: {str(e).splitlines()[0][:160]}"
-    raise ModelUnavailable(
-        f"cannot load {repo}@{revision}: not in the HF cache and the hub is unreachable ({why}). Ways out: "
-        f"--model.path DIR (a local transformers checkpoint), pre-populate the HF cache "
-        f"(hf download {repo} --revision {revision}), or model.random_init: true for offline testing")
 
 
 def load_model(name: str, *, path: str = "", revision: str = "main", random_init: bool = False, seed: int = 0,

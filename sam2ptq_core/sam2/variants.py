@@ -1,11 +1,14 @@
 """The published SAM2.1 Hiera variants (the one table that config validation, loading and the docs read), their hub
-ids, and the checks of a local checkpoint directory. No torch import, so that validating a run stays fast.
+ids, the checks of a local checkpoint directory and where a checkpoint resolves to (``resolve_checkpoint``). No torch
+import, so that validating a run, and a cached rerun's fetch_model key, stay fast.
 """
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
-__all__ = ["VARIANTS", "VARIANT_NAMES", "GELU_INPUT_LAYERS", "shared_input_groups", "hub_id", "narrowest_linear",
+__all__ = ["VARIANTS", "VARIANT_NAMES", "resolve_checkpoint", "GELU_INPUT_LAYERS", "shared_input_groups", "hub_id",
+           "narrowest_linear",
            "linear_shapes", "ModelUnavailable", "check_checkpoint_dir"]
 
 # Published Hiera configurations of facebook/sam2.1-hiera-* .
@@ -78,3 +81,26 @@ def check_checkpoint_dir(path: str | Path) -> Path:
         raise ModelUnavailable(f"model.path {p} is not a transformers SAM2 checkpoint (no config.json there); "
                                f"point --model.path at a directory saved with save_pretrained")
     return p
+
+
+def resolve_checkpoint(name: str, path: str, revision: str) -> Path:
+    """A local directory holding ``config.json`` + safetensors: ``path``, else the HF cache, else a download."""
+    if path:
+        return check_checkpoint_dir(path)
+    from huggingface_hub import snapshot_download
+    repo = hub_id(name)
+    patterns = ["*.json", "*.safetensors"]
+    try:
+        return Path(snapshot_download(repo, revision=revision, allow_patterns=patterns, local_files_only=True))
+    except Exception:
+        pass
+    why = "HF_HUB_OFFLINE is set"
+    if os.environ.get("HF_HUB_OFFLINE", "0") in ("", "0", "false", "False"):
+        try:
+            return Path(snapshot_download(repo, revision=revision, allow_patterns=patterns))
+        except Exception as e:  # network errors come in many types; all mean the same thing here
+            why = f"{type(e).__name__}: {str(e).splitlines()[0][:160]}"
+    raise ModelUnavailable(
+        f"cannot load {repo}@{revision}: not in the HF cache and the hub is unreachable ({why}). Ways out: "
+        f"--model.path DIR (a local transformers checkpoint), pre-populate the HF cache "
+        f"(hf download {repo} --revision {revision}), or model.random_init: true for offline testing")
