@@ -1,8 +1,9 @@
 """OpenVINO's compile time of the encoder file, side by side: the file as exported (the trunk's position embedding's
-bicubic interpolation as two small MatMuls: ``sam2.loading.constant_position_embedding``) and the same model traced
-with transformers' own bicubic Resize left in the graph (what the export did before 2026-12-03). Each compile runs
-without a model cache, in this process, after the ONNX files are written; the outputs of the two files are compared
-on ONNX Runtime. RANDOM WEIGHTS (tiny, seed 0): compile time does not depend on the weights' values.
+bicubic interpolation as MatMuls by the interpolation matrices: ``sam2.loading.separable_position_embedding``)
+and the same model traced with transformers' own bicubic Resize left in the graph (what the export did before
+2026-12-03). Each compile runs without a model cache, in this process, after the ONNX files are written; the outputs
+of the two files are compared on ONNX Runtime. RANDOM WEIGHTS (tiny, seed 0): compile time does not depend on the
+weights' values.
 
     python benchmarks/openvino_compile.py [--sizes 512,1024] [--out benchmarks/results/openvino_compile_cpu.json]
 """

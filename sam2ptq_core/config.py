@@ -237,7 +237,8 @@ class OutputCfg(_Node):
 class OnnxCfg(_Node):
     """The ONNX export of the quantized encoder for graph runtimes (export/onnx.py): int8 QDQ weights from the
     pipeline's codes, static per-tensor 8-bit activations from the calibration ranges."""
-    runtime: Literal["auto", "openvino", "onnxruntime"] = "auto"  # what evaluation and latency run (auto: fastest)
+    runtime: Literal["auto", "openvino", "onnxruntime"] = "auto"  # what evaluation and latency run
+    # (auto: the fastest installed; ONNX Runtime on an x86 CPU without VNNI)
     latency_runs: int = Field(5, ge=1)  # timed encoder runs (median) after 2 warm-up runs, torch fp32 and runtime
     precision: Literal["auto", "f32"] = "auto"  # OpenVINO's float ops: its default (bf16 where the CPU has it) or f32
 

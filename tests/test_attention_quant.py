@@ -131,6 +131,10 @@ def test_runtime_query_key_codes_equal_ours(tmp_path, runtime):
         outs = ort.InferenceSession(str(probe), so).run(None, {"x": x.numpy()})
     else:
         import openvino as ov
+
+        from sam2ptq_core.export.runtime_choice import NO_VNNI, int8_dot_products
+        if not int8_dot_products():
+            pytest.skip(f"OpenVINO int8 on this CPU: {NO_VNNI}")
         c = ov.Core().compile_model(str(probe), "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
         r = c.create_infer_request().infer({0: x.numpy()})
         outs = [r[o] for o in c.outputs]

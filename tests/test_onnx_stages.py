@@ -44,6 +44,9 @@ def test_runtime_key_resolves_auto_and_names_version_and_machine(monkeypatch):
     monkeypatch.setattr(runtime_choice, "available_runtimes", lambda: ["openvino", "onnxruntime"])
     monkeypatch.setattr(ox, "runtime_version", lambda rt: {"openvino": "2026.4.1", "onnxruntime": "1.32.0"}[rt])
     monkeypatch.setattr(ox, "machine", lambda: "CPU A (2 cpus)")
+    monkeypatch.setattr(runtime_choice, "int8_dot_products", lambda: False)  # a CPU without VNNI: ONNX Runtime
+    assert ox.runtime_key(c)["runtime_resolved"] == "onnxruntime"
+    monkeypatch.setattr(runtime_choice, "int8_dot_products", lambda: True)
     with_ov = ox.runtime_key(c)
     assert with_ov == {"runtime_resolved": "openvino", "runtime_version": "2026.4.1", "machine": "CPU A (2 cpus)"}
     monkeypatch.setattr(runtime_choice, "available_runtimes", lambda: ["onnxruntime"])  # a worker without OpenVINO
@@ -69,6 +72,8 @@ def test_runtime_changes_re_measure_without_re_evaluating(prefect_server, tmp_pa
     evaluate again (other held-out count) measures on ONNX Runtime instead of failing with MissingRuntime."""
     pytest.importorskip("openvino")
     pytest.importorskip("onnxruntime")
+    if not runtime_choice.int8_dot_products():
+        pytest.skip("auto resolves to ONNX Runtime on a CPU without VNNI (tests/test_runtime_vnni.py)")
     from flows.ptq import sam2_ptq
     base = [f"cache.root={tmp_path / 'c'}", f"output.root={tmp_path / 'o'}"]
     out = Path(sam2_ptq(str(REDUCED_CFG), [*base, "onnx={latency_runs: 1}"]))

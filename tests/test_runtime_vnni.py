@@ -5,6 +5,7 @@ measured on a plain QDQ MatMul (written with onnx.helper, not by our exporter), 
 file in one line, the float file still opens, and "auto" resolves to ONNX Runtime (``session.x64quantprecision``)."""
 import json
 import os
+import platform
 import subprocess
 import sys
 
@@ -81,7 +82,9 @@ def test_openvino_without_vnni_saturates_and_the_file_is_refused(tmp_path):
     the fix; the float file opens (its error vs the int8 reference is the activation rounding only: 2e-3); auto
     picks onnxruntime, whose result is within 2e-7 (on this machine: its non-VNNI path cannot be forced)."""
     pytest.importorskip("onnxruntime", reason="the '.[onnx]' extra (scripts/setup.sh installs it)")
-    env = {**os.environ, "ONEDNN_MAX_CPU_ISA": "AVX2"}
+    if platform.machine().lower() not in ("x86_64", "amd64"):
+        pytest.skip("the VNNI hazard is x86's (oneDNN's AVX2 cap exists only there)")
+    env = {**os.environ, "ONEDNN_MAX_CPU_ISA": "AVX2", "XDG_CACHE_HOME": str(tmp_path / "xdg")}
     code = f"from tests.test_runtime_vnni import _child; _child({str(tmp_path)!r})"
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True,
                          timeout=300)

@@ -1,6 +1,6 @@
 """OpenVINO's model cache on this machine: a compiled model is kept, so a later compile of the same file takes 0.3 s
 instead of 1.3 s (the 1024² tiny encoder on 2 cores; files exported with the position embedding's bicubic Resize
-in the graph, before ``sam2.loading.constant_position_embedding``, take minutes).
+in the graph, before ``sam2.loading.separable_position_embedding``, take minutes).
 
 One entry per file content, float precision and OpenVINO version: ``<dir>/<sha256[:32]>-<precision>-ov<version>/``
 holds a copy of the ONNX file (``model.onnx``: OpenVINO keys its cache by the file's path, so the stage's temp file,

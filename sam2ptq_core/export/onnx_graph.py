@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from ..algorithms.quantizers import QParams
-from ..sam2.loading import constant_position_embedding
+from ..sam2.loading import separable_position_embedding
 from ..sam2.quantized_model import convert_static, pack_weights, quant_linears
 from .onnx_interface import ENCODER_INPUTS, ENCODER_OUTPUTS
 from .runtime_choice import need
@@ -212,9 +212,9 @@ def _rank2_qdq_bias(proto) -> None:
 
 def _export_encoder(path: Path, model: nn.Module, image_size: int, metadata: dict[str, str] | None) -> None:
     """The image encoder of ``model`` in the SAM2 apps' interface (``onnx_interface``): image [1, 3, S, S] static →
-    high_res_feats_0, high_res_feats_1, image_embed. The position embedding's bicubic Resize is traced as two small
-    MatMuls (OpenVINO would otherwise spend most of its compile time folding it: ``constant_position_embedding``)."""
-    with constant_position_embedding(model, image_size):
+    high_res_feats_0, high_res_feats_1, image_embed. The position embedding's bicubic Resize is traced as
+    MatMuls (OpenVINO would otherwise spend most of its compile time folding it: ``separable_position_embedding``)."""
+    with separable_position_embedding(model, image_size):
         export_module(path, _Encoder(model), (torch.zeros(1, 3, image_size, image_size),), ENCODER_INPUTS,
                       ENCODER_OUTPUTS, metadata)
 

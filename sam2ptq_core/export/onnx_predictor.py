@@ -108,6 +108,8 @@ def _open(path: Path, runtime: str, threads, precision: str, cache, inputs: list
     not the interface's ``what`` (a foreign ONNX file)."""
     try:
         session = runtimes.open_runtime(path, runtime, threads, precision, cache)  # by module: tests spy on it
+    except runtimes.NoVnni:  # the file is fine, the CPU is not: its own message names the fix
+        raise
     except Exception as e:  # whatever the runtime raises
         raise CannotOpen(path, e) from e
     if not session.has_interface(inputs, outputs):

@@ -44,7 +44,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--runtime", choices=["auto", "openvino", "onnxruntime", "fake"], default="auto",
                    help="the tree's ONNX pair (onnx/sam2.1_hiera_<name>.{encoder,decoder}.onnx) on OpenVINO or ONNX "
                         "Runtime (CPU, no torch) or fake quantization in torch; auto: the fastest available here "
-                        "(default)")
+                        "(ONNX Runtime on an x86 CPU without VNNI; default)")
     return p
 
 
@@ -86,9 +86,12 @@ def _predict_onnx(run: Path, runtime: str, cfg, im, prompt: Prompt):
     """The tree's ONNX pair on ``runtime`` (numpy, pillow and the runtime only): (mask, (encoder s, prompt s))."""
     from .onnx_interface import find_pair
     from .onnx_predictor import CannotOpen, OnnxSam2
+    from .runtimes import NoVnni
     enc, dec = find_pair(run / "onnx", cfg.model.name)
     try:
         sam = OnnxSam2(enc, dec, runtime, precision=_precision(run, cfg), cache=_model_cache(cfg))
+    except NoVnni as e:
+        raise ValueError(str(e)) from None
     except CannotOpen as e:
         raise ValueError(f"{runtime} cannot open {e.path} ({_reason(e.cause)}); export the tree again (quantize "
                          "with --onnx '{}') or use --runtime fake") from None

@@ -13,6 +13,7 @@ from .runtime_choice import (
     NO_VNNI,
     RUNTIMES,
     MissingRuntime,
+    NoVnni,
     available_runtimes,
     check_exporter,
     int8_dot_products,
@@ -22,7 +23,7 @@ from .runtime_choice import (
     runtime_version,
 )
 
-__all__ = ["RUNTIMES", "MissingRuntime", "need", "available_runtimes", "pick_runtime", "check_exporter",
+__all__ = ["RUNTIMES", "MissingRuntime", "NoVnni", "need", "available_runtimes", "pick_runtime", "check_exporter",
            "open_runtime", "Session", "runtime_version", "machine", "float_precision", "ModelCache"]
 
 
@@ -106,13 +107,15 @@ def _openvino_session(path: Path, threads: int | None, precision: str, cache: Mo
 def _refuse_int8(compiled, path: Path) -> None:
     """On a CPU without VNNI, a file that OpenVINO runs with int8 kernels is refused (``runtime_choice.NO_VNNI``):
     what the kernels compute is read from the compiled model itself (each op's runtime precision)."""
+    def info(op, key: str) -> str:
+        ri = op.get_rt_info()
+        return ri[key].astype(str) if key in ri else ""
     int8 = [op.get_friendly_name() for op in compiled.get_runtime_model().get_ops()
-            if op.get_rt_info()["runtimePrecision"].astype(str) in ("u8", "i8")
-            and op.get_rt_info()["layerType"].astype(str) in ("FullyConnected", "MatMul", "Convolution", "Subgraph")]
+            if info(op, "runtimePrecision") in ("u8", "i8")
+            and info(op, "layerType") in ("FullyConnected", "MatMul", "Convolution", "Subgraph")]
     if int8:
-        raise RuntimeError(f"{Path(path).name}: {NO_VNNI} ({len(int8)} int8 ops); run it with ONNX Runtime "
-                           "(--runtime onnxruntime, onnx.runtime: onnxruntime), which widens the sums "
-                           "(session.x64quantprecision), or on a CPU with VNNI")
+        raise NoVnni(f"{Path(path).name}: {NO_VNNI} ({len(int8)} int8 ops); run it with ONNX Runtime "
+                     "(--runtime onnxruntime, onnx.runtime: onnxruntime) or on a CPU with VNNI")
 
 
 def open_runtime(path: Path, runtime: str, threads: int | None = None, precision: str = "auto",

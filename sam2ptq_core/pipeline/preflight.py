@@ -44,12 +44,12 @@ def preflight(cfg: RunConfig) -> None:
     if cfg.onnx is not None:  # the exporter and a runtime are extras
         from ..export.runtime_choice import NO_VNNI, MissingRuntime, check_exporter, int8_dot_products
         try:
-            check_exporter(cfg.onnx.runtime)
+            rt = check_exporter(cfg.onnx.runtime)
         except MissingRuntime as e:
             raise ConfigError(f"onnx: {e}") from None
-        if cfg.onnx.runtime == "openvino" and not int8_dot_products():
-            raise ConfigError(f"onnx.runtime openvino: {NO_VNNI}; use onnx.runtime: onnxruntime (or auto, which "
-                              "picks it on such a CPU)")
+        if rt == "openvino" and not int8_dot_products():  # auto gives openvino here only without onnxruntime
+            raise ConfigError(f"onnx.runtime {cfg.onnx.runtime} (openvino): {NO_VNNI}; use onnx.runtime: "
+                              "onnxruntime (pip install -e '.[onnx]'; auto picks it on such a CPU)")
 
 
 def _check_rank(cfg: RunConfig) -> None:

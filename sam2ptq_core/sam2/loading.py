@@ -91,16 +91,19 @@ def trunk(model: nn.Module) -> nn.Module:
 
 
 @contextmanager
-def constant_position_embedding(model: nn.Module, image_size: int):
+def separable_position_embedding(model: nn.Module, image_size: int):
     """Within the block, the trunk's position embedding at ``image_size`` is computed without a bicubic Resize:
     bicubic interpolation is linear and separable, so ``F.interpolate(P, (h, w))`` = Rᵀ·P·C with R [H, h] and
-    C [W, w] the interpolation of the identity (F.interpolate itself, evaluated once), and a traced graph holds two
-    small MatMuls instead of a Resize. Graph runtimes fold that subgraph at compile time with their reference
-    kernels, and OpenVINO's bicubic Resize is slow there: 36 of the 37 s it took to compile the 512² tiny encoder
-    (1.0 s without; its time grows with the image's area). Storing the result instead would add C·h·w floats to
-    the file (25 MB at 1024²). Checked on entry against transformers' own ``_get_pos_embed``."""
+    C [W, w] the interpolation of the identity (F.interpolate itself, evaluated once), and a traced graph holds
+    MatMuls instead of a Resize (the exporter folds Rᵀ·P, a [C, h, W] initializer: +0.65 MB at 1024²). Graph
+    runtimes fold that subgraph at compile time with their reference kernels, and OpenVINO's bicubic Resize is slow
+    there: 36.6 s to compile the 512² tiny encoder with it, 0.7 s without (130.8 vs 0.9 s at 1024²,
+    benchmarks/openvino_compile.py). Storing the result instead would add C·h·w floats (25 MB at 1024²). Checked
+    on entry against transformers' own ``_get_pos_embed``; not reentrant for one model."""
     import torch.nn.functional as F
     t = trunk(model)
+    if "_get_pos_embed" in t.__dict__:
+        raise RuntimeError("separable_position_embedding is already active on this model")
     p, win = t.pos_embed, t.pos_embed_window
     with torch.no_grad():
         hw = tuple(t.patch_embed(torch.zeros(1, 3, image_size, image_size, dtype=p.dtype)).shape[1:3])
