@@ -73,7 +73,7 @@ def pytest_pyfunc_call(pyfuncitem):
     itself is tested on every machine (tests/test_runtime_vnni.py, under oneDNN's AVX2 cap)."""
     outcome = yield
     err = outcome.excinfo[1] if outcome.excinfo else None
-    if err is not None and "this CPU has no VNNI" in str(err):
-        from sam2ptq_core.export.runtime_choice import int8_dot_products
+    from sam2ptq_core.export.runtime_choice import NO_VNNI, int8_dot_products
+    if err is not None and NO_VNNI in str(err):
         if not int8_dot_products() and "ONEDNN_MAX_CPU_ISA" not in os.environ:
             outcome.force_exception(pytest.skip.Exception(f"OpenVINO int8 on this CPU: {err}"))

@@ -158,3 +158,13 @@ def scheme_of(spec):
     """The LayerScheme whose formats a test's LayerSpec carries (not rotated, no fallback)."""
     from sam2ptq_core.algorithms.scheme import LayerScheme
     return LayerScheme(spec.w_dtype, spec.w_group, spec.a_dtype, spec.a_group, spec.a_shift, rank=spec.rank)
+
+
+def skip_without_int8_dot_products() -> None:
+    """Skip a test that compiles int8 files on OpenVINO itself (bypassing ``open_runtime``'s refusal) on an x86 CPU
+    without VNNI, where those kernels saturate (tests/test_runtime_vnni.py)."""
+    import pytest
+
+    from sam2ptq_core.export.runtime_choice import NO_VNNI, int8_dot_products
+    if not int8_dot_products():
+        pytest.skip(f"OpenVINO int8 on this CPU: {NO_VNNI}")

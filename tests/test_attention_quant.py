@@ -132,9 +132,8 @@ def test_runtime_query_key_codes_equal_ours(tmp_path, runtime):
     else:
         import openvino as ov
 
-        from sam2ptq_core.export.runtime_choice import NO_VNNI, int8_dot_products
-        if not int8_dot_products():
-            pytest.skip(f"OpenVINO int8 on this CPU: {NO_VNNI}")
+        from tests.helpers import skip_without_int8_dot_products
+        skip_without_int8_dot_products()
         c = ov.Core().compile_model(str(probe), "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
         r = c.create_infer_request().infer({0: x.numpy()})
         outs = [r[o] for o in c.outputs]

@@ -105,9 +105,8 @@ def _probe(path, runtime: str, x: np.ndarray, precision: str = "f32") -> dict:
     else:
         import openvino as ov
 
-        from sam2ptq_core.export.runtime_choice import NO_VNNI, int8_dot_products
-        if not int8_dot_products():
-            pytest.skip(f"OpenVINO int8 on this CPU: {NO_VNNI}")
+        from tests.helpers import skip_without_int8_dot_products
+        skip_without_int8_dot_products()
         cfg = {"INFERENCE_PRECISION_HINT": "f32"} if precision == "f32" else {}
         c = ov.Core().compile_model(str(probe), "CPU", cfg)
         r = c.create_infer_request().infer({0: x})

@@ -3,6 +3,7 @@ runtimes, "auto" resolved, the runtime's version and this machine's CPU. The onn
 measurement by these, and preflight checks them, on every run (cached ones included)."""
 from __future__ import annotations
 
+import functools
 import os
 import platform
 from pathlib import Path
@@ -62,18 +63,14 @@ def int8_dot_products() -> bool:
         return False
     if platform.machine().lower() not in ("x86_64", "amd64", "x86", "i686"):
         return True
-    try:
-        flags = next((ln.split(":", 1)[1].split() for ln in Path("/proc/cpuinfo").read_text().splitlines()
-                      if ln.startswith("flags")), None)
-    except OSError:
-        flags = None
+    flags = _cpuinfo("flags")
     if flags is None:  # not Linux: numpy's own CPU detection (numpy 2; it has no AVX-VNNI entry)
         try:
             from numpy._core._multiarray_umath import __cpu_features__
         except ImportError:  # numpy 1: cannot tell, so nothing is refused
             return True
         return bool(__cpu_features__.get("AVX512VNNI") or __cpu_features__.get("AVXVNNI"))
-    return any(f in flags for f in _VNNI_FLAGS)
+    return any(f in flags.split() for f in _VNNI_FLAGS)
 
 
 def pick_runtime(wanted: str) -> str:
@@ -109,16 +106,23 @@ def runtime_version(runtime: str) -> str:
     return version(runtime)
 
 
+@functools.cache
+def _cpuinfo_lines() -> tuple[str, ...]:
+    """/proc/cpuinfo's lines, read once per process (empty where there is none: not Linux)."""
+    try:
+        return tuple(Path("/proc/cpuinfo").read_text().splitlines())
+    except OSError:
+        return ()
+
+
+def _cpuinfo(*keys: str) -> str | None:
+    """The value of the first /proc/cpuinfo line starting with one of ``keys``, or None."""
+    return next((ln.split(":", 1)[1].strip() for ln in _cpuinfo_lines() if ln.startswith(keys)), None)
+
+
 def machine() -> str:
     """This machine's CPU model and the CPUs this process may use, e.g. "AMD EPYC 7B13 (2 cpus)": latency and
     OpenVINO's "auto" float precision (bf16 where the CPU has it) depend on both."""
-    name = ""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith(("model name", "Model", "Hardware")):
-                name = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    name = _cpuinfo("model name", "Model", "Hardware") or ""
     cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     return f"{name or platform.processor() or platform.machine()} ({cpus} cpus)"

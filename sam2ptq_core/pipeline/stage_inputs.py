@@ -1,6 +1,6 @@
 """What stages load at run time (not a graph runtime: those are ``export/runtimes``): the device, the float model
-(checked against its fetched hash), the run dtype,
-and the inputs of the per-layer stages. Heavy libraries are imported here, when a stage needs them."""
+(checked against its fetched hash), the run dtype, and the inputs of the per-layer stages. Heavy libraries are
+imported here, when a stage needs them."""
 from __future__ import annotations
 
 from dataclasses import dataclass

@@ -7,9 +7,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-__all__ = ["VARIANTS", "VARIANT_NAMES", "resolve_checkpoint", "GELU_INPUT_LAYERS", "shared_input_groups", "hub_id",
-           "narrowest_linear",
-           "linear_shapes", "ModelUnavailable", "check_checkpoint_dir"]
+__all__ = ["VARIANTS", "VARIANT_NAMES", "GELU_INPUT_LAYERS", "shared_input_groups", "hub_id", "narrowest_linear",
+           "linear_shapes", "ModelUnavailable", "check_checkpoint_dir", "resolve_checkpoint"]
 
 # Published Hiera configurations of facebook/sam2.1-hiera-* .
 VARIANTS: dict[str, dict] = {
