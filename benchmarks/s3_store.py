@@ -1,5 +1,7 @@
 """The demo against the local stage store and against an S3 store (moto's server on loopback): first run, cached
-rerun on the same worker, and a cached rerun on a second worker whose local cache is empty (it downloads).
+rerun on the same worker, and cached reruns on other workers whose local cache is empty: one writing the same output
+tree as the first worker (its tree is rewritten: another ``cache.local``), one writing a tree of its own. Each row
+gives the wall seconds and the megabytes that worker downloaded into its local cache.
 
     python benchmarks/s3_store.py
 """
@@ -25,6 +27,11 @@ def timed(env: dict, extra: list[str]) -> float:
     return round(time.perf_counter() - t, 1)
 
 
+def downloaded_mb(local: Path) -> float:
+    """Megabytes in a worker's sha256-keyed object cache (what it downloaded or built)."""
+    return round(sum(p.stat().st_size for p in (local / "objects").glob("*") if p.is_file()) / 2**20, 1)
+
+
 def main() -> None:
     tmp = Path(tempfile.mkdtemp(prefix="sam2ptq-s3-"))
     port = free_port()
@@ -42,7 +49,13 @@ def main() -> None:
         s3 = ["--cache.root", "s3://bench/stages", "--output.root", str(tmp / "o2")]
         w1 = s3 + ["--cache.local", str(tmp / "w1")]
         out["s3: first, cached (same worker)"] = [timed(env, w1), timed(env, w1)]
-        out["s3: cached on a second worker (empty local cache)"] = [timed(env, s3 + ["--cache.local", str(tmp / "w2")])]
+        out["s3: cached on a second worker (empty local cache), same output tree"] = [
+            timed(env, s3 + ["--cache.local", str(tmp / "w2")]), downloaded_mb(tmp / "w2")]
+        own = ["--cache.root", "s3://bench/stages", "--output.root", str(tmp / "o3"), "--cache.local", str(tmp / "w3")]
+        out["s3: cached on a third worker (empty local cache), its own output tree"] = [timed(env, own),
+                                                                                       downloaded_mb(tmp / "w3")]
+        from sam2ptq_core.export.runtime_choice import machine
+        out["machine"] = machine()
         print(json.dumps(out, indent=1))
     finally:
         server.terminate()

@@ -85,15 +85,59 @@ def test_two_writers_never_mix(tmp_path):
     assert writers == [json.loads((kdir / "manifest.json").read_text())["writer"]]  # the loser removed its files
 
 
-def test_corrupt_object_is_detected_and_recomputed(tmp_path):
+def test_truncated_object_is_found_at_reuse_without_downloading(tmp_path, monkeypatch, caplog):
+    """A missing or truncated object is found by one listing when the stage is reused (nothing downloaded) and the
+    stage is recomputed at once."""
+    _store(tmp_path, "w1").run("s", "k" * 30, {}, {}, lambda d: _files(d, {"a.bin": b"good", "b.bin": b"also"}))
+    kdir = tmp_path / "bucket" / "s" / ("k" * 24)
+    writer = json.loads((kdir / "manifest.json").read_text())["writer"]
+    (kdir / writer / "a.bin").write_bytes(b"go")
+    w2 = _store(tmp_path, "w2")  # a worker without the objects cached
+    got = []
+    real = w2.fs.get_file
+    monkeypatch.setattr(w2.fs, "get_file", lambda src, dst, **kw: got.append(src) or real(src, dst, **kw))
+    assert w2.get("s", "k" * 30) is None and not (kdir / "manifest.json").exists() and not got
+    m, reused = w2.run("s", "k" * 30, {}, {}, lambda d: _files(d, {"a.bin": b"good", "b.bin": b"also"}))
+    assert not reused and m.path("a.bin").read_bytes() == b"good"
+    (kdir / m.data["writer"] / "b.bin").unlink()  # w2's object cache still holds it: the listing decides
+    assert w2.get("s", "k" * 30) is None and not (kdir / "manifest.json").exists()
+    assert "b.bin is missing" in caplog.text and not got
+
+
+def test_corrupt_object_of_the_same_size_is_found_when_opened(tmp_path):
+    """Other bytes at the same size pass the listing; the sha256 fails when a stage opens the file: one error line
+    naming the stage, the manifest deleted, and the next run recomputes the stage."""
+    from sam2ptq_core.pipeline.object_store import CorruptStage
     _store(tmp_path, "w1").run("s", "k" * 30, {}, {}, lambda d: _files(d, {"a.bin": b"good"}))
     kdir = tmp_path / "bucket" / "s" / ("k" * 24)
     writer = json.loads((kdir / "manifest.json").read_text())["writer"]
     (kdir / writer / "a.bin").write_bytes(b"evil")
-    w2 = _store(tmp_path, "w2")  # a worker without the object cached
-    assert w2.get("s", "k" * 30) is None and not (kdir / "manifest.json").exists()
+    w2 = _store(tmp_path, "w2")
+    m, reused = w2.run("s", "k" * 30, {}, {}, lambda d: pytest.fail("rebuilt before anything was opened"))
+    assert reused
+    with pytest.raises(CorruptStage, match=r"stage s kkkkkkkkkkkk in file://.* is corrupt \(checksum mismatch"):
+        m.path("a.bin")
+    assert not (kdir / "manifest.json").exists() and not (m.dir / "a.bin").exists()
     m, reused = w2.run("s", "k" * 30, {}, {}, lambda d: _files(d, {"a.bin": b"good"}))
     assert not reused and m.path("a.bin").read_bytes() == b"good"
+
+
+def test_reuse_downloads_only_what_is_opened(tmp_path, monkeypatch):
+    """Issue 28 item 2: a second worker reusing a stage fetches its manifest and lists its files, and downloads a
+    file only when a stage opens it (main downloaded every file of every reused stage: 672 MB on the demo, the
+    captured activations included)."""
+    big = b"\x01" * 200_000
+    _store(tmp_path, "w1").run("s", "k" * 30, {}, {}, lambda d: _files(d, {"acts.pt": big, "small.json": b"{}"}))
+    w2 = _store(tmp_path, "w2")
+    got = []
+    real = w2.fs.get_file
+    monkeypatch.setattr(w2.fs, "get_file", lambda src, dst, **kw: got.append(Path(src).name) or real(src, dst, **kw))
+    m, reused = w2.run("s", "k" * 30, {}, {}, lambda d: pytest.fail("rebuilt"))
+    assert reused and got == [] and not list((tmp_path / "w2" / "objects").iterdir())
+    assert json.loads(m.path("small.json").read_text()) == {} and got == ["small.json"]
+    assert m.path("small.json").read_text() == "{}" and got == ["small.json"]  # once
+    assert m.path("acts.pt").read_bytes() == big and got == ["small.json", "acts.pt"]
+    assert sorted(p.name for p in m.dir.iterdir()) == ["acts.pt", "manifest.json", "small.json"]
 
 
 @pytest.mark.slow
@@ -101,13 +145,13 @@ def test_pipeline_on_s3_two_workers_and_a_corrupt_object(s3_server, tmp_path):
     env = {**s3_server, "PREFECT_HOME": str(tmp_path / "prefect")}
     env.pop("PREFECT_API_URL", None)
 
-    def cli(worker: str, *extra):
+    def cli(worker: str, out: str = ""):
+        out = tmp_path / (out or f"out-{worker}")
         r = subprocess.run([sys.executable, str(ROOT / "quantize_sam2.py"), "--config", str(REDUCED_CFG),
                             "--cache.root", "s3://sam2ptq-test/stages", "--cache.local", str(tmp_path / worker),
-                            "--output.root", str(tmp_path / f"out-{worker}"), *extra],
-                           cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+                            "--output.root", str(out)], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
         assert r.returncode == 0, r.stderr[-2000:]
-        return json.loads((tmp_path / f"out-{worker}" / "reduced_w4a4" / "stages.json").read_text())
+        return json.loads((out / "reduced_w4a4" / "stages.json").read_text())
 
     first = cli("w1")
     assert not any(s["reused"] for s in first.values())
@@ -123,11 +167,19 @@ def test_pipeline_on_s3_two_workers_and_a_corrupt_object(s3_server, tmp_path):
     third = cli("w3")
     assert not third["gptq_lowrank"]["reused"] and third["capture_activations"]["reused"]
     assert (tmp_path / "out-w3" / "reduced_w4a4" / "cache" / "scale.pt").read_bytes() == a  # same numbers again
-    # one regression ledger for all three workers, in the bucket: each run compared with the others' baseline
+    # a worker with an empty cache.local on a tree another worker wrote for this run: stages and tree reused, and it
+    # downloads only the small files the guard reads (main downloaded every file of every stage: 672 MB on the demo)
+    fourth = cli("w4", "out-w3")
+    assert all(s["reused"] for s in fourth.values())
+    fetched = sorted(str(p.relative_to(tmp_path / "w4" / "views")) for p in (tmp_path / "w4" / "views").rglob("*")
+                     if p.is_file() and p.name != "manifest.json")
+    assert fetched == [f"evaluate/{fourth['evaluate']['key'][:24]}/metrics.json",
+                       f"fetch_model/{fourth['fetch_model']['key'][:24]}/model.json"], fetched  # the guard's inputs
+    # one regression ledger for all four workers, in the bucket: each run compared with the others' baseline
     code = ("import json, s3fs; fs = s3fs.S3FileSystem(); "
             "print(sum(len(json.loads(fs.cat_file(p))['runs']) for p in fs.ls('sam2ptq-test/stages/ledger')))")
     r = subprocess.run([sys.executable, "-c", code], env=env, check=True, timeout=60, capture_output=True, text=True)
-    assert r.stdout.strip() == "3"
+    assert r.stdout.strip() == "4"
 
 
 def test_unreachable_bucket_is_one_line_before_any_work(s3_server, tmp_path):
@@ -183,7 +235,7 @@ def test_a_local_eviction_race_never_deletes_a_shared_stage(tmp_path, monkeypatc
         return obj
     monkeypatch.setattr(w2, "_fetch", racing)
     m = w2.get("s", "k" * 30)
-    assert evicted and m is not None and m.path("a.bin").read_bytes() == b"y" * 500
+    assert m is not None and m.path("a.bin").read_bytes() == b"y" * 500 and evicted
     assert (tmp_path / "bucket" / "s" / ("k" * 24) / "manifest.json").is_file()
 
 

@@ -1,7 +1,7 @@
 """The user-facing output tree (the spec's layout), written atomically and reused when it is already up to date.
 
 ``stages.json`` records each stage's key, whether it was reused and its seconds, plus an ``export`` entry with the
-tree's own key (upstream stage keys + the whole resolved config) and the size and sha256 of every file. A rerun
+tree's own key (upstream stage keys + the resolved config less ``cache``) and the size and sha256 of every file. A rerun
 whose key matches and whose files all verify only rewrites ``stages.json``; anything else rebuilds the tree in a
 temp directory and swaps it in, so a failed export leaves the previous tree intact.
 """
@@ -22,6 +22,10 @@ EXPORT_VERSION = 2  # 2: onnx/ holds the video encoder
 
 
 def export_key(config: dict, stage_keys: dict[str, str]) -> str:
+    """The tree's key: the stages' keys and the run's config, less ``cache`` (where the stages were kept changes
+    nothing in the tree but ``config.yaml``'s ``cache`` lines): a worker reusing a shared store's stages finds another
+    worker's tree of the same run current instead of downloading the stages' files to write it again."""
+    config = {k: v for k, v in config.items() if k != "cache"}
     payload = json.dumps({"version": EXPORT_VERSION, "config": config, "stages": stage_keys}, sort_keys=True)
     return hashlib.sha256(payload.encode()).hexdigest()
 

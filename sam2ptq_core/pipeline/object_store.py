@@ -8,11 +8,16 @@ is created with an exclusive write (fsspec ``mode="create"``: S3 ``If-None-Match
 - a stage becomes visible only when its manifest exists, after all of its files;
 - a crashed or interrupted writer leaves no manifest, so no visible stage (its orphaned prefix is harmless);
 - two writers of one key can never mix: the first manifest wins, the loser deletes its prefix and reuses the winner's;
-- a reader trusts a manifest only when every file it lists verifies (size and sha256); a corrupt stage's manifest is
-  deleted and the stage recomputed.
+- a reader trusts a manifest only when one listing of its writer's prefix holds every file it lists at its size, and
+  each file's sha256 when the file is first opened; a stage proven corrupt loses its manifest: at reuse (a missing or
+  truncated object) it is recomputed at once, at open (same size, other bytes) the run stops with one line and the
+  next run recomputes it.
 
 Files are read through a bounded local cache keyed by sha256 (``cache.local``), so a worker downloads each artifact
-once; a stage is presented to the artifacts as a local directory of hard links into that cache. Credentials and
+once, and only when a stage opens it: reusing a stage costs its manifest and one listing, so a fully cached run on a
+worker with an empty cache downloads only what its remaining work reads (the captured activations, hundreds of MB,
+stay in the bucket). A stage is presented to the artifacts as a local directory of hard links into that cache,
+filled file by file (``Manifest.fetch``). Credentials and
 endpoints come from each cloud's standard environment (e.g. ``AWS_ENDPOINT_URL`` for MinIO or Ceph).
 """
 from __future__ import annotations
@@ -34,7 +39,7 @@ from filelock import FileLock
 from ..files import disk_full_reported, evict_least_recent, file_listing, verified, writer_tag
 from .store import Manifest, manifest_body
 
-__all__ = ["ObjectStageStore", "SharedLedger", "is_url"]
+__all__ = ["ObjectStageStore", "SharedLedger", "CorruptStage", "is_url"]
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +50,11 @@ VIEW_GRACE_S = 600  # a view touched this recently may be read by a running stag
 class _Corrupt(ValueError):
     """A fully read object proves the stage is broken (checksum mismatch, a listed object missing, a manifest that
     is not JSON): only this may delete anything shared."""
+
+
+class CorruptStage(RuntimeError):
+    """A file of a reused stage failed its checksum when a stage opened it: the manifest is gone, the next run
+    rebuilds the stage."""
 
 
 def is_url(root: str) -> bool:
@@ -139,7 +149,7 @@ class ObjectStageStore:
         self._evict(keep=obj)
         return obj
 
-    def _evict(self, keep: Path | None = None, keep_view: Path | None = None) -> None:
+    def _evict(self, keep: Path | None = None) -> None:
         """Bound the local cache (``max_cache_bytes``) over everything it holds: cached objects, the files this
         worker built and published (linked in as objects), and views. A view's files are hard links to objects, so
         space comes back only when both go: views untouched for ``VIEW_GRACE_S`` (not being read by a stage) go
@@ -164,34 +174,75 @@ class ObjectStageStore:
         done_views = [v for s in views.iterdir() if s.is_dir() for v in s.iterdir()
                       if v.is_dir() and not v.name.startswith(".")]
         evict_least_recent(done_views, used, self.max_cache_bytes,
-                           spare=lambda v, mtime: now - mtime <= VIEW_GRACE_S or v == keep_view)
+                           spare=lambda v, mtime: now - mtime <= VIEW_GRACE_S)
         evict_least_recent([p for p in self.objects.iterdir() if not p.name.startswith(".")], used,
                            self.max_cache_bytes, spare=lambda p, mtime: p == keep)
 
     def _view(self, stage: str, key: str, data: dict) -> Path:
-        """A local directory of hard links to the cached files, as the artifacts expect."""
+        """The stage's local directory (its ``manifest.json`` only: files are linked in as they are opened)."""
         view = self.local / "views" / stage / key[:24]
-        tmp = view.parent / f".{view.name}.{uuid.uuid4().hex[:8]}"
-        tmp.mkdir(parents=True)
-        kdir = self._kdir(stage, key)
-        for name, info in data.get("files", {}).items():
-            dst = tmp / name
-            dst.parent.mkdir(parents=True, exist_ok=True)
-            for attempt in range(3):
-                try:  # another process may evict the cached copy between fetch and link: fetch it again
-                    os.link(self._fetch(f"{kdir}/{data['writer']}/{name}", info), dst)
-                    break
-                except FileNotFoundError:
-                    if attempt == 2:
-                        raise
-        (tmp / "manifest.json").write_text(json.dumps(data, indent=1, sort_keys=True))
-        shutil.rmtree(view, ignore_errors=True)
-        os.replace(tmp, view)
-        self._evict(keep_view=view)
+        view.mkdir(parents=True, exist_ok=True)
+        tmp = view / f".manifest.json.{uuid.uuid4().hex[:8]}"
+        tmp.write_text(json.dumps(data, indent=1, sort_keys=True))
+        os.replace(tmp, view / "manifest.json")
         return view
 
+    def _file(self, stage: str, key: str, data: dict, view: Path, name: str) -> Path:
+        """``view/name``, a hard link to the verified cached copy of the stage's file, downloaded on first use. A name
+        the manifest does not list is returned as is (absent, as in a local stage)."""
+        info = data.get("files", {}).get(name)
+        dst = view / name
+        if info is None:
+            return dst
+        kdir = self._kdir(stage, key)
+        for attempt in range(3):
+            try:  # another process may evict the cached copy, or the view, between fetch and link: again
+                obj = self._fetch(f"{kdir}/{data['writer']}/{name}", info)
+                if dst.is_file() and os.path.samefile(dst, obj):
+                    return dst
+                dst.parent.mkdir(parents=True, exist_ok=True)
+                tmp = dst.parent / f".{dst.name}.{uuid.uuid4().hex[:8]}"
+                os.link(obj, tmp)
+                os.replace(tmp, dst)  # a stale link (an older copy of this key) is replaced whole
+                os.utime(view)  # in use: spared by eviction for VIEW_GRACE_S
+                return dst
+            except FileNotFoundError:
+                if attempt == 2:
+                    raise
+            except _Corrupt as e:
+                self._drop(stage, key, e)
+                raise CorruptStage(f"stage {stage} {key[:12]} in {self.url} is corrupt ({e}): its manifest was "
+                                   "deleted; run again to rebuild that stage") from None
+        raise AssertionError("unreachable")
+
+    def _check_listing(self, stage: str, key: str, data: dict) -> None:
+        """One listing of the writer's prefix: every file the manifest lists is there at its size (a missing or
+        truncated upload is found at reuse, without downloading; the sha256 is checked when a file is opened)."""
+        prefix = f"{self._kdir(stage, key)}/{data['writer']}"
+        self.fs.invalidate_cache(prefix)
+        try:
+            found = self.fs.find(prefix, detail=True)
+        except FileNotFoundError:
+            found = {}
+        sizes = {p.rstrip("/").split(f"/{data['writer']}/", 1)[-1]: i.get("size") for p, i in found.items()}
+        for name, info in data.get("files", {}).items():
+            if name not in sizes:
+                raise _Corrupt(f"listed object {prefix}/{name} is missing")
+            if sizes[name] != info["size"]:
+                raise _Corrupt(f"size mismatch in {prefix}/{name} ({sizes[name]} bytes, {info['size']} listed)")
+
+    def _drop(self, stage: str, key: str, e: Exception) -> None:
+        """Delete a stage proven corrupt (its manifest: the stage is recomputed); a local error never gets here."""
+        log.warning("stage %s %s in %s is corrupt (%s): deleting and recomputing", stage, key[:12], self.url,
+                    str(e).splitlines()[0])
+        try:
+            self.fs.rm(f"{self._kdir(stage, key)}/manifest.json")
+        except FileNotFoundError:
+            pass  # another worker dropped it first
+
     def get(self, stage: str, key: str) -> Manifest | None:
-        """The verified manifest of a finished stage, or None. A corrupt stage loses its manifest (recomputed)."""
+        """The manifest of a finished stage, or None: its files listed at their sizes, each downloaded and verified
+        when first opened (``Manifest.path``). A stage proven corrupt loses its manifest (recomputed)."""
         mpath = f"{self._kdir(stage, key)}/manifest.json"
         try:
             raw = self.fs.cat_file(mpath)
@@ -204,12 +255,12 @@ class ObjectStageStore:
                 raise _Corrupt(f"manifest is not JSON: {e}") from None
             if not isinstance(data, dict) or data.get("key") != key or "writer" not in data:
                 raise _Corrupt("manifest does not belong to this key")
-            return Manifest(stage, key, self._view(stage, key, data), data)
+            self._check_listing(stage, key, data)
         except _Corrupt as e:  # proven broken: the stage is recomputed (a local error never deletes it)
-            log.warning("stage %s %s in %s is corrupt (%s): deleting and recomputing", stage, key[:12], self.url,
-                        str(e).splitlines()[0])
-            self.fs.rm(mpath)
+            self._drop(stage, key, e)
             return None
+        view = self._view(stage, key, data)
+        return Manifest(stage, key, view, data, fetch=lambda name: self._file(stage, key, data, view, name))
 
     def run(self, stage: str, key: str, config_slice: Any, upstream: dict[str, str],
             build: Callable[[Path], dict | None]) -> tuple[Manifest, bool]:

@@ -20,7 +20,7 @@ import os
 import shutil
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -44,17 +44,21 @@ def stage_key(stage: str, version: int, config_slice: Any, upstream: dict[str, s
 
 @dataclass(frozen=True)
 class Manifest:
+    """A finished stage: its manifest ``data`` and where its files are. ``fetch(name)``, when a store gives one,
+    brings one file into ``dir`` on first use (the object store downloads and verifies it then), so reusing a stage
+    costs no file that nothing opens."""
     stage: str
     key: str
     dir: Path
     data: dict
+    fetch: Callable[[str], Path] | None = field(default=None, compare=False, repr=False)
 
     @property
     def meta(self) -> dict:
         return self.data.get("meta", {})
 
     def path(self, name: str) -> Path:
-        return self.dir / name
+        return self.fetch(name) if self.fetch is not None else self.dir / name
 
 
 def manifest_body(stage: str, key: str, config_slice: Any, upstream: dict[str, str], meta: dict,
