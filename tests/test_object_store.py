@@ -108,6 +108,8 @@ def test_corrupt_object_of_the_same_size_is_found_when_opened(tmp_path):
     """Other bytes at the same size pass the listing; the sha256 fails when a stage opens the file: one error line
     naming the stage, the manifest deleted, and the next run recomputes the stage."""
     from sam2ptq_core.pipeline.object_store import CorruptStage
+    from sam2ptq_core.pipeline.stages import StageError
+    assert issubclass(CorruptStage, StageError)  # the CLI's one error line wherever a stage opens the file
     _store(tmp_path, "w1").run("s", "k" * 30, {}, {}, lambda d: _files(d, {"a.bin": b"good"}))
     kdir = tmp_path / "bucket" / "s" / ("k" * 24)
     writer = json.loads((kdir / "manifest.json").read_text())["writer"]

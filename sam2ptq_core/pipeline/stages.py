@@ -18,14 +18,10 @@ from typing import TypedDict
 from ..config import RunConfig
 from . import artifacts as A
 from .progress import run_logger
-from .store import StageStore, stage_key
+from .store import StageError, StageStore, stage_key
 
 __all__ = ["Stage", "STAGES", "StageError", "Ref", "run_stage", "open_artifact", "stage_errors", "store_of",
            "local_dir"]
-
-
-class StageError(RuntimeError):
-    """A stage failed; the message starts with the stage name."""
 
 
 class Ref(TypedDict):

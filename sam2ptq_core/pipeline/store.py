@@ -31,9 +31,13 @@ from .. import __version__
 from ..config import canonical_json
 from ..files import atomic_dir, file_listing, verified
 
-__all__ = ["StageStore", "Manifest", "stage_key", "manifest_body"]
+__all__ = ["StageStore", "StageError", "Manifest", "stage_key", "manifest_body"]
 
 log = logging.getLogger(__name__)
+
+
+class StageError(RuntimeError):
+    """A stage failed, or a stage's files cannot be used; the message starts with the stage name."""
 
 
 def stage_key(stage: str, version: int, config_slice: Any, upstream: dict[str, str]) -> str:
