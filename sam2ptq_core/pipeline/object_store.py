@@ -37,7 +37,7 @@ import diskcache
 from filelock import FileLock
 
 from ..files import disk_full_reported, evict_least_recent, file_listing, verified, writer_tag
-from .store import Manifest, StageError, manifest_body
+from .store import CorruptStage, Manifest, manifest_body
 
 __all__ = ["ObjectStageStore", "SharedLedger", "CorruptStage", "is_url"]
 
@@ -50,11 +50,6 @@ VIEW_GRACE_S = 600  # a view touched this recently may be read by a running stag
 class _Corrupt(ValueError):
     """A fully read object proves the stage is broken (checksum mismatch, a listed object missing, a manifest that
     is not JSON): only this may delete anything shared."""
-
-
-class CorruptStage(StageError):
-    """A file of a reused stage failed its checksum when a stage opened it: the manifest is gone, the next run
-    rebuilds the stage (a StageError: one line on the console, wherever it is opened)."""
 
 
 def is_url(root: str) -> bool:

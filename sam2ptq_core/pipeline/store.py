@@ -3,7 +3,11 @@
 Layout: ``<root>/<stage>/<key>/`` holding the stage's files and ``manifest.json``. A stage is built in a temp dir
 beside it; ``manifest.json`` (stage, key, config slice, upstream keys, code version, files with size + sha256,
 timings) is written last and the temp dir is renamed into place in one step, so a dir without a valid manifest
-never appears. Reuse verifies every file's size and sha256; a corrupt stage is deleted (with a warning) and rebuilt.
+never appears. Reuse checks that every listed file is there at its size (a missing or truncated file: the stage is
+deleted with a warning and rebuilt); a file's sha256 is checked when a stage first opens it (``Manifest.fetch``), so
+a fully cached rerun reads no stage's bytes (the captured activations are 363 MB for tiny, about 4 GB for large).
+Other bytes at the same size, found there, delete the stage and stop the run with one line (``CorruptStage``); the
+next run rebuilds it.
 
 Concurrency: one ``filelock`` per key. It is an OS file lock (flock), released by the kernel when its holder dies,
 so a ``kill -9`` never leaves a stuck lock; a second run waits and then reuses the first run's result.
@@ -31,13 +35,18 @@ from .. import __version__
 from ..config import canonical_json
 from ..files import atomic_dir, file_listing, verified
 
-__all__ = ["StageStore", "StageError", "Manifest", "stage_key", "manifest_body"]
+__all__ = ["StageStore", "StageError", "CorruptStage", "Manifest", "stage_key", "manifest_body"]
 
 log = logging.getLogger(__name__)
 
 
 class StageError(RuntimeError):
     """A stage failed, or a stage's files cannot be used; the message starts with the stage name."""
+
+
+class CorruptStage(StageError):
+    """A file of a reused stage failed its checksum when a stage opened it: the stage was deleted (an object store:
+    its manifest), the next run rebuilds it. A StageError: one line on the console, wherever it is opened."""
 
 
 def stage_key(stage: str, version: int, config_slice: Any, upstream: dict[str, str]) -> str:
@@ -86,7 +95,8 @@ class StageStore:
         return self.root / stage / key[:24]
 
     def get(self, stage: str, key: str) -> Manifest | None:
-        """The verified manifest of a finished stage, or None. A corrupt stage dir is removed."""
+        """The manifest of a finished stage, or None: every listed file present at its size, its sha256 checked when
+        first opened (``Manifest.path``). A stage found corrupt here is removed (recomputed)."""
         d = self.stage_dir(stage, key)
         mf = d / "manifest.json"
         if not mf.is_file():
@@ -102,15 +112,27 @@ class StageStore:
                     break
                 if not p.is_file():
                     problem = f"missing file {name}"
-                elif not verified(p, info):
-                    problem = f"checksum mismatch in {name}"
+                elif p.stat().st_size != info["size"]:
+                    problem = f"size mismatch in {name}"
         except (OSError, ValueError) as e:
             problem = f"unreadable manifest ({e})"
         if problem:
-            log.warning("stage %s %s is corrupt (%s): deleting and recomputing", stage, key[:12], problem)
-            shutil.rmtree(d, ignore_errors=True)
+            self._drop(stage, key, problem)
             return None
-        return Manifest(stage, key, d, data)
+        return Manifest(stage, key, d, data, fetch=lambda name: self._opened(stage, key, data, name))
+
+    def _opened(self, stage: str, key: str, data: dict, name: str) -> Path:
+        """``name`` in the stage's directory, its sha256 checked (once per process and file)."""
+        p, info = self.stage_dir(stage, key) / name, data.get("files", {}).get(name)
+        if info is not None and not verified(p, info):
+            self._drop(stage, key, f"checksum mismatch in {name}")
+            raise CorruptStage(f"stage {stage} {key[:12]} in {self.root} is corrupt (checksum mismatch in {name}): "
+                               "it was deleted; run again to rebuild that stage")
+        return p
+
+    def _drop(self, stage: str, key: str, problem: str) -> None:
+        log.warning("stage %s %s is corrupt (%s): deleting and recomputing", stage, key[:12], problem)
+        shutil.rmtree(self.stage_dir(stage, key), ignore_errors=True)
 
     def run(self, stage: str, key: str, config_slice: Any, upstream: dict[str, str],
             build: Callable[[Path], dict | None]) -> tuple[Manifest, bool]:
