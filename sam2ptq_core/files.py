@@ -43,6 +43,16 @@ def file_sha256(path: Path) -> str:
     return h.hexdigest()
 
 
+def touch(p: Path) -> None:
+    """Mark ``p`` recently used (mtime: what an LRU eviction reads) without losing this process's hash of it: the
+    file's bytes did not change, so a memo of them is moved to the new mtime."""
+    before = os.stat(p)
+    os.utime(p)
+    memo = _SEEN.get((before.st_dev, before.st_ino))
+    if memo is not None and memo[:2] == (before.st_size, before.st_mtime_ns):
+        _SEEN[(before.st_dev, before.st_ino)] = (before.st_size, os.stat(p).st_mtime_ns, memo[2])
+
+
 def verified(p: Path, info: dict) -> bool:
     """Size and sha256 match ``info``. Each file is hashed once per process: later checks trust an unchanged size
     and mtime of the same inode (a new process, e.g. a resumed run, hashes everything again)."""

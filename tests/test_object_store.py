@@ -140,6 +140,33 @@ def test_reuse_downloads_only_what_is_opened(tmp_path, monkeypatch):
     assert m.path("small.json").read_text() == "{}" and got == ["small.json"]  # once
     assert m.path("acts.pt").read_bytes() == big and got == ["small.json", "acts.pt"]
     assert sorted(p.name for p in m.dir.iterdir()) == ["acts.pt", "manifest.json", "small.json"]
+    from sam2ptq_core import files
+    hashed, real_hash = [], files.file_sha256
+    monkeypatch.setattr(files, "file_sha256", lambda p: hashed.append(p.name) or real_hash(p))
+    for _ in range(3):  # each open_artifact is a new get(); the cached copy is hashed once per process
+        assert w2.get("s", "k" * 30).path("acts.pt").read_bytes() == big
+    assert hashed == [] and got == ["small.json", "acts.pt"]
+
+
+def test_a_reader_of_an_old_copy_never_deletes_a_rebuilt_stage(tmp_path):
+    """Worker A reused a stage whose object was corrupt (same size); worker B found it first, and rebuilt and
+    published the stage. When A opens the file, B's good copy stays: A's run stops with one line, the next reuses
+    B's copy."""
+    from sam2ptq_core.pipeline.object_store import CorruptStage
+    _store(tmp_path, "w1").run("s", "k" * 30, {}, {}, lambda d: _files(d, {"a.bin": b"good"}))
+    kdir = tmp_path / "bucket" / "s" / ("k" * 24)
+    old = json.loads((kdir / "manifest.json").read_text())["writer"]
+    (kdir / old / "a.bin").write_bytes(b"evil")
+    a, b = _store(tmp_path, "wa"), _store(tmp_path, "wb")
+    held = a.get("s", "k" * 30)
+    with pytest.raises(CorruptStage, match="its manifest was deleted"):
+        b.get("s", "k" * 30).path("a.bin")
+    m, reused = b.run("s", "k" * 30, {}, {}, lambda d: _files(d, {"a.bin": b"good"}))
+    assert not reused and m.data["writer"] != old
+    with pytest.raises(CorruptStage, match="another worker has rebuilt it meanwhile"):
+        held.path("a.bin")
+    assert json.loads((kdir / "manifest.json").read_text())["writer"] == m.data["writer"]
+    assert a.get("s", "k" * 30).path("a.bin").read_bytes() == b"good"
 
 
 @pytest.mark.slow

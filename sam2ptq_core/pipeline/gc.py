@@ -94,9 +94,13 @@ def _local(cfg: RunConfig, dry_run: bool) -> list[str]:
             parts = p.name.split("-")  # <stage>-<key24>-<host>-<pid>-<rand>
             if len(parts) == 5 and writer_gone(f".s.tmp-{parts[2]}-{parts[3]}-{parts[4]}"):
                 rm(p)
-        for p in [*(base / "views").glob("*/.*"), *(base / "views").glob("*/*/.*"),
+        for p in [*(base / "views").glob("*/.*"), *(base / "views").rglob("*/*/.*"),
                   *(base / "objects").glob(".*.part")]:  # older views in the making, links in the making
-            if now - p.stat().st_mtime > STALE_LOCAL_S:
+            try:
+                stale = now - p.stat().st_mtime > STALE_LOCAL_S
+            except FileNotFoundError:
+                continue  # another process finished or removed it meanwhile
+            if stale:
                 rm(p)
     else:
         root = Path(cfg.cache.root)

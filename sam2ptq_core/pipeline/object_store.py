@@ -36,7 +36,7 @@ from typing import Any
 import diskcache
 from filelock import FileLock
 
-from ..files import disk_full_reported, evict_least_recent, file_listing, verified, writer_tag
+from ..files import disk_full_reported, evict_least_recent, file_listing, touch, verified, writer_tag
 from .store import CorruptStage, Manifest, manifest_body
 
 __all__ = ["ObjectStageStore", "SharedLedger", "CorruptStage", "is_url"]
@@ -128,7 +128,7 @@ class ObjectStageStore:
         """The verified local copy of ``remote`` in the sha256-keyed cache, downloading it at most once."""
         obj = self.objects / info["sha256"]
         if obj.is_file() and verified(obj, info):
-            os.utime(obj)  # recently used: evicted last
+            touch(obj)  # recently used: evicted last (still hashed once per process)
             return obj
         part = self.objects / f".{info['sha256']}.{uuid.uuid4().hex[:8]}.part"
         try:
@@ -174,8 +174,9 @@ class ObjectStageStore:
                            self.max_cache_bytes, spare=lambda p, mtime: p == keep)
 
     def _view(self, stage: str, key: str, data: dict) -> Path:
-        """The stage's local directory (its ``manifest.json`` only: files are linked in as they are opened)."""
-        view = self.local / "views" / stage / key[:24]
+        """The stage's local directory (its ``manifest.json`` only: files are linked in as they are opened), one per
+        published copy (``<key24>.<writer>``): a copy rebuilt by another writer never shares links with this one."""
+        view = self.local / "views" / stage / f"{key[:24]}.{data['writer']}"
         view.mkdir(parents=True, exist_ok=True)
         tmp = view / f".manifest.json.{uuid.uuid4().hex[:8]}"
         tmp.write_text(json.dumps(data, indent=1, sort_keys=True))
@@ -193,21 +194,23 @@ class ObjectStageStore:
         for attempt in range(3):
             try:  # another process may evict the cached copy, or the view, between fetch and link: again
                 obj = self._fetch(f"{kdir}/{data['writer']}/{name}", info)
+                if view.is_dir():
+                    os.utime(view)  # in use: spared by eviction for VIEW_GRACE_S
                 if dst.is_file() and os.path.samefile(dst, obj):
                     return dst
                 dst.parent.mkdir(parents=True, exist_ok=True)
                 tmp = dst.parent / f".{dst.name}.{uuid.uuid4().hex[:8]}"
                 os.link(obj, tmp)
-                os.replace(tmp, dst)  # a stale link (an older copy of this key) is replaced whole
-                os.utime(view)  # in use: spared by eviction for VIEW_GRACE_S
+                os.replace(tmp, dst)  # a link to an evicted copy of the same bytes is replaced whole
                 return dst
             except FileNotFoundError:
                 if attempt == 2:
                     raise
             except _Corrupt as e:
-                self._drop(stage, key, e)
-                raise CorruptStage(f"stage {stage} {key[:12]} in {self.url} is corrupt ({e}): its manifest was "
-                                   "deleted; run again to rebuild that stage") from None
+                done = ("its manifest was deleted" if self._drop(stage, key, e, data["writer"]) else
+                        "another worker has rebuilt it meanwhile")
+                raise CorruptStage(f"stage {stage} {key[:12]} in {self.url} is corrupt ({e}): {done}; run again to "
+                                   "rebuild that stage") from None
         raise AssertionError("unreachable")
 
     def _check_listing(self, stage: str, key: str, data: dict) -> None:
@@ -226,14 +229,27 @@ class ObjectStageStore:
             if sizes[name] != info["size"]:
                 raise _Corrupt(f"size mismatch in {prefix}/{name} ({sizes[name]} bytes, {info['size']} listed)")
 
-    def _drop(self, stage: str, key: str, e: Exception) -> None:
-        """Delete a stage proven corrupt (its manifest: the stage is recomputed); a local error never gets here."""
+    def _drop(self, stage: str, key: str, e: Exception, writer: str | None = None) -> bool:
+        """Delete a stage proven corrupt (its manifest: the stage is recomputed); a local error never gets here.
+        ``writer``: the copy found corrupt; a manifest naming another writer (the stage was rebuilt meanwhile by a
+        worker that found the same fault) is kept. S3 has no conditional delete here: the re-read narrows that race
+        to the moment between it and the delete. Returns whether the manifest was deleted."""
+        mpath = f"{self._kdir(stage, key)}/manifest.json"
+        if writer is not None:
+            try:
+                if json.loads(self.fs.cat_file(mpath)).get("writer") != writer:
+                    log.warning("stage %s %s: the copy of writer %s is corrupt (%s); it was rebuilt meanwhile",
+                                stage, key[:12], writer, str(e).splitlines()[0])
+                    return False
+            except (FileNotFoundError, ValueError):
+                pass  # gone already, or not JSON: delete (a manifest that is not JSON is corrupt too)
         log.warning("stage %s %s in %s is corrupt (%s): deleting and recomputing", stage, key[:12], self.url,
                     str(e).splitlines()[0])
         try:
-            self.fs.rm(f"{self._kdir(stage, key)}/manifest.json")
+            self.fs.rm(mpath)
         except FileNotFoundError:
             pass  # another worker dropped it first
+        return True
 
     def get(self, stage: str, key: str) -> Manifest | None:
         """The manifest of a finished stage, or None: its files listed at their sizes, each downloaded and verified
@@ -243,6 +259,7 @@ class ObjectStageStore:
             raw = self.fs.cat_file(mpath)
         except FileNotFoundError:
             return None
+        data = None
         try:
             try:
                 data = json.loads(raw)
@@ -252,7 +269,7 @@ class ObjectStageStore:
                 raise _Corrupt("manifest does not belong to this key")
             self._check_listing(stage, key, data)
         except _Corrupt as e:  # proven broken: the stage is recomputed (a local error never deletes it)
-            self._drop(stage, key, e)
+            self._drop(stage, key, e, data.get("writer") if isinstance(data, dict) else None)
             return None
         view = self._view(stage, key, data)
         return Manifest(stage, key, view, data, fetch=lambda name: self._file(stage, key, data, view, name))

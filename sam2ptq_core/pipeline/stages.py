@@ -202,7 +202,8 @@ def stage_errors(stage: str):
 
 
 def open_artifact(cfg: RunConfig, ref: Ref):
-    """The verified artifact of a finished stage (its declared artifact class)."""
+    """The artifact of a finished stage (its declared artifact class): its files listed at their sizes, each
+    sha256-checked when first read (``Manifest.path``)."""
     m = store_of(cfg).get(ref["stage"], ref["key"])
     if m is None:
         raise StageError(f"stage {ref['stage']} artifact {ref['key'][:12]} vanished from the store; rerun the flow")

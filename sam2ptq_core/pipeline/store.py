@@ -122,13 +122,23 @@ class StageStore:
         return Manifest(stage, key, d, data, fetch=lambda name: self._opened(stage, key, data, name))
 
     def _opened(self, stage: str, key: str, data: dict, name: str) -> Path:
-        """``name`` in the stage's directory, its sha256 checked (once per process and file)."""
-        p, info = self.stage_dir(stage, key) / name, data.get("files", {}).get(name)
-        if info is not None and not verified(p, info):
-            self._drop(stage, key, f"checksum mismatch in {name}")
-            raise CorruptStage(f"stage {stage} {key[:12]} in {self.root} is corrupt (checksum mismatch in {name}): "
-                               "it was deleted; run again to rebuild that stage")
-        return p
+        """``name`` in the stage's directory, its sha256 checked (once per process and file). On a mismatch the
+        stage is deleted under its lock, unless it was rebuilt since ``data`` was read (another run found the same
+        fault): that copy is kept."""
+        d = self.stage_dir(stage, key)
+        p, info = d / name, data.get("files", {}).get(name)
+        if info is None or verified(p, info):
+            return p
+        with FileLock(str(d) + ".lock"):
+            try:
+                rebuilt = json.loads((d / "manifest.json").read_text()) != data
+            except (OSError, ValueError):
+                rebuilt = False
+            if not rebuilt:
+                self._drop(stage, key, f"checksum mismatch in {name}")
+        done = "another run has rebuilt it meanwhile" if rebuilt else "it was deleted"
+        raise CorruptStage(f"stage {stage} {key[:12]} in {self.root} is corrupt (checksum mismatch in {name}): "
+                           f"{done}; run again to rebuild that stage")
 
     def _drop(self, stage: str, key: str, problem: str) -> None:
         log.warning("stage %s %s is corrupt (%s): deleting and recomputing", stage, key[:12], problem)
