@@ -1,8 +1,8 @@
 """Typed stage artifacts: each class alone knows its stage's file names and how to write and read them.
 
 An artifact wraps a finished stage (a ``Manifest`` from the store); each file is sha256-checked (and, from an object
-store, downloaded) when a reader first asks for it. Readers load lazily, one file at a
-time, so a stage that needs only ``sources.json`` never loads ``images.pt``. ``write(tmp_dir, *objects)`` (one object
+store, downloaded) when a reader first asks for it. Readers load lazily, one file at a time, so a stage that needs
+only ``sources.json`` never loads (nor checks, nor downloads) ``images.pt``. ``write(tmp_dir, *objects)`` (one object
 per file of ``FILES``) is called by the stage's build function on the temporary directory. Tensors are saved with
 ``torch.save`` and read with ``torch.load(..., weights_only=True)``; everything else is JSON.
 """
