@@ -177,10 +177,11 @@ class ObjectStageStore:
         """The stage's local directory (its ``manifest.json`` only: files are linked in as they are opened), one per
         published copy (``<key24>.<writer>``): a copy rebuilt by another writer never shares links with this one."""
         view = self.local / "views" / stage / f"{key[:24]}.{data['writer']}"
-        view.mkdir(parents=True, exist_ok=True)
-        tmp = view / f".manifest.json.{uuid.uuid4().hex[:8]}"
-        tmp.write_text(json.dumps(data, indent=1, sort_keys=True))
-        os.replace(tmp, view / "manifest.json")
+        if not (view / "manifest.json").is_file():  # a published copy's manifest never changes: written once
+            view.mkdir(parents=True, exist_ok=True)
+            tmp = view / f".manifest.json.{uuid.uuid4().hex[:8]}"
+            tmp.write_text(json.dumps(data, indent=1, sort_keys=True))
+            os.replace(tmp, view / "manifest.json")
         return view
 
     def _file(self, stage: str, key: str, data: dict, view: Path, name: str) -> Path:
